@@ -1,0 +1,8 @@
+"""cinderblock: a block-level incremental backup engine with a native hot path.
+
+The package is layered as ``docs/architecture.md`` describes: requests → planner → runner →
+data path → repository, with a SQLite catalog beside the repository. The native kernels live
+in :mod:`engine.native`.
+"""
+
+__version__ = "0.1.0"

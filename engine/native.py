@@ -1,0 +1,524 @@
+"""The native hot path: block digests, zero detection, windowed reading, change maps.
+
+This module is the one public face of the Cython kernels in ``ext/``. It validates every
+argument (so the kernels can trust theirs), opens sources, and turns kernel return codes into
+``OSError``/``ValueError`` with messages that name the parameter or the byte offset at fault.
+All loops over blocks run in the kernels with the GIL released; nothing here does work per
+block.
+
+Vocabulary
+    block size   a power of two from :data:`BLOCK_SIZE_MIN` to :data:`BLOCK_SIZE_MAX`.
+    digest       keyed XXH3-128 of a block's bytes, 16 bytes, equal to
+                 ``xxhash.xxh3_128(block, seed=seed).digest()``; a short final block is hashed
+                 over its actual bytes.
+    zero flag    true when every byte of the block is zero (holes of sparse files included).
+    mask         numpy ``bool`` array with one entry per block.
+    runs         numpy ``int64`` array of shape ``(k, 2)``: ``(first_block, count)`` pairs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import stat
+import struct
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+
+from . import _bitmap, _hashing, _reader
+
+__all__ = [
+    "BLOCK_SIZE_MIN",
+    "BLOCK_SIZE_MAX",
+    "DIGEST_SIZE",
+    "BlockReader",
+    "Window",
+    "data_blocks",
+    "diff",
+    "extents_to_blocks",
+    "hash_blocks",
+    "mask_count",
+    "mask_difference",
+    "mask_intersection",
+    "mask_to_runs",
+    "mask_union",
+    "pack_mask",
+    "runs_to_mask",
+    "scan_file",
+    "unpack_mask",
+    "volume_size",
+    "zero_digest",
+]
+
+BLOCK_SIZE_MIN = 4096
+BLOCK_SIZE_MAX = 16 * 1024 * 1024
+DIGEST_SIZE = 16
+DEFAULT_WINDOW_BYTES = 4 * 1024 * 1024
+DEFAULT_THREADS = min(2, os.cpu_count() or 1)
+
+_BLKGETSIZE64 = 0x80081272  # <linux/fs.h>: _IOR(0x12, 114, size_t)
+_SHORT_READ = -1000000  # the kernels' code for "end of file before the expected size"
+
+Source = Union[str, bytes, os.PathLike, int]
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def check_block_size(block_size: object, name: str = "block_size") -> int:
+    """Return ``block_size`` as an int, or raise ValueError/TypeError naming the rule."""
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(block_size).__name__}")
+    bs = int(block_size)
+    if not (BLOCK_SIZE_MIN <= bs <= BLOCK_SIZE_MAX) or bs & (bs - 1):
+        raise ValueError(
+            f"{name} must be a power of two from {BLOCK_SIZE_MIN} to {BLOCK_SIZE_MAX}, got {bs}"
+        )
+    return bs
+
+
+def _check_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= int(seed) < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    return int(seed)
+
+
+def _check_count(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {value}")
+    return int(value)
+
+
+def _byte_view(data: object, name: str = "data") -> memoryview:
+    try:
+        view = memoryview(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"{name} must support the buffer protocol, got {type(data).__name__}"
+        ) from None
+    if not view.c_contiguous:
+        raise ValueError(f"{name} must be a C-contiguous buffer")
+    return view.cast("B") if view.ndim != 1 or view.format != "B" else view
+
+
+def _check_mask(mask: object, name: str) -> np.ndarray:
+    arr = np.asarray(mask)
+    if arr.ndim != 1 or arr.dtype != np.bool_:
+        raise ValueError(f"{name} must be a 1-D bool array, got {arr.dtype} of shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def _check_digests(digests: object, zero: object, name: str) -> tuple[np.ndarray, np.ndarray]:
+    d = np.asarray(digests)
+    z = np.asarray(zero)
+    if d.dtype != np.uint8 or d.ndim != 2 or d.shape[1] != DIGEST_SIZE:
+        raise ValueError(f"{name} digests must be a uint8 array of shape (n, 16), got {d.shape}")
+    if z.dtype != np.bool_ or z.ndim != 1 or z.shape[0] != d.shape[0]:
+        raise ValueError(
+            f"{name} zero flags must be a bool array of shape ({d.shape[0]},), got {z.shape}"
+        )
+    return np.ascontiguousarray(d), np.ascontiguousarray(z).view(np.uint8)
+
+
+def _pairs(value: object, name: str) -> np.ndarray:
+    """(offset, length)-style pairs as a contiguous int64 (k, 2) array, all non-negative."""
+    if isinstance(value, np.ndarray):
+        arr = value
+    else:
+        arr = np.array(list(value), dtype=object)  # type: ignore[call-overload]
+        if arr.size == 0:
+            arr = np.empty((0, 2), dtype=np.int64)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(f"{name} must be (offset, length) pairs, got shape {arr.shape}")
+    if arr.dtype == object or arr.dtype.kind not in "iu":
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in arr.flat):
+            raise ValueError(f"{name} must hold integers")
+    if arr.size and (arr.min() < 0 or arr.max() >= 2**63):
+        raise ValueError(f"{name} must not hold negative values")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- in memory
+
+
+def hash_blocks(data: object, block_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Digest and zero-flag each ``block_size`` block of an in-memory buffer.
+
+    Returns ``(digests, zero)``: ``uint8 (n, 16)`` and ``bool (n,)``, ``n = ceil(len/bs)``.
+    """
+    bs = check_block_size(block_size)
+    s = _check_seed(seed)
+    view = _byte_view(data)
+    if view.nbytes == 0:
+        return np.empty((0, DIGEST_SIZE), np.uint8), np.empty(0, np.bool_)
+    return _hashing.hash_blocks(view, bs, s)
+
+
+def zero_digest(block_size: int, seed: int) -> bytes:
+    """The digest of a full all-zero block, which holes and zero blocks share."""
+    return _hashing.zero_digest(check_block_size(block_size), _check_seed(seed))
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _fd_size(fd: int) -> int:
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
+    if stat.S_ISBLK(st.st_mode):
+        buf = fcntl.ioctl(fd, _BLKGETSIZE64, b"\0" * 8)
+        return struct.unpack("Q", buf)[0]
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(f"not a volume: is a directory (fd {fd})")
+    raise ValueError(f"not a volume: fd {fd} is neither a regular file nor a block device")
+
+
+def _is_regular(fd: int) -> bool:
+    return stat.S_ISREG(os.fstat(fd).st_mode)
+
+
+@contextlib.contextmanager
+def _open_source(source: Source, direct: bool) -> Iterator[tuple[int, str]]:
+    """Yield ``(fd, label)`` for reading; paths are opened and closed here, fds are borrowed.
+
+    A borrowed fd is never closed and keeps its file offset (the ``SEEK_DATA`` probes move
+    it). With ``direct``, a borrowed fd is reopened through ``/proc/self/fd`` so that its own
+    flags stay as the caller set them.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECT if direct else 0)
+    if isinstance(source, bool) or not isinstance(source, (int, str, bytes, os.PathLike)):
+        raise TypeError(f"source must be a path or an open fd, got {type(source).__name__}")
+    if isinstance(source, int):
+        if source < 0:
+            raise ValueError(f"source fd must not be negative, got {source}")
+        mode = fcntl.fcntl(source, fcntl.F_GETFL) & os.O_ACCMODE  # EBADF for a closed fd
+        if mode == os.O_WRONLY:
+            raise OSError(9, f"fd {source} is open for writing only; it cannot be read")
+        label = f"fd {source}"
+        if direct:
+            fd = os.open(f"/proc/self/fd/{source}", flags)
+            try:
+                yield fd, label
+            finally:
+                os.close(fd)
+            return
+        saved = os.lseek(source, 0, os.SEEK_CUR) if _is_regular(source) else None
+        try:
+            yield source, label
+        finally:
+            if saved is not None:
+                os.lseek(source, saved, os.SEEK_SET)
+        return
+    path = os.fsdecode(source)
+    if "\0" in path:
+        raise ValueError("source path must not contain NUL bytes")
+    if os.path.isdir(path):
+        raise IsADirectoryError(21, "not a volume: is a directory", path)
+    fd = os.open(path, flags)
+    try:
+        yield fd, path
+    finally:
+        os.close(fd)
+
+
+def volume_size(source: Source) -> int:
+    """Size in bytes of a raw image file or a block device (``BLKGETSIZE64``)."""
+    with _open_source(source, direct=False) as (fd, _label):
+        return _fd_size(fd)
+
+
+def _block_range(size: int, bs: int, start_block: object, count: object) -> tuple[int, int, int]:
+    nblocks = -(-size // bs)
+    start = _check_count(start_block, "start_block")
+    if start > nblocks:
+        raise ValueError(f"start_block {start} is past the end of the volume ({nblocks} blocks)")
+    n = nblocks - start if count is None else _check_count(count, "count")
+    if start + n > nblocks:
+        raise ValueError(
+            f"start_block + count ({start} + {n}) is past the end of the volume "
+            f"({nblocks} blocks)"
+        )
+    return nblocks, start, n
+
+
+def _raise_read_error(rc: int, offset: int, label: str) -> None:
+    if rc == _SHORT_READ:
+        raise OSError(5, f"short read: {label} ended at byte offset {offset}, before its size")
+    raise OSError(-rc, f"read failed at byte offset {offset} of {label}: {os.strerror(-rc)}")
+
+
+def _window_blocks(bs: int, window_bytes: object) -> int:
+    wb = _check_count(window_bytes, "window_bytes")
+    if wb < bs:
+        wb = bs
+    return wb // bs
+
+
+def scan_file(
+    source: Source,
+    block_size: int,
+    seed: int,
+    start_block: int = 0,
+    count: int | None = None,
+    direct: bool = False,
+    sparse: bool = True,
+    *,
+    window_bytes: int = DEFAULT_WINDOW_BYTES,
+    threads: int = DEFAULT_THREADS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Digest and zero-flag blocks ``[start_block, start_block + count)`` of a volume.
+
+    ``source`` is a path or an open fd of a raw image or block device. Reads go through one
+    reusable window buffer of ``window_bytes``; memory does not grow with the volume beyond
+    the 17 bytes per block of the result. ``direct`` reads with ``O_DIRECT``. With ``sparse``
+    the holes of a regular file are reported as zero blocks without being read.
+
+    ``threads`` scanners share the range window by window (interleaved, so a device still
+    sees nearly sequential reads): reading one window overlaps hashing another, which is
+    what lets a scan keep pace with a plain read of the same data.
+    """
+    bs = check_block_size(block_size)
+    s = _check_seed(seed)
+    window = _window_blocks(bs, window_bytes)
+    with _open_source(source, direct) as (fd, label):
+        size = _fd_size(fd)
+        _nblocks, start, n = _block_range(size, bs, start_block, count)
+        digests = np.empty((n, DIGEST_SIZE), np.uint8)
+        zero = np.empty(n, np.bool_)
+        window = min(window, max(n, 1))
+        nthreads = max(1, min(_check_count(threads, "threads"), -(-n // window)))
+        scanners = [
+            _reader.Scanner(fd, size, bs, s, window, direct, sparse and _is_regular(fd))
+            for _ in range(nthreads)
+        ]
+        zero_bytes = zero.view(np.uint8)
+        if nthreads == 1:
+            rcs = [scanners[0].scan(start, n, digests, zero_bytes)]
+        else:
+            with ThreadPoolExecutor(nthreads) as pool:
+                rcs = list(
+                    pool.map(
+                        lambda k: scanners[k].scan(start, n, digests, zero_bytes, k, nthreads),
+                        range(nthreads),
+                    )
+                )
+        failed = [(sc.error_offset, rc) for sc, rc in zip(scanners, rcs) if rc]
+        if failed:
+            offset, rc = min(failed)
+            _raise_read_error(rc, offset, label)
+    return digests, zero
+
+
+@dataclass(frozen=True)
+class Window:
+    """A run of consecutive blocks as read by :class:`BlockReader`.
+
+    ``data`` views the reader's reusable buffer: it is valid only until the reader moves on
+    to the next window. Copy what must outlive that.
+    """
+
+    first_block: int
+    count: int
+    data: memoryview
+    digests: np.ndarray
+    zero: np.ndarray
+    block_size: int
+
+    def block(self, i: int) -> memoryview:
+        """The bytes of the window's ``i``-th block (the volume's last block may be short)."""
+        if not 0 <= i < self.count:
+            raise IndexError(f"block index {i} out of range for a window of {self.count}")
+        return self.data[i * self.block_size : (i + 1) * self.block_size]
+
+
+class BlockReader:
+    """Hand a volume's bytes to the caller window by window, with their digests and zero flags.
+
+    The engine compresses exactly the blocks that changed without reading them twice: it
+    diffs a window's digests against the parent's and takes the changed blocks' bytes from
+    ``window.data``. Bytes of zero blocks (holes included) read as zeros.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        block_size: int,
+        seed: int,
+        start_block: int = 0,
+        count: int | None = None,
+        direct: bool = False,
+        sparse: bool = True,
+        window_bytes: int = DEFAULT_WINDOW_BYTES,
+    ) -> None:
+        self.block_size = check_block_size(block_size)
+        seed = _check_seed(seed)
+        window = _window_blocks(self.block_size, window_bytes)
+        self._stack = contextlib.ExitStack()
+        try:
+            fd, self._label = self._stack.enter_context(_open_source(source, direct))
+            self.size = _fd_size(fd)
+            self.nblocks, self._next, n = _block_range(
+                self.size, self.block_size, start_block, count
+            )
+            self._end = self._next + n
+            self._scanner = _reader.Scanner(
+                fd,
+                self.size,
+                self.block_size,
+                seed,
+                min(window, max(n, 1)),
+                direct,
+                sparse and _is_regular(fd),
+                True,
+            )
+        except BaseException:
+            self._stack.close()
+            raise
+        self._window = min(window, max(n, 1))
+        self._closed = False
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes actually read from the source so far (holes are not read)."""
+        return self._scanner.bytes_read
+
+    def __iter__(self) -> Iterator[Window]:
+        if self._closed:
+            raise ValueError("BlockReader is closed")
+        buffer = self._scanner.buffer
+        while self._next < self._end:
+            if self._closed:
+                raise ValueError("BlockReader is closed")
+            first = self._next
+            n = min(self._window, self._end - first)
+            digests = np.empty((n, DIGEST_SIZE), np.uint8)
+            zero = np.empty(n, np.bool_)
+            rc, nbytes = self._scanner.read_window(first, n, digests, zero.view(np.uint8))
+            if rc:
+                _raise_read_error(rc, self._scanner.error_offset, self._label)
+            self._next = first + n
+            yield Window(first, n, memoryview(buffer[:nbytes]), digests, zero, self.block_size)
+
+    def close(self) -> None:
+        self._closed = True
+        self._stack.close()
+
+    def __enter__(self) -> BlockReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def data_blocks(source: Source, block_size: int) -> np.ndarray:
+    """Mask of the blocks that hold data, from ``SEEK_DATA``/``SEEK_HOLE``; nothing is read.
+
+    Block devices have no holes: every block is reported as data.
+    """
+    bs = check_block_size(block_size)
+    with _open_source(source, direct=False) as (fd, label):
+        size = _fd_size(fd)
+        nblocks = -(-size // bs)
+        if not _is_regular(fd):
+            return np.ones(nblocks, np.bool_)
+        mask = np.zeros(nblocks, np.bool_)
+        rc, where = _reader.data_blocks(fd, size, bs, mask.view(np.uint8))
+        if rc:
+            raise OSError(-rc, f"cannot map holes of {label} at byte offset {where}")
+    return mask
+
+
+# ----------------------------------------------------------------------------- change maps
+
+
+def diff(
+    digests: np.ndarray, zero: np.ndarray, parent_digests: np.ndarray, parent_zero: np.ndarray
+) -> np.ndarray:
+    """Mask of blocks that differ from the parent's; blocks past the parent's end changed."""
+    d, z = _check_digests(digests, zero, "")
+    pd, pz = _check_digests(parent_digests, parent_zero, "parent")
+    return _bitmap.diff(d, z, pd, pz)
+
+
+def extents_to_blocks(
+    extents: Iterable[tuple[int, int]] | np.ndarray, block_size: int, nblocks: int
+) -> np.ndarray:
+    """Mask of the blocks touched by byte extents ``(offset, length)`` at any alignment."""
+    bs = check_block_size(block_size)
+    n = _check_count(nblocks, "nblocks")
+    arr = _pairs(extents, "extents")
+    if arr.size:
+        ends = arr[:, 0] + arr[:, 1]
+        if arr[:, 1].max(initial=0) >= 2**62 or ends.max() > n * bs:
+            k = int(np.argmax(ends))
+            raise ValueError(
+                f"extents: ({arr[k, 0]}, {arr[k, 1]}) ends beyond the volume "
+                f"({n} blocks of {bs} bytes)"
+            )
+    return _bitmap.extents_to_blocks(arr, bs, n)
+
+
+def mask_to_runs(mask: np.ndarray) -> np.ndarray:
+    """Runs ``(first_block, count)`` of consecutive set blocks, in order."""
+    return _bitmap.mask_to_runs(_check_mask(mask, "mask").view(np.uint8))
+
+
+def runs_to_mask(runs: Iterable[tuple[int, int]] | np.ndarray, nblocks: int) -> np.ndarray:
+    """The mask of ``nblocks`` blocks with the given runs set."""
+    n = _check_count(nblocks, "nblocks")
+    arr = _pairs(runs, "runs")
+    if arr.size and (arr[:, 0] + arr[:, 1]).max() > n:
+        raise ValueError(f"runs reach past nblocks ({n})")
+    return _bitmap.runs_to_mask(arr, n)
+
+
+def mask_count(mask: np.ndarray) -> int:
+    return int(np.count_nonzero(_check_mask(mask, "mask")))
+
+
+def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _check_mask(a, "a"), _check_mask(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"masks differ in length: {a.shape[0]} and {b.shape[0]}")
+    return a, b
+
+
+def mask_union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = _pair(a, b)
+    return a | b
+
+
+def mask_intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = _pair(a, b)
+    return a & b
+
+
+def mask_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Blocks set in ``a`` and not in ``b``."""
+    a, b = _pair(a, b)
+    return a & ~b
+
+
+def pack_mask(mask: np.ndarray) -> np.ndarray:
+    """A mask as bits, little bit order: block ``i`` is bit ``i % 8`` of byte ``i // 8``."""
+    return np.packbits(_check_mask(mask, "mask"), bitorder="little")
+
+
+def unpack_mask(packed: np.ndarray, nblocks: int) -> np.ndarray:
+    n = _check_count(nblocks, "nblocks")
+    arr = np.asarray(packed)
+    if arr.dtype != np.uint8 or arr.ndim != 1:
+        raise ValueError("packed must be a 1-D uint8 array")
+    if arr.shape[0] * 8 < n:
+        raise ValueError(f"packed holds {arr.shape[0] * 8} bits, fewer than nblocks ({n})")
+    return np.unpackbits(arr, count=n, bitorder="little").astype(np.bool_)

@@ -1,0 +1,86 @@
+"""Change maps over block indices: digest diffs, byte extents → blocks, masks ↔ runs.
+
+A mask is a numpy ``bool`` array with one entry per block. Inputs arrive validated by
+:mod:`engine.native`; each function here is one GIL-free pass.
+"""
+
+import numpy as np
+
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.string cimport memcmp
+
+
+def diff(const uint8_t[:, ::1] digests, const uint8_t[::1] zero,
+         const uint8_t[:, ::1] parent_digests, const uint8_t[::1] parent_zero):
+    cdef Py_ssize_t n = digests.shape[0]
+    cdef Py_ssize_t m = parent_digests.shape[0]
+    cdef Py_ssize_t common = n if n < m else m
+    cdef Py_ssize_t i
+    changed = np.ones(n, dtype=np.bool_)
+    if common == 0:
+        return changed
+    cdef uint8_t[::1] c = changed.view(np.uint8)
+    with nogil:
+        for i in range(common):
+            c[i] = (zero[i] != parent_zero[i]
+                    or memcmp(&digests[i, 0], &parent_digests[i, 0], 16) != 0)
+    return changed
+
+
+def extents_to_blocks(const int64_t[:, ::1] extents, uint64_t block_size, Py_ssize_t nblocks):
+    """Mark every block an extent touches; extents are validated (in range, non-negative)."""
+    mask = np.zeros(nblocks, dtype=np.bool_)
+    if nblocks == 0 or extents.shape[0] == 0:
+        return mask
+    cdef uint8_t[::1] m = mask.view(np.uint8)
+    cdef Py_ssize_t k
+    cdef uint64_t first, last, b
+    with nogil:
+        for k in range(extents.shape[0]):
+            if extents[k, 1] == 0:
+                continue
+            first = <uint64_t> extents[k, 0] // block_size
+            last = (<uint64_t> extents[k, 0] + <uint64_t> extents[k, 1] - 1) // block_size
+            for b in range(first, last + 1):
+                m[b] = 1
+    return mask
+
+
+def mask_to_runs(const uint8_t[::1] mask):
+    cdef Py_ssize_t n = mask.shape[0]
+    cdef Py_ssize_t i = 0, start, k = 0, nruns = 0
+    with nogil:
+        for i in range(n):
+            if mask[i] and (i == 0 or not mask[i - 1]):
+                nruns += 1
+    runs = np.empty((nruns, 2), dtype=np.int64)
+    if nruns == 0:
+        return runs
+    cdef int64_t[:, ::1] r = runs
+    i = 0
+    with nogil:
+        while i < n:
+            if not mask[i]:
+                i += 1
+                continue
+            start = i
+            while i < n and mask[i]:
+                i += 1
+            r[k, 0] = start
+            r[k, 1] = i - start
+            k += 1
+    return runs
+
+
+def runs_to_mask(const int64_t[:, ::1] runs, Py_ssize_t nblocks):
+    """Inverse of mask_to_runs; runs are validated (non-negative, inside nblocks)."""
+    mask = np.zeros(nblocks, dtype=np.bool_)
+    if nblocks == 0 or runs.shape[0] == 0:
+        return mask
+    cdef uint8_t[::1] m = mask.view(np.uint8)
+    cdef Py_ssize_t k, b
+    with nogil:
+        for k in range(runs.shape[0]):
+            for b in range(runs[k, 0], runs[k, 0] + runs[k, 1]):
+                m[b] = 1
+    return mask

@@ -1,0 +1,262 @@
+"""Windowed reading of raw images and block devices: pread, holes, digests, zero flags.
+
+A ``Scanner`` owns one aligned, reusable window buffer (the only memory that scales with the
+window, never with the volume) and reads ranges of blocks into it with ``pread``. It never
+changes the file offset of the descriptor except through ``lseek(SEEK_DATA/SEEK_HOLE)``
+probes, which the Python layer brackets with a save and restore.
+
+Holes (``sparse=True``, regular files only) are found with ``SEEK_DATA``/``SEEK_HOLE``; a block
+lying wholly in a hole is flagged zero with the zero digest and is never read. A block that
+is partly data is read whole. When the caller wants the bytes (``zero_fill=True``), the slots
+of hole blocks in the buffer are made zero, but only where an earlier read left data there:
+long runs of holes cost no memset.
+
+Errors are reported as ``-errno`` from the nogil loops with the failing byte offset kept in
+``error_offset``; the Python layer turns them into ``OSError`` with the offset in the text.
+A read that ends early (the source shrank, or a short read at EOF) is ``EIO``-like and
+reported as ``short_read``.
+"""
+
+import numpy as np
+
+from libc.errno cimport EINTR, ENXIO, errno
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.string cimport memcpy, memset
+from posix.types cimport off_t
+from posix.unistd cimport pread
+
+from kernels cimport ZeroDigest, cb_digest, hash_span
+
+
+cdef extern from "<unistd.h>" nogil:
+    off_t lseek(int fd, off_t offset, int whence)
+
+cdef extern from *:
+    """
+    #ifndef SEEK_DATA
+    #define SEEK_DATA 3
+    #define SEEK_HOLE 4
+    #endif
+    """
+    int SEEK_DATA
+    int SEEK_HOLE
+
+cdef enum:
+    ALIGN = 4096            # O_DIRECT alignment of the buffer, offsets and lengths
+    SHORT_READ = -1000000   # rc for a read that hit end-of-file before the expected size
+
+
+cdef class Scanner:
+    cdef int fd
+    cdef uint64_t size
+    cdef size_t block_size
+    cdef uint64_t seed
+    cdef size_t window_blocks
+    cdef bint direct
+    cdef bint sparse
+    cdef bint zero_fill
+    cdef object _buffer_owner
+    cdef uint8_t *buf
+    cdef uint8_t[::1] slot_dirty
+    cdef ZeroDigest zd
+    cdef public int64_t error_offset
+    cdef public int64_t bytes_read
+
+    def __cinit__(self, int fd, uint64_t size, size_t block_size, uint64_t seed,
+                  size_t window_blocks, bint direct=False, bint sparse=True,
+                  bint zero_fill=False):
+        self.fd = fd
+        self.size = size
+        self.block_size = block_size
+        self.seed = seed
+        self.window_blocks = window_blocks
+        self.direct = direct
+        self.sparse = sparse
+        self.zero_fill = zero_fill
+        self.error_offset = -1
+        self.bytes_read = 0
+        cdef size_t cap = window_blocks * block_size
+        # numpy owns the memory, so views handed out stay valid after the scanner is gone.
+        owner = np.zeros(cap + ALIGN, dtype=np.uint8)
+        cdef uint8_t[::1] raw = owner
+        cdef size_t addr = <size_t> &raw[0]
+        cdef size_t skew = (ALIGN - addr % ALIGN) % ALIGN
+        self._buffer_owner = owner[skew:skew + cap]
+        self.buf = &raw[0] + skew
+        self.slot_dirty = np.zeros(window_blocks, dtype=np.uint8)
+        self.zd.known = False
+        # Holes need the zero digest without a zero block in hand: learn it now.
+        zero_block = np.zeros(block_size, dtype=np.uint8)
+        cdef uint8_t[::1] zb = zero_block
+        with nogil:
+            cb_digest(&zb[0], block_size, seed, self.zd.digest)
+        self.zd.known = True
+
+    @property
+    def buffer(self):
+        """The window buffer (numpy ``uint8``); its content is only valid until the next read."""
+        return self._buffer_owner
+
+    @property
+    def nblocks(self):
+        return (self.size + self.block_size - 1) // self.block_size
+
+    cdef int _read_run(self, uint64_t first, size_t count, size_t slot,
+                       uint8_t *digests, uint8_t *zero) noexcept nogil:
+        """Read blocks [first, first+count) into window slots from ``slot`` on, and hash them."""
+        cdef uint64_t start = first * self.block_size
+        cdef uint64_t end = (first + count) * self.block_size
+        if end > self.size:
+            end = self.size
+        cdef size_t want = end - start
+        cdef size_t asked = want
+        if self.direct and asked % ALIGN:
+            asked += ALIGN - asked % ALIGN
+        cdef uint8_t *dst = self.buf + slot * self.block_size
+        cdef size_t got = 0
+        cdef ssize_t r
+        cdef size_t i
+        while got < want:
+            r = pread(self.fd, dst + got, asked - got, <off_t>(start + got))
+            if r < 0:
+                if errno == EINTR:
+                    continue
+                self.error_offset = start + got
+                return -errno
+            if r == 0:
+                self.error_offset = start + got
+                return SHORT_READ
+            got += r
+        self.bytes_read += want
+        hash_span(dst, want, self.block_size, self.seed,
+                  digests + 16 * slot, zero + slot, &self.zd)
+        if self.zero_fill:
+            for i in range(count):
+                # A full zero block leaves its slot clean; anything else leaves data behind.
+                self.slot_dirty[slot + i] = not (zero[slot + i] and
+                                                 (first + i + 1) * self.block_size <= self.size)
+        return 0
+
+    cdef void _hole_run(self, size_t slot, size_t count,
+                        uint8_t *digests, uint8_t *zero) noexcept nogil:
+        cdef size_t i, s
+        for i in range(count):
+            s = slot + i
+            zero[s] = 1
+            memcpy(digests + 16 * s, self.zd.digest, 16)
+            if self.zero_fill and self.slot_dirty[s]:
+                memset(self.buf + s * self.block_size, 0, self.block_size)
+                self.slot_dirty[s] = 0
+
+    cdef int _fill(self, uint64_t first, size_t count,
+                   uint8_t *digests, uint8_t *zero) noexcept nogil:
+        """One window: blocks [first, first+count) into slots [0, count)."""
+        cdef uint64_t bs = self.block_size
+        cdef uint64_t last = first + count
+        cdef uint64_t blk = first
+        cdef off_t d, h
+        cdef uint64_t data_first, data_last
+        cdef int rc
+        if not self.sparse:
+            return self._read_run(first, count, 0, digests, zero)
+        while blk < last:
+            d = lseek(self.fd, <off_t>(blk * bs), SEEK_DATA)
+            if d < 0:
+                if errno != ENXIO:
+                    self.error_offset = blk * bs
+                    return -errno
+                d = <off_t> self.size          # no data at or after blk: the rest is hole
+            data_first = <uint64_t> d // bs
+            if data_first > last:
+                data_first = last
+            if data_first > blk:
+                self._hole_run(blk - first, data_first - blk, digests, zero)
+                blk = data_first
+            if blk >= last:
+                break
+            h = lseek(self.fd, <off_t> d, SEEK_HOLE)
+            if h < 0:
+                self.error_offset = d
+                return -errno
+            data_last = (<uint64_t> h + bs - 1) // bs
+            if data_last > last:
+                data_last = last
+            if data_last <= blk:                # defensive: never loop without progress
+                data_last = blk + 1
+            rc = self._read_run(blk, data_last - blk, blk - first, digests, zero)
+            if rc:
+                return rc
+            blk = data_last
+        return 0
+
+    def read_window(self, uint64_t first, size_t count, digests, zero):
+        """Fill one window (count <= window_blocks); return ``(rc, nbytes)``."""
+        cdef uint8_t[:, ::1] d = digests
+        cdef uint8_t[::1] z = zero
+        cdef int rc = 0
+        cdef uint64_t end = (first + count) * self.block_size
+        if end > self.size:
+            end = self.size
+        if count:
+            with nogil:
+                rc = self._fill(first, count, &d[0, 0], &z[0])
+        return rc, end - first * self.block_size
+
+    def scan(self, uint64_t first, uint64_t count, digests, zero,
+             size_t phase=0, size_t stride=1):
+        """Digest blocks [first, first+count) into the output arrays, window by window; rc.
+
+        With ``stride`` > 1 only windows ``phase, phase + stride, ...`` are done, so that
+        ``stride`` scanners on as many threads share one range and keep the device reading
+        nearly sequentially.
+        """
+        cdef uint8_t[:, ::1] d = digests
+        cdef uint8_t[::1] z = zero
+        cdef uint64_t done = phase * self.window_blocks
+        cdef uint64_t step = stride * self.window_blocks
+        cdef size_t n
+        cdef int rc = 0
+        with nogil:
+            while done < count:
+                n = self.window_blocks
+                if count - done < n:
+                    n = count - done
+                rc = self._fill(first + done, n, &d[done, 0], &z[done])
+                if rc:
+                    break
+                done += step
+        return rc
+
+
+def data_blocks(int fd, uint64_t size, size_t block_size, mask):
+    """Mark in ``mask`` (uint8, one per block) the blocks that overlap a data extent; rc."""
+    cdef uint8_t[::1] m = mask
+    cdef uint64_t pos = 0
+    cdef off_t d, h
+    cdef uint64_t b, e
+    cdef int rc = 0
+    cdef uint64_t where = 0
+    with nogil:
+        while pos < size:
+            d = lseek(fd, <off_t> pos, SEEK_DATA)
+            if d < 0:
+                if errno != ENXIO:
+                    rc = -errno
+                    where = pos
+                break
+            h = lseek(fd, d, SEEK_HOLE)
+            if h < 0:
+                rc = -errno
+                where = d
+                break
+            if <uint64_t> h > size:
+                h = <off_t> size
+            b = <uint64_t> d // block_size
+            e = (<uint64_t> h + block_size - 1) // block_size
+            while b < e:
+                m[b] = 1
+                b += 1
+            if <uint64_t> h <= pos:
+                break
+            pos = <uint64_t> h
+    return rc, where
