@@ -122,12 +122,16 @@ def main(argv: list[str] | None = None) -> int:
         path = os.path.join(tmp, "volume.img")
         make_file(path, size)
         rows = run(path, size, args.repeat)
-    print(f"scan throughput: {size / 2**20:.0f} MiB file in the page cache, "
-          f"{os.cpu_count()} CPUs, median of {args.repeat}")
+    print(
+        f"scan throughput: {size / 2**20:.0f} MiB file in the page cache, "
+        f"{os.cpu_count()} CPUs, median of {args.repeat}"
+    )
     print(f"{'case':<24}{'GB/s':>8}{'x plain read':>14}{'x python 64K':>14}")
     for r in rows:
-        print(f"{r['case']:<24}{r['gb_per_s']:8.2f}{r['x_plain_read']:14.2f}"
-              f"{r['x_python_loop_64k']:14.2f}")
+        print(
+            f"{r['case']:<24}{r['gb_per_s']:8.2f}{r['x_plain_read']:14.2f}"
+            f"{r['x_python_loop_64k']:14.2f}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

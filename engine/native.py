@@ -26,7 +26,6 @@ import struct
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 
@@ -40,6 +39,7 @@ __all__ = [
     "Window",
     "data_blocks",
     "diff",
+    "digest",
     "extents_to_blocks",
     "hash_blocks",
     "mask_count",
@@ -64,7 +64,7 @@ DEFAULT_THREADS = min(2, os.cpu_count() or 1)
 _BLKGETSIZE64 = 0x80081272  # <linux/fs.h>: _IOR(0x12, 114, size_t)
 _SHORT_READ = -1000000  # the kernels' code for "end of file before the expected size"
 
-Source = Union[str, bytes, os.PathLike, int]
+Source = str | bytes | os.PathLike | int
 
 
 # ----------------------------------------------------------------------------- validation
@@ -139,9 +139,10 @@ def _pairs(value: object, name: str) -> np.ndarray:
             arr = np.empty((0, 2), dtype=np.int64)
     if arr.ndim != 2 or arr.shape[1] != 2:
         raise ValueError(f"{name} must be (offset, length) pairs, got shape {arr.shape}")
-    if arr.dtype == object or arr.dtype.kind not in "iu":
-        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in arr.flat):
-            raise ValueError(f"{name} must hold integers")
+    if arr.dtype.kind not in "iu" and not all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in arr.flat
+    ):
+        raise ValueError(f"{name} must hold integers")
     if arr.size and (arr.min() < 0 or arr.max() >= 2**63):
         raise ValueError(f"{name} must not hold negative values")
     return np.ascontiguousarray(arr, dtype=np.int64)
@@ -161,6 +162,15 @@ def hash_blocks(data: object, block_size: int, seed: int) -> tuple[np.ndarray, n
     if view.nbytes == 0:
         return np.empty((0, DIGEST_SIZE), np.uint8), np.empty(0, np.bool_)
     return _hashing.hash_blocks(view, bs, s)
+
+
+def digest(data: object, seed: int) -> bytes:
+    """Keyed XXH3-128 of a whole buffer (one block), computed with the GIL released."""
+    view = _byte_view(data)
+    s = _check_seed(seed)
+    if view.nbytes == 0:
+        return _hashing.digest(b"", s)
+    return _hashing.digest(view, s)
 
 
 def zero_digest(block_size: int, seed: int) -> bytes:
@@ -245,8 +255,7 @@ def _block_range(size: int, bs: int, start_block: object, count: object) -> tupl
     n = nblocks - start if count is None else _check_count(count, "count")
     if start + n > nblocks:
         raise ValueError(
-            f"start_block + count ({start} + {n}) is past the end of the volume "
-            f"({nblocks} blocks)"
+            f"start_block + count ({start} + {n}) is past the end of the volume ({nblocks} blocks)"
         )
     return nblocks, start, n
 
@@ -312,7 +321,7 @@ def scan_file(
                         range(nthreads),
                     )
                 )
-        failed = [(sc.error_offset, rc) for sc, rc in zip(scanners, rcs) if rc]
+        failed = [(sc.error_offset, rc) for sc, rc in zip(scanners, rcs, strict=False) if rc]
         if failed:
             offset, rc = min(failed)
             _raise_read_error(rc, offset, label)
@@ -444,7 +453,11 @@ def data_blocks(source: Source, block_size: int) -> np.ndarray:
 def diff(
     digests: np.ndarray, zero: np.ndarray, parent_digests: np.ndarray, parent_zero: np.ndarray
 ) -> np.ndarray:
-    """Mask of blocks that differ from the parent's; blocks past the parent's end changed."""
+    """Mask of blocks that differ from the parent's; blocks past the parent's end changed.
+
+    A block is unchanged when both are zero blocks, or both are data blocks with equal
+    digests.
+    """
     d, z = _check_digests(digests, zero, "")
     pd, pz = _check_digests(parent_digests, parent_zero, "parent")
     return _bitmap.diff(d, z, pd, pz)

@@ -1,0 +1,1032 @@
+"""``BackupEngine``: the embedded default, a local repository with its SQLite catalog.
+
+This is the surface that backup drivers, service layers and the CLI call. It wires the layers
+of docs/architecture.md together: requests are validated (``engine.requests``), planned
+(``engine.planner``) inside a catalog transaction, and run on the bounded pool
+(``engine.runner``) by the data path (``engine.datapath``) against the repository
+(``engine.repository``). Every method validates its input and answers with Cinder's bodies
+and errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from . import native
+from .catalog import Catalog, now
+from .datapath.backup import BackupJob, run_backup
+from .datapath.restore import run_restore
+from .errors import (
+    ApiError,
+    BackupNotFound,
+    CinderblockError,
+    InvalidBackup,
+    InvalidInput,
+    InvalidVolume,
+    RepositoryError,
+    VolumeNotFound,
+)
+from .planner import (
+    GIB,
+    Plan,
+    Quotas,
+    check_chain_block_size,
+    data_timestamp,
+    plan_backup,
+    size_gib,
+)
+from .repository import LocalRepository
+from .repository.layout import check_project_id
+from .requests import (
+    create_response,
+    detail_view,
+    list_response,
+    parse_create_backup,
+    parse_list_query,
+    parse_microversion,
+    parse_update_backup,
+    restore_response,
+    summary_view,
+    update_response,
+)
+from .runner import Runner
+from .sources import (
+    OpenedSource,
+    Resolver,
+    SnapshotInfo,
+    VolumeInfo,
+    detect_in_use,
+    is_block_device,
+    open_source,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BLOCK_SIZE = 1 << 20
+DEFAULT_BASE_URL = "http://localhost:8776"
+VOLUME_STATUSES = frozenset(
+    {
+        "available",
+        "in-use",
+        "creating",
+        "error",
+        "backing-up",
+        "restoring-backup",
+        "error_restoring",
+        "deleting",
+        "maintenance",
+        "reserved",
+        "attaching",
+        "detaching",
+    }
+)
+SNAPSHOT_STATUSES = frozenset({"available", "creating", "error", "backing-up", "deleting"})
+RESTART_REASON = "incomplete backup reset on manager restart"
+
+
+class BackupEngine:
+    """Create, list, show, update, delete, restore and wait for backups of block volumes."""
+
+    def __init__(
+        self,
+        repo: LocalRepository,
+        catalog: Catalog,
+        *,
+        workers: int,
+        block_size: int,
+        resolver: Resolver | None,
+        base_url: str,
+        quotas: Quotas,
+        allow_delete_with_dependents: bool,
+        window_bytes: int,
+    ) -> None:
+        self.repo = repo
+        self.catalog = catalog
+        self.block_size = block_size
+        self.resolver = resolver
+        self.base_url = base_url.rstrip("/")
+        self.quotas = quotas
+        self.allow_delete_with_dependents = allow_delete_with_dependents
+        self.window_bytes = window_bytes
+        self.workers = workers
+        self._zero_digests: dict[int, bytes] = {}
+        self.runner = Runner(workers)
+        self._recover()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike,
+        *,
+        workers: int = 2,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        resolver: Resolver | None = None,
+        base_url: str = DEFAULT_BASE_URL,
+        quotas: Quotas | None = None,
+        allow_delete_with_dependents: bool = False,
+        compression_level: int = 3,
+        window_bytes: int = native.DEFAULT_WINDOW_BYTES,
+        create: bool = True,
+    ) -> BackupEngine:
+        """Open (or create) the repository at ``path`` and its catalog.
+
+        ``workers`` bounds concurrent backups and restores; ``block_size`` is the default for
+        new chains (a power of two, 64 KiB to 16 MiB). A repository of an unknown format
+        version is refused with ``FormatVersionError``.
+        """
+        check_chain_block_size(block_size)
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"workers must be a positive int, got {workers!r}")
+        root = os.fspath(path)
+        repo = LocalRepository.open(root, create=create, compression_level=compression_level)
+        catalog = Catalog(repo.layout.catalog)
+        engine = cls(
+            repo,
+            catalog,
+            workers=workers,
+            block_size=block_size,
+            resolver=resolver,
+            base_url=base_url,
+            quotas=quotas or Quotas(),
+            allow_delete_with_dependents=allow_delete_with_dependents,
+            window_bytes=window_bytes,
+        )
+        engine.reindex()
+        return engine
+
+    def close(self) -> None:
+        """Finish running jobs, then release the catalog."""
+        self.runner.shutdown()
+        self.catalog.close()
+
+    def __enter__(self) -> BackupEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _recover(self) -> None:
+        """Cinder's restart rule: what was running when the engine stopped did not finish."""
+        for b in self.catalog.query("SELECT * FROM backups WHERE status = 'creating'"):
+            self.catalog.update_backup(b["id"], status="error", fail_reason=RESTART_REASON)
+        self.catalog.execute("UPDATE backups SET status = 'available' WHERE status = 'restoring'")
+        self.catalog.execute(
+            "UPDATE volumes SET status = COALESCE(previous_status, 'available'), "
+            "previous_status = 'error_backing-up' WHERE status = 'backing-up'"
+        )
+        self.catalog.execute(
+            "UPDATE volumes SET status = 'error_restoring' WHERE status = 'restoring-backup'"
+        )
+        self.catalog.execute(
+            "UPDATE snapshots SET status = 'available' WHERE status = 'backing-up'"
+        )
+        for b in self.catalog.query("SELECT * FROM backups WHERE status = 'deleting'"):
+            self._delete_now(b)
+
+    def reindex(self) -> int:
+        """Index every committed backup record the catalog does not know; return how many.
+
+        The repository is the source of truth: a lost or older catalog is completed from it.
+        """
+        added = 0
+        for path, rec in self.repo.iter_records():
+            if isinstance(rec, Exception):
+                log.warning("unreadable backup record %s: %s", path, rec)
+                continue
+            if self.catalog.backup(rec["id"]) is None:
+                with self.catalog.transaction() as db:
+                    self.catalog.insert_backup(db, _row_from_record(rec))
+                added += 1
+        return added
+
+    # ------------------------------------------------------------------ volumes, snapshots
+
+    def register_volume(
+        self,
+        project_id: str,
+        volume_id: str,
+        path: str | os.PathLike,
+        *,
+        status: str = "available",
+        attached: bool | None = None,
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        """Make a volume (an image file or block device) known to the embedded default."""
+        check_project_id(project_id)
+        vid = _uuid(volume_id, "volume id")
+        p = _source_path(path)
+        if status not in VOLUME_STATUSES:
+            raise InvalidInput(f"volume status {status!r} is not one of {sorted(VOLUME_STATUSES)}")
+        existing = self.catalog.volume(vid)
+        if existing is not None and existing["project_id"] != project_id:
+            raise InvalidInput(f"volume id {vid} is already registered by another project")
+        if name is not None and (not isinstance(name, str) or len(name) > 255):
+            raise InvalidInput("volume name must be a string of at most 255 characters")
+        row = {
+            "id": vid,
+            "project_id": project_id,
+            "path": p,
+            "status": status,
+            "previous_status": None,
+            "attached": None if attached is None else int(bool(attached)),
+            "name": name,
+            "created_at": existing["created_at"] if existing else now(),
+        }
+        self.catalog.upsert_volume(row)
+        return self.get_volume(project_id, vid)
+
+    def register_snapshot(
+        self,
+        project_id: str,
+        snapshot_id: str,
+        volume_id: str,
+        path: str | os.PathLike,
+        *,
+        created_at: str | None = None,
+        status: str = "available",
+    ) -> dict[str, Any]:
+        """Make a snapshot image of a registered volume known to the embedded default."""
+        check_project_id(project_id)
+        sid = _uuid(snapshot_id, "snapshot id")
+        vid = _uuid(volume_id, "volume id")
+        p = _source_path(path)
+        if status not in SNAPSHOT_STATUSES:
+            raise InvalidInput(
+                f"snapshot status {status!r} is not one of {sorted(SNAPSHOT_STATUSES)}"
+            )
+        existing = self.catalog.snapshot(sid)
+        if existing is not None and existing["project_id"] != project_id:
+            raise InvalidInput(f"snapshot id {sid} is already registered by another project")
+        self.catalog.upsert_snapshot(
+            {
+                "id": sid,
+                "project_id": project_id,
+                "volume_id": vid,
+                "path": p,
+                "status": status,
+                "created_at": _timestamp(created_at) if created_at else now(),
+            }
+        )
+        return dict(self.catalog.snapshot(sid) or {})
+
+    def get_volume(self, project_id: str, volume_id: str) -> dict[str, Any]:
+        info = self._volume(check_project_id(project_id), volume_id)
+        if info is None:
+            raise VolumeNotFound(volume_id)
+        row = self.catalog.volume(info.id) or {}
+        return {
+            "id": info.id,
+            "name": info.name,
+            "path": info.path,
+            "status": info.status,
+            "attached": info.attached,
+            "previous_status": row.get("previous_status"),
+            "size": _size_or_none(info.path),
+        }
+
+    def list_volumes(self, project_id: str) -> list[dict[str, Any]]:
+        rows = self.catalog.query(
+            "SELECT id FROM volumes WHERE project_id = ? ORDER BY created_at", (project_id,)
+        )
+        return [self.get_volume(project_id, r["id"]) for r in rows]
+
+    def list_snapshots(self, project_id: str) -> list[dict[str, Any]]:
+        return self.catalog.query(
+            "SELECT * FROM snapshots WHERE project_id = ? ORDER BY created_at",
+            (check_project_id(project_id),),
+        )
+
+    def _volume(self, project_id: str, volume_id: str) -> VolumeInfo | None:
+        vid = _canonical_uuid(volume_id)
+        if vid is None:
+            return None
+        if self.resolver is not None:
+            info = self.resolver.volume(project_id, vid)
+            if info is not None:
+                return self._track_resolved_volume(info)
+        row = self.catalog.volume(vid)
+        if row is None or row["project_id"] != project_id:
+            return None
+        return VolumeInfo(
+            id=row["id"],
+            project_id=row["project_id"],
+            path=row["path"],
+            status=row["status"],
+            attached=None if row["attached"] is None else bool(row["attached"]),
+            name=row["name"],
+        )
+
+    def _track_resolved_volume(self, info: VolumeInfo) -> VolumeInfo:
+        """Keep the engine's own transient statuses for a driver's volume in the catalog."""
+        row = self.catalog.volume(info.id)
+        if row is not None and row["status"] in ("backing-up", "restoring-backup"):
+            info.status = row["status"]
+        self.catalog.upsert_volume(
+            {
+                "id": info.id,
+                "project_id": info.project_id,
+                "path": info.path,
+                "status": info.status,
+                "previous_status": row["previous_status"] if row else None,
+                "attached": None if info.attached is None else int(info.attached),
+                "name": info.name,
+                "created_at": row["created_at"] if row else now(),
+            }
+        )
+        return info
+
+    def _snapshot(self, project_id: str, snapshot_id: str) -> SnapshotInfo | None:
+        sid = _canonical_uuid(snapshot_id)
+        if sid is None:
+            return None
+        if self.resolver is not None:
+            info = self.resolver.snapshot(project_id, sid)
+            if info is not None:
+                return info
+        row = self.catalog.snapshot(sid)
+        if row is None or row["project_id"] != project_id:
+            return None
+        return SnapshotInfo(
+            id=row["id"],
+            project_id=row["project_id"],
+            volume_id=row["volume_id"],
+            path=row["path"],
+            status=row["status"],
+            created_at=row["created_at"],
+        )
+
+    # ------------------------------------------------------------------ create
+
+    def create_backup(
+        self,
+        project_id: str,
+        body: Any,
+        *,
+        microversion: str = "3.0",
+        changed_extents: Iterable[tuple[int, int]] | None = None,
+        block_size: int | None = None,
+        user_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Accept a Cinder create-backup request and start the backup; return the 202 body.
+
+        ``changed_extents`` are byte extents ``(offset, length)`` changed since the parent:
+        an incremental then reads only the blocks they touch and inherits the rest. The
+        ``self`` link of the answer is what a service puts in its ``Location`` header.
+        """
+        check_project_id(project_id)
+        version = parse_microversion(microversion)
+        request = parse_create_backup(body, version)
+        extents = None if changed_extents is None else _extents(changed_extents)
+        backup_id = str(uuid.uuid4())
+        with self.catalog.transaction() as db:
+            volume = self._volume(project_id, request.volume_id)
+            snapshot = (
+                self._snapshot(project_id, request.snapshot_id)
+                if request.snapshot_id is not None and volume is not None
+                else None
+            )
+            in_use = False
+            if volume is not None and request.snapshot_id is None:
+                in_use = (
+                    bool(volume.attached)
+                    if volume.attached is not None
+                    else (_detect_in_use(volume.path))
+                )
+            source = snapshot.path if snapshot is not None else (volume.path if volume else None)
+            usage = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM backups WHERE project_id = ?",
+                (project_id,),
+            ).fetchone()
+            plan = plan_backup(
+                project_id=project_id,
+                request=request,
+                volume=volume,
+                snapshot=snapshot,
+                in_use=in_use,
+                backups_of_volume=(
+                    self.catalog.backups_of_volume(project_id, volume.id) if volume else []
+                ),
+                project_usage=(usage[0], usage[1]),
+                volume_size=_size_or_none(source) or 0 if source else 0,
+                quotas=self.quotas,
+                default_block_size=self.block_size,
+                block_size=block_size,
+            )
+            created = now()
+            row = {
+                "id": backup_id,
+                "project_id": project_id,
+                "user_id": user_id,
+                "volume_id": plan.volume.id,
+                "snapshot_id": snapshot.id if snapshot else None,
+                "parent_id": plan.parent["id"] if plan.parent else None,
+                "container": plan.container,
+                "display_name": request.name,
+                "display_description": request.description,
+                "availability_zone": request.availability_zone,
+                "status": "creating",
+                "size": size_gib(_size_or_none(plan.source_path) or 0),
+                "block_size": plan.block_size,
+                "metadata": request.metadata,
+                "stats": {},
+                "progress": 0.0,
+                "created_at": created,
+                "updated_at": created,
+                "data_timestamp": data_timestamp(created, snapshot),
+            }
+            self.catalog.insert_backup(db, row)
+            if snapshot is not None:
+                db.execute(
+                    "UPDATE snapshots SET status = 'backing-up' WHERE id = ?", (snapshot.id,)
+                )
+            else:
+                prev = "in-use" if (plan.volume.status == "in-use" or in_use) else "available"
+                db.execute(
+                    "UPDATE volumes SET status = 'backing-up', previous_status = ? WHERE id = ?",
+                    (prev, plan.volume.id),
+                )
+        self.runner.submit(lambda: self._run_backup(plan, backup_id, extents))
+        return create_response(
+            self.catalog.backup(backup_id) or row,
+            base_url=self.base_url,
+            project_id=project_id,
+            microversion=version,
+        )
+
+    def _zero_digest(self, block_size: int) -> bytes:
+        if block_size not in self._zero_digests:
+            self._zero_digests[block_size] = native.zero_digest(block_size, self.repo.seed)
+        return self._zero_digests[block_size]
+
+    def _run_backup(self, plan: Plan, backup_id: str, extents: np.ndarray | None) -> None:
+        source: OpenedSource | None = None
+        try:
+            with self.runner.writing(plan.project_id, plan.container):
+                source = open_source(
+                    plan.source_path,
+                    in_use=plan.in_use,
+                    force=plan.request.force,
+                    snapshot=plan.snapshot is not None,
+                )
+                parent_manifest = None
+                if plan.parent is not None:
+                    parent_manifest = self.repo.get_manifest(
+                        plan.project_id,
+                        plan.container,
+                        plan.parent["id"],
+                        self._zero_digest(plan.block_size),
+                    )
+                changed = None
+                if extents is not None and parent_manifest is not None:
+                    nblocks = -(-source.size // plan.block_size)
+                    try:
+                        if parent_manifest.volume_size != source.size:
+                            raise ValueError("the volume size changed since the parent")
+                        changed = native.extents_to_blocks(extents, plan.block_size, nblocks)
+                    except ValueError as e:
+                        log.warning(
+                            "backup %s: changed extents not usable (%s); reading the whole volume",
+                            backup_id,
+                            e,
+                        )
+                job = BackupJob(
+                    project_id=plan.project_id,
+                    container=plan.container,
+                    backup_id=backup_id,
+                    source_path=source.path,
+                    volume_size=source.size,
+                    block_size=plan.block_size,
+                    parent=parent_manifest,
+                    changed=changed,
+                    workers=self.workers,
+                    window_bytes=self.window_bytes,
+                    progress=lambda f: self._progress(backup_id, f),
+                )
+                manifest, stats = run_backup(self.repo, job)
+                row = self.catalog.backup(backup_id) or {}
+                stats_d = {
+                    **stats.as_dict(),
+                    "consistency": source.consistency,
+                    "block_size": plan.block_size,
+                    "volume_bytes": source.size,
+                    "changed_extents_used": changed is not None,
+                }
+                record = {
+                    **{k: row.get(k) for k in _RECORD_FIELDS},
+                    "status": "available",
+                    "size": size_gib(source.size),
+                    "object_count": stats.objects_written,
+                    "volume_size": source.size,
+                    "stats": stats_d,
+                    "completed_at": now(),
+                }
+                self.repo.put_manifest(plan.project_id, plan.container, manifest)
+                self.repo.put_record(plan.project_id, plan.container, record)
+                self.catalog.update_backup(
+                    backup_id,
+                    status="available",
+                    size=record["size"],
+                    volume_size=source.size,
+                    object_count=stats.objects_written,
+                    stats=stats_d,
+                    progress=1.0,
+                    consistency=source.consistency,
+                )
+        except BaseException as e:  # noqa: BLE001 - every failure becomes the backup's status
+            log.warning("backup %s failed: %s", backup_id, e)
+            self.catalog.update_backup(backup_id, status="error", fail_reason=_reason(e))
+        finally:
+            if source is not None:
+                source.close()
+            self._release_source(plan)
+            self.runner.notify()
+
+    def _release_source(self, plan: Plan) -> None:
+        if plan.snapshot is not None:
+            self.catalog.execute(
+                "UPDATE snapshots SET status = 'available' WHERE id = ? AND status = 'backing-up'",
+                (plan.snapshot.id,),
+            )
+        else:
+            self.catalog.execute(
+                "UPDATE volumes SET status = COALESCE(previous_status, 'available'), "
+                "previous_status = 'backing-up' WHERE id = ? AND status = 'backing-up'",
+                (plan.volume.id,),
+            )
+
+    def _progress(self, backup_id: str, fraction: float) -> None:
+        self.catalog.execute(
+            "UPDATE backups SET progress = ? WHERE id = ?", (round(fraction, 4), backup_id)
+        )
+
+    # ------------------------------------------------------------------ show, list, wait
+
+    def _backup_row(self, project_id: str, backup_id: str) -> dict[str, Any]:
+        check_project_id(project_id)
+        bid = _canonical_uuid(backup_id)
+        row = self.catalog.backup(bid) if bid else None
+        if row is None or row["project_id"] != project_id:
+            raise BackupNotFound(backup_id)
+        return row
+
+    def _with_dependents(self, row: dict[str, Any]) -> dict[str, Any]:
+        n = self.catalog.query(
+            "SELECT COUNT(*) AS n FROM backups WHERE parent_id = ? AND status = 'available'",
+            (row["id"],),
+        )[0]["n"]
+        stats = dict(row.get("stats") or {})
+        if row.get("consistency"):
+            stats.setdefault("consistency", row["consistency"])
+        return {**row, "num_dependent_backups": n, "stats": stats}
+
+    def get_backup(
+        self, project_id: str, backup_id: str, *, microversion: str = "3.0"
+    ) -> dict[str, Any]:
+        """Cinder's detail view of one backup, plus ``progress`` and ``stats``."""
+        row = self._backup_row(project_id, backup_id)
+        return detail_view(
+            self._with_dependents(row),
+            base_url=self.base_url,
+            project_id=project_id,
+            microversion=microversion,
+        )
+
+    def list_backups(
+        self,
+        project_id: str,
+        *,
+        detail: bool = True,
+        filters: Mapping[str, str] | None = None,
+        sort: str | None = None,
+        limit: int | None = None,
+        marker: str | None = None,
+        offset: int | None = None,
+        with_count: bool = False,
+        microversion: str = "3.0",
+    ) -> dict[str, Any]:
+        """Cinder's list body (``{"backups": [...]}`` with ``backups_links`` and ``count``)."""
+        check_project_id(project_id)
+        params: dict[str, str] = {str(k): str(v) for k, v in (filters or {}).items()}
+        if sort is not None:
+            params["sort"] = sort
+        if limit is not None:
+            params["limit"] = str(limit)
+        if marker is not None:
+            params["marker"] = marker
+        if offset is not None:
+            params["offset"] = str(offset)
+        if with_count:
+            params["with_count"] = "true"
+        query = parse_list_query(params, microversion)
+        rows = self._select(project_id, query)
+        count = len(rows)
+        if query.marker is not None:
+            ids = [r["id"] for r in rows]
+            mid = _canonical_uuid(query.marker)
+            if mid not in ids:
+                raise BackupNotFound(query.marker)
+            rows = rows[ids.index(mid) + 1 :]
+        rows = rows[query.offset :][: query.limit]
+        rows = [self._with_dependents(r) for r in rows]
+        next_marker = rows[-1]["id"] if rows and len(rows) == query.limit else None
+        return list_response(
+            rows,
+            detail=detail,
+            base_url=self.base_url,
+            project_id=project_id,
+            limit=query.limit,
+            microversion=microversion,
+            next_marker=next_marker,
+            count=count if query.with_count else None,
+            query=params,
+        )
+
+    def _select(self, project_id: str, query) -> list[dict[str, Any]]:
+        if query.matches_nothing:
+            return []
+        where = ["project_id = ?"]
+        args: list[Any] = [project_id]
+        for key, value in query.filters.items():
+            if key.endswith("~"):
+                where.append(f"{key[:-1]} LIKE ?")
+                args.append(f"%{value}%")
+            else:
+                where.append(f"{key} = ?")
+                args.append(value)
+        order = ", ".join(f"{k} {d.upper()}" for k, d in query.sort)
+        return self.catalog.query(
+            f"SELECT * FROM backups WHERE {' AND '.join(where)} ORDER BY {order}", args
+        )
+
+    def wait(self, backup_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the backup leaves ``creating``/``restoring``; return its detail view.
+
+        Raises ``TimeoutError`` when ``timeout`` seconds pass first.
+        """
+        bid = _canonical_uuid(backup_id)
+        row = self.catalog.backup(bid) if bid else None
+        if row is None:
+            raise BackupNotFound(backup_id)
+
+        def settled() -> bool:
+            r = self.catalog.backup(bid)
+            return r is None or r["status"] not in ("creating", "restoring", "deleting")
+
+        if not self.runner.wait_for(settled, timeout):
+            raise TimeoutError(f"backup {backup_id} is still {self.catalog.backup(bid)['status']}")
+        row = self.catalog.backup(bid)
+        if row is None:
+            raise BackupNotFound(backup_id)
+        return self.get_backup(row["project_id"], bid)
+
+    # ------------------------------------------------------------------ update, delete
+
+    def update_backup(
+        self, project_id: str, backup_id: str, body: Any, *, microversion: str = "3.9"
+    ) -> dict[str, Any]:
+        row = self._backup_row(project_id, backup_id)
+        request = parse_update_backup(body, microversion)
+        changes = request.changes()
+        if changes:
+            self.catalog.update_backup(row["id"], **changes)
+        return update_response(
+            self.catalog.backup(row["id"]) or row, base_url=self.base_url, project_id=project_id
+        )
+
+    def delete_backup(self, project_id: str, backup_id: str, *, force: bool = False) -> None:
+        """Delete a backup and the objects no other backup needs (Cinder's rules apply).
+
+        ``force`` (Cinder's admin force-delete) skips the status check, not the dependents
+        check, unless the engine was opened with ``allow_delete_with_dependents``.
+        """
+        row = self._backup_row(project_id, backup_id)
+        with self.catalog.transaction() as db:
+            row = self.catalog.backup(row["id"]) or row
+            if not force and row["status"] not in ("available", "error"):
+                raise InvalidBackup("Backup status must be available or error")
+            if row["status"] in ("creating", "restoring"):
+                raise InvalidBackup("Backup status must be available or error")
+            if not self.allow_delete_with_dependents and self.catalog.children(row["id"]):
+                raise InvalidBackup("Incremental backups exist for this backup.")
+            db.execute("UPDATE backups SET status = 'deleting' WHERE id = ?", (row["id"],))
+        self._delete_now(row)
+
+    def _delete_now(self, row: dict[str, Any]) -> None:
+        try:
+            self.repo.remove_backup(row["project_id"], row["container"], row["id"])
+            self.catalog.execute("DELETE FROM backups WHERE id = ?", (row["id"],))
+            self.sweep(row["project_id"], row["container"])
+        except (OSError, CinderblockError) as e:
+            self.catalog.update_backup(row["id"], status="error_deleting", fail_reason=_reason(e))
+            raise
+        finally:
+            self.runner.notify()
+
+    def sweep(self, project_id: str, container: str) -> int:
+        """Remove the container's objects that no manifest references; return bytes freed.
+
+        Skipped while a backup writes into the container: its new objects are referenced
+        only once its manifest lands. Such leftovers go with the next sweep.
+        """
+        if self.runner.is_writing(project_id, container):
+            return 0
+        referenced: set[bytes] = set()
+        for bid in self.repo.manifest_ids(project_id, container):
+            try:
+                m = self.repo.get_manifest(
+                    project_id, container, bid, self._zero_digest(native.BLOCK_SIZE_MIN)
+                )
+            except RepositoryError:
+                # An unreadable manifest might still reference anything: keep everything.
+                log.warning("manifest %s unreadable; sweep of %s skipped", bid, container)
+                return 0
+            referenced |= m.referenced()
+        freed = 0
+        for path, st in self.repo.iter_objects(project_id, container):
+            name = os.path.basename(path)
+            try:
+                digest = bytes.fromhex(name)
+            except ValueError:
+                continue
+            if digest not in referenced:
+                try:
+                    os.unlink(path)
+                    freed += st.st_size
+                except FileNotFoundError:
+                    pass
+        return freed
+
+    # ------------------------------------------------------------------ restore
+
+    def restore_backup(
+        self,
+        project_id: str,
+        backup_id: str,
+        target: str | os.PathLike,
+        *,
+        force: bool = False,
+        wait: bool = True,
+    ) -> dict[str, Any]:
+        """Restore a backup onto a registered volume (by id) or a path, bit-exact.
+
+        A path that does not exist becomes a new sparse image file. With ``wait`` (the
+        default) the call returns when the data is on the target and raises on failure;
+        without it, the restore runs on the pool and the answer is Cinder's restore body.
+        """
+        row = self._backup_row(project_id, backup_id)
+        target_volume, target_path = self._restore_target(project_id, target)
+        with self.catalog.transaction() as db:
+            row = self.catalog.backup(row["id"]) or row
+            if row["status"] != "available":
+                raise InvalidBackup("Backup status must be available")
+            volume_bytes = int(row["volume_size"] or 0)
+            if target_volume is not None and target_volume.status != "available":
+                raise InvalidVolume("Volume to be restored to must be available")
+            exists = os.path.exists(target_path)
+            if exists:
+                in_use = (
+                    bool(target_volume.attached)
+                    if target_volume is not None and target_volume.attached is not None
+                    else _detect_in_use(target_path)
+                )
+                if in_use and not force:
+                    raise InvalidVolume(
+                        "Volume to be restored to is in use; restore with force to overwrite it"
+                    )
+                have = native.volume_size(target_path)
+                if have < volume_bytes:
+                    if size_gib(have) < size_gib(volume_bytes):
+                        raise InvalidVolume(
+                            f"volume size {size_gib(have)} is too small to restore backup of "
+                            f"size {size_gib(volume_bytes)}."
+                        )
+                    raise InvalidVolume(
+                        f"volume size {have} bytes is too small to restore backup of size "
+                        f"{volume_bytes} bytes."
+                    )
+            db.execute(
+                "UPDATE backups SET status = 'restoring', restore_volume_id = ? WHERE id = ?",
+                (target_volume.id if target_volume else None, row["id"]),
+            )
+            if target_volume is not None:
+                db.execute(
+                    "UPDATE volumes SET status = 'restoring-backup' WHERE id = ?",
+                    (target_volume.id,),
+                )
+        body = restore_response(
+            backup_id=row["id"],
+            volume_id=target_volume.id if target_volume else None,
+            volume_name=target_volume.name if target_volume else None,
+        )
+
+        def job() -> None:
+            self._run_restore(row, target_volume, target_path, fresh=not exists)
+
+        if not wait:
+            self.runner.submit(job)
+            return body
+        error = self._run_restore(row, target_volume, target_path, fresh=not exists)
+        if error is not None:
+            raise error
+        return body
+
+    def _restore_target(self, project_id: str, target: Any) -> tuple[VolumeInfo | None, str]:
+        if isinstance(target, str) and _canonical_uuid(target) and not os.path.exists(target):
+            volume = self._volume(project_id, target)
+            if volume is None:
+                raise VolumeNotFound(target)
+            return volume, volume.path
+        path = _source_path(target)
+        if os.path.isdir(path):
+            raise InvalidInput(f"restore target {path!r} is a directory")
+        if not os.path.isdir(os.path.dirname(path)):
+            raise InvalidInput(f"restore target {path!r}: its directory does not exist")
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, os.path.realpath(self.repo.root)]) == os.path.realpath(
+            self.repo.root
+        ):
+            raise InvalidInput("restore target must not lie inside the repository")
+        if os.path.exists(path):
+            mode = os.stat(path).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+                raise InvalidInput(f"restore target {path!r} is not a file or block device")
+        return None, path
+
+    def _run_restore(
+        self, row: dict[str, Any], volume: VolumeInfo | None, path: str, *, fresh: bool
+    ) -> BaseException | None:
+        created = False
+        error: BaseException | None = None
+        try:
+            bs = int(row["block_size"])
+            manifest = self.repo.get_manifest(
+                row["project_id"], row["container"], row["id"], self._zero_digest(bs)
+            )
+            if fresh:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+                created = True
+                try:
+                    os.ftruncate(fd, manifest.volume_size)
+                finally:
+                    os.close(fd)
+            run_restore(
+                self.repo,
+                row["project_id"],
+                row["container"],
+                manifest,
+                path,
+                fresh=fresh,
+                workers=self.workers,
+                progress=lambda f: self._progress(row["id"], f),
+            )
+            outcome = {"status": "available", "target": path, "completed_at": now()}
+        except BaseException as e:  # noqa: BLE001 - a failed restore is recorded, then raised
+            log.warning("restore of backup %s failed: %s", row["id"], e)
+            error = e
+            outcome = {"status": "error", "target": path, "error": _reason(e)}
+            if created:
+                _unlink_quietly(path)
+        stats = dict((self.catalog.backup(row["id"]) or row).get("stats") or {})
+        stats["last_restore"] = outcome
+        self.catalog.update_backup(row["id"], status="available", progress=1.0, stats=stats)
+        if volume is not None:
+            self.catalog.execute(
+                "UPDATE volumes SET status = ? WHERE id = ?",
+                ("available" if error is None else "error_restoring", volume.id),
+            )
+        self.runner.notify()
+        return error
+
+    # ------------------------------------------------------------------ views for callers
+
+    def summary(self, project_id: str, backup_id: str) -> dict[str, Any]:
+        row = self._backup_row(project_id, backup_id)
+        return summary_view(row, base_url=self.base_url, project_id=project_id)
+
+
+_RECORD_FIELDS = (
+    "id",
+    "project_id",
+    "user_id",
+    "volume_id",
+    "snapshot_id",
+    "parent_id",
+    "container",
+    "display_name",
+    "display_description",
+    "availability_zone",
+    "block_size",
+    "metadata",
+    "created_at",
+    "data_timestamp",
+)
+
+
+def _row_from_record(rec: dict[str, Any]) -> dict[str, Any]:
+    row = {k: rec.get(k) for k in _RECORD_FIELDS}
+    row.update(
+        status="available",
+        size=rec.get("size") or 0,
+        volume_size=rec.get("volume_size"),
+        object_count=rec.get("object_count"),
+        stats=rec.get("stats") or {},
+        progress=1.0,
+        consistency=(rec.get("stats") or {}).get("consistency"),
+        updated_at=rec.get("completed_at"),
+        metadata=rec.get("metadata") or {},
+    )
+    return row
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, ApiError):
+        return e.message
+    if isinstance(e, OSError) and e.errno is not None and e.errno == 28:
+        return f"repository is full: {e.strerror or e}"
+    text = str(e) or type(e).__name__
+    return text if isinstance(e, CinderblockError | OSError) else f"{type(e).__name__}: {text}"
+
+
+def _uuid(value: Any, what: str) -> str:
+    canonical = _canonical_uuid(value)
+    if canonical is None:
+        raise InvalidInput(f"{what} {value!r} is not a UUID")
+    return canonical
+
+
+def _canonical_uuid(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+def _source_path(path: Any) -> str:
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, str | os.PathLike):
+        raise InvalidInput(f"path must be a string, got {type(path).__name__}")
+    p = os.fspath(path)
+    if not p or "\0" in p:
+        raise InvalidInput("path must be non-empty and must not contain NUL bytes")
+    if len(p) > 4096:
+        raise InvalidInput("path is longer than 4096 characters")
+    return os.path.abspath(p)
+
+
+def _size_or_none(path: str | None) -> int | None:
+    if path is None:
+        return None
+    try:
+        return native.volume_size(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _detect_in_use(path: str) -> bool:
+    try:
+        return detect_in_use(path)
+    except OSError:
+        return False
+
+
+def _timestamp(value: str) -> str:
+    import datetime as _dt
+
+    try:
+        t = _dt.datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"created_at {value!r} is not an ISO 8601 timestamp") from None
+    if t.tzinfo is not None:
+        t = t.astimezone(_dt.timezone.utc).replace(tzinfo=None)
+    return t.isoformat(timespec="microseconds")
+
+
+def _extents(extents: Iterable[tuple[int, int]]) -> np.ndarray:
+    try:
+        rows = [(int(o), int(n)) for o, n in extents]
+    except (TypeError, ValueError):
+        raise InvalidInput("changed_extents must be (offset, length) pairs of integers") from None
+    if any(o < 0 or n < 0 for o, n in rows):
+        raise InvalidInput("changed_extents must not hold negative offsets or lengths")
+    return np.array(rows, dtype=np.int64).reshape(-1, 2)
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+__all__ = ["BackupEngine", "GIB", "Quotas", "is_block_device"]

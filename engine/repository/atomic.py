@@ -1,0 +1,71 @@
+"""Crash-safe file publication: write to a temporary name, fsync, rename, fsync the directory.
+
+A reader therefore sees either the old state or the whole new file, never a torn one. Temporary
+names start with ``.tmp.`` so garbage collection can recognise and remove the leftovers of a
+writer that died.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+
+TMP_PREFIX = ".tmp."
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str, data: bytes | memoryview, *, exclusive: bool = False) -> bool:
+    """Publish ``data`` at ``path``. With ``exclusive``, an existing file is left untouched.
+
+    Returns True when this call published the file. Parent directories are created (and
+    fsynced, so the new entry survives a crash).
+    """
+    directory = os.path.dirname(path)
+    _make_dirs(directory)
+    if exclusive and os.path.exists(path):
+        return False
+    tmp = os.path.join(directory, f"{TMP_PREFIX}{os.path.basename(path)}.{uuid.uuid4().hex}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    fsync_dir(directory)
+    return True
+
+
+def _make_dirs(directory: str) -> None:
+    if os.path.isdir(directory):
+        return
+    parent = os.path.dirname(directory)
+    if parent and parent != directory:
+        _make_dirs(parent)
+    try:
+        os.mkdir(directory, 0o750)
+    except FileExistsError:
+        return
+    fsync_dir(parent or ".")
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
