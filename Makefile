@@ -10,7 +10,7 @@ build: bootstrap
 	$(PY) setup.py -q build_ext --inplace
 
 demo: bootstrap
-	$(PY) benchmarks/scan_throughput.py --size 256M --repeat 3
+	scripts/demo
 
 test: bootstrap
 	$(PY) -m pytest -q

@@ -1,0 +1,391 @@
+"""The ``cinderblock`` command line (also ``python -m engine``).
+
+A thin shell over :class:`engine.BackupEngine`: parse arguments, call one method, print the
+answer as a short table (or as JSON with ``--json``), and turn every error into one line on
+stderr and a non-zero exit status. Long work shows a progress bar with rate and ETA when
+stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from .changed_extents import ChangedExtentsError
+from .changed_extents import load as load_changed_extents
+from .errors import ApiError, CinderblockError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+DEFAULT_PROJECT = "default"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cinderblock", description="Block-level incremental backups of volumes."
+    )
+    p.add_argument(
+        "--repo",
+        default=os.environ.get("CINDERBLOCK_REPO"),
+        help="repository directory (default: $CINDERBLOCK_REPO)",
+    )
+    p.add_argument(
+        "--project",
+        default=os.environ.get("CINDERBLOCK_PROJECT", DEFAULT_PROJECT),
+        help="project id (default: $CINDERBLOCK_PROJECT or 'default')",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument("--workers", type=int, default=2, help="concurrent jobs (default 2)")
+    groups = p.add_subparsers(dest="group", required=True, metavar="{volume,snapshot,backup}")
+
+    vol = groups.add_parser("volume", help="register and inspect volumes").add_subparsers(
+        dest="cmd", required=True
+    )
+    a = vol.add_parser("add", help="register an image file or block device as a volume")
+    a.add_argument("path")
+    a.add_argument("--id", help="volume UUID (default: a new one)")
+    a.add_argument("--name")
+    a.add_argument("--status", default="available")
+    att = a.add_mutually_exclusive_group()
+    att.add_argument("--attached", dest="attached", action="store_true", default=None)
+    att.add_argument("--detached", dest="attached", action="store_false")
+    vol.add_parser("list", help="list volumes")
+    s = vol.add_parser("show", help="show one volume")
+    s.add_argument("volume")
+
+    snap = groups.add_parser("snapshot", help="register and list snapshots").add_subparsers(
+        dest="cmd", required=True
+    )
+    a = snap.add_parser("add", help="register a snapshot image of a volume")
+    a.add_argument("volume")
+    a.add_argument("path")
+    a.add_argument("--id", help="snapshot UUID (default: a new one)")
+    a.add_argument("--created-at", help="ISO 8601 time the snapshot was taken (default: now)")
+    snap.add_parser("list", help="list snapshots")
+
+    bk = groups.add_parser("backup", help="create, list, restore and delete backups")
+    b = bk.add_subparsers(dest="cmd", required=True)
+    c = b.add_parser("create", help="back up a volume")
+    c.add_argument("volume")
+    c.add_argument("--name")
+    c.add_argument("--description")
+    c.add_argument("--container")
+    c.add_argument("--incremental", action="store_true")
+    c.add_argument("--force", action="store_true", help="back up even if the volume is in use")
+    c.add_argument("--snapshot", help="back up this snapshot of the volume")
+    c.add_argument("--property", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--changed-extents", metavar="FILE", help="changed-extents JSON (docs/)")
+    c.add_argument("--block-size", type=_size_arg, help="block size of a new chain, e.g. 1M")
+    c.add_argument("--wait", action="store_true", help="wait until the backup finishes")
+    c.add_argument("--microversion", default="3.43")
+    ls = b.add_parser("list", help="list backups")
+    ls.add_argument("--name")
+    ls.add_argument("--status")
+    ls.add_argument("--volume")
+    ls.add_argument("--sort")
+    ls.add_argument("--limit", type=int)
+    ls.add_argument("--marker")
+    s = b.add_parser("show", help="show one backup")
+    s.add_argument("backup")
+    d = b.add_parser("delete", help="delete a backup")
+    d.add_argument("backup")
+    d.add_argument("--force", action="store_true", help="skip the status check (admin)")
+    r = b.add_parser("restore", help="restore a backup to a path or a volume id")
+    r.add_argument("backup")
+    r.add_argument("target")
+    r.add_argument("--force", action="store_true", help="overwrite an in-use target")
+    w = b.add_parser("wait", help="wait for a backup to finish")
+    w.add_argument("backup")
+    w.add_argument("--timeout", type=float)
+    return p
+
+
+def _size_arg(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    try:
+        return int(t[:-1]) * units[t[-1]] if t and t[-1] in units else int(t)
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+
+
+class Output:
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def emit(self, value: Any, rows: Sequence[Sequence[Any]] | None = None) -> None:
+        if self.as_json or rows is None:
+            print(json.dumps(value, indent=2, default=str))
+            return
+        widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+class Progress:
+    """A one-line bar on stderr: percent, rate and ETA; silent when stderr is not a TTY."""
+
+    def __init__(self, label: str, total_bytes: int) -> None:
+        self.label = label
+        self.total = max(1, total_bytes)
+        self.enabled = sys.stderr.isatty()
+        self.start = time.monotonic()
+
+    def update(self, fraction: float) -> None:
+        if not self.enabled:
+            return
+        elapsed = max(1e-6, time.monotonic() - self.start)
+        done = fraction * self.total
+        rate = done / elapsed
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        bar = "#" * int(fraction * 30)
+        eta_s = f"{eta:5.0f}s" if eta != float("inf") else "    ?"
+        sys.stderr.write(
+            f"\r{self.label} [{bar:<30}] {fraction * 100:5.1f}% {rate / 1e6:8.1f} MB/s ETA {eta_s}"
+        )
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _follow(eng, backup_id: str, label: str, total: int, timeout: float | None = None) -> dict:
+    bar = Progress(label, total)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                return eng.wait(backup_id, timeout=0.25)
+            except TimeoutError:
+                row = eng.catalog.backup(backup_id) or {}
+                bar.update(float(row.get("progress") or 0.0))
+                if deadline is not None and time.monotonic() > deadline:
+                    raise
+    finally:
+        bar.close()
+
+
+def run(args: argparse.Namespace, out: Output) -> int:
+    from .engine import BackupEngine
+
+    if not args.repo:
+        raise SystemExit(
+            "cinderblock: error: no repository: pass --repo PATH or set CINDERBLOCK_REPO"
+        )
+    project = args.project
+    with BackupEngine.open(args.repo, workers=args.workers) as eng:
+        key = (args.group, args.cmd)
+        if key == ("volume", "add"):
+            v = eng.register_volume(
+                project,
+                args.id or str(uuid.uuid4()),
+                args.path,
+                name=args.name,
+                status=args.status,
+                attached=args.attached,
+            )
+            out.emit(
+                v,
+                [
+                    ("id", "name", "status", "size", "path"),
+                    (v["id"], v["name"] or "", v["status"], v["size"], v["path"]),
+                ],
+            )
+        elif key == ("volume", "list"):
+            vols = eng.list_volumes(project)
+            out.emit(
+                vols,
+                [("id", "name", "status", "size", "path")]
+                + [(v["id"], v["name"] or "", v["status"], v["size"], v["path"]) for v in vols],
+            )
+        elif key == ("volume", "show"):
+            v = eng.get_volume(project, args.volume)
+            out.emit(v, [(k, v[k]) for k in v])
+        elif key == ("snapshot", "add"):
+            s = eng.register_snapshot(
+                project,
+                args.id or str(uuid.uuid4()),
+                args.volume,
+                args.path,
+                created_at=args.created_at,
+            )
+            out.emit(s, [(k, s[k]) for k in s])
+        elif key == ("snapshot", "list"):
+            snaps = eng.list_snapshots(project)
+            out.emit(
+                snaps,
+                [("id", "volume_id", "status", "created_at", "path")]
+                + [
+                    (s["id"], s["volume_id"], s["status"], s["created_at"], s["path"])
+                    for s in snaps
+                ],
+            )
+        elif key == ("backup", "create"):
+            return _create(eng, project, args, out)
+        elif key == ("backup", "list"):
+            filters = {
+                k: v
+                for k, v in (
+                    ("name", args.name),
+                    ("status", args.status),
+                    ("volume_id", args.volume),
+                )
+                if v is not None
+            }
+            body = eng.list_backups(
+                project,
+                filters=filters,
+                sort=args.sort,
+                limit=args.limit,
+                marker=args.marker,
+                microversion="3.45",
+                with_count=True,
+            )
+            bs = body["backups"]
+            out.emit(
+                body,
+                [("id", "name", "status", "size", "incremental", "created_at")]
+                + [
+                    (
+                        b["id"],
+                        b["name"] or "",
+                        b["status"],
+                        b["size"],
+                        b["is_incremental"],
+                        b["created_at"],
+                    )
+                    for b in bs
+                ],
+            )
+        elif key == ("backup", "show"):
+            b = eng.get_backup(project, args.backup, microversion="3.64")
+            out.emit(
+                b,
+                [
+                    (k, json.dumps(v) if isinstance(v, dict | list) else v)
+                    for k, v in b.items()
+                    if k != "links"
+                ],
+            )
+        elif key == ("backup", "delete"):
+            eng.delete_backup(project, args.backup, force=args.force)
+            out.emit({"deleted": args.backup}, [("deleted", args.backup)])
+        elif key == ("backup", "restore"):
+            b = eng.get_backup(project, args.backup)
+            body = eng.restore_backup(
+                project, args.backup, args.target, force=args.force, wait=False
+            )
+            done = _follow(eng, b["id"], "restore", (b.get("stats") or {}).get("volume_bytes", 0))
+            last = (done.get("stats") or {}).get("last_restore") or {}
+            if last.get("status") == "error":
+                print(f"cinderblock: error: restore failed: {last.get('error')}", file=sys.stderr)
+                return EXIT_ERROR
+            out.emit(body, [("restored", b["id"]), ("target", args.target)])
+        elif key == ("backup", "wait"):
+            b = eng.get_backup(project, args.backup)
+            done = _follow(
+                eng,
+                b["id"],
+                "backup",
+                (b.get("stats") or {}).get("volume_bytes", 0),
+                timeout=args.timeout,
+            )
+            out.emit(
+                done,
+                [
+                    ("id", done["id"]),
+                    ("status", done["status"]),
+                    ("fail_reason", done["fail_reason"] or ""),
+                ],
+            )
+            return EXIT_OK if done["status"] == "available" else EXIT_ERROR
+    return EXIT_OK
+
+
+def _create(eng, project: str, args: argparse.Namespace, out: Output) -> int:
+    body: dict[str, Any] = {"volume_id": args.volume}
+    for field, value in (
+        ("name", args.name),
+        ("description", args.description),
+        ("container", args.container),
+        ("snapshot_id", args.snapshot),
+    ):
+        if value is not None:
+            body[field] = value
+    if args.incremental:
+        body["incremental"] = True
+    if args.force:
+        body["force"] = True
+    if args.property:
+        meta = {}
+        for item in args.property:
+            k, sep, v = item.partition("=")
+            if not sep:
+                raise SystemExit(f"cinderblock: error: --property {item!r} is not KEY=VALUE")
+            meta[k] = v
+        body["metadata"] = meta
+    extents = None
+    if args.changed_extents:
+        try:
+            extents = load_changed_extents(args.changed_extents).extents()
+        except (OSError, ChangedExtentsError) as e:
+            print(
+                f"cinderblock: warning: changed extents ignored ({e}); reading the whole volume",
+                file=sys.stderr,
+            )
+    answer = eng.create_backup(
+        project,
+        {"backup": body},
+        microversion=args.microversion,
+        changed_extents=extents,
+        block_size=args.block_size,
+    )
+    bid = answer["backup"]["id"]
+    if not args.wait:
+        out.emit(
+            answer, [("id", bid), ("name", answer["backup"]["name"] or ""), ("status", "creating")]
+        )
+        return EXIT_OK
+    vol = eng.get_volume(project, args.volume)
+    done = _follow(eng, bid, "backup", vol.get("size") or 0)
+    stats = done.get("stats") or {}
+    out.emit(
+        done,
+        [
+            ("id", bid),
+            ("status", done["status"]),
+            ("incremental", done["is_incremental"]),
+            ("bytes read", stats.get("bytes_read")),
+            ("bytes stored", stats.get("bytes_stored")),
+            ("blocks changed", stats.get("blocks_changed")),
+            ("fail_reason", done["fail_reason"] or ""),
+        ],
+    )
+    return EXIT_OK if done["status"] == "available" else EXIT_ERROR
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Output(args.json)
+    try:
+        return run(args, out)
+    except ApiError as e:
+        print(f"cinderblock: error: {e.message} (HTTP {e.http_status})", file=sys.stderr)
+    except (CinderblockError, OSError, ValueError) as e:
+        print(f"cinderblock: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("cinderblock: interrupted", file=sys.stderr)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
