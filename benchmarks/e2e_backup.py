@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name:<20}{secs:9.2f}{nbytes / secs / 1e6:9.0f}{base / secs:8.2f}"
                 f"{t_read / secs:8.2f}  {extra}"
             )
-        print("\nx zstd: against zstd -T2 -3 (restore: against zstd -d); x read: against a plain read")
+        print("\nx zstd: against zstd -T2 -3 (restore: against zstd -d); x read: a plain read")
         return 0 if same else 1
     finally:
         if args.workdir is None:
