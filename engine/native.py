@@ -107,6 +107,8 @@ def _byte_view(data: object, name: str = "data") -> memoryview:
         ) from None
     if not view.c_contiguous:
         raise ValueError(f"{name} must be a C-contiguous buffer")
+    if view.nbytes == 0:
+        return memoryview(b"")
     return view.cast("B") if view.ndim != 1 or view.format != "B" else view
 
 
@@ -117,14 +119,16 @@ def _check_mask(mask: object, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _check_digests(digests: object, zero: object, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _check_digests(digests: object, zero: object, prefix: str) -> tuple[np.ndarray, np.ndarray]:
     d = np.asarray(digests)
     z = np.asarray(zero)
     if d.dtype != np.uint8 or d.ndim != 2 or d.shape[1] != DIGEST_SIZE:
-        raise ValueError(f"{name} digests must be a uint8 array of shape (n, 16), got {d.shape}")
+        raise ValueError(
+            f"{prefix}digests must be a uint8 array of shape (n, 16), got {d.dtype} {d.shape}"
+        )
     if z.dtype != np.bool_ or z.ndim != 1 or z.shape[0] != d.shape[0]:
         raise ValueError(
-            f"{name} zero flags must be a bool array of shape ({d.shape[0]},), got {z.shape}"
+            f"{prefix}zero must be a bool array of shape ({d.shape[0]},), got {z.dtype} {z.shape}"
         )
     return np.ascontiguousarray(d), np.ascontiguousarray(z).view(np.uint8)
 
@@ -459,7 +463,7 @@ def diff(
     digests.
     """
     d, z = _check_digests(digests, zero, "")
-    pd, pz = _check_digests(parent_digests, parent_zero, "parent")
+    pd, pz = _check_digests(parent_digests, parent_zero, "parent_")
     return _bitmap.diff(d, z, pd, pz)
 
 
@@ -471,9 +475,11 @@ def extents_to_blocks(
     n = _check_count(nblocks, "nblocks")
     arr = _pairs(extents, "extents")
     if arr.size:
-        ends = arr[:, 0] + arr[:, 1]
-        if arr[:, 1].max(initial=0) >= 2**62 or ends.max() > n * bs:
-            k = int(np.argmax(ends))
+        # offset + length could overflow int64: compare without forming the sum.
+        limit = n * bs
+        beyond = (arr[:, 0] > limit) | (arr[:, 1] > limit - np.minimum(arr[:, 0], limit))
+        if beyond.any():
+            k = int(np.argmax(beyond))
             raise ValueError(
                 f"extents: ({arr[k, 0]}, {arr[k, 1]}) ends beyond the volume "
                 f"({n} blocks of {bs} bytes)"
@@ -490,7 +496,7 @@ def runs_to_mask(runs: Iterable[tuple[int, int]] | np.ndarray, nblocks: int) -> 
     """The mask of ``nblocks`` blocks with the given runs set."""
     n = _check_count(nblocks, "nblocks")
     arr = _pairs(runs, "runs")
-    if arr.size and (arr[:, 0] + arr[:, 1]).max() > n:
+    if arr.size and ((arr[:, 0] > n) | (arr[:, 1] > n - np.minimum(arr[:, 0], n))).any():
         raise ValueError(f"runs reach past nblocks ({n})")
     return _bitmap.runs_to_mask(arr, n)
 

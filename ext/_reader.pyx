@@ -59,6 +59,7 @@ cdef class Scanner:
     cdef uint8_t *buf
     cdef uint8_t[::1] slot_dirty
     cdef ZeroDigest zd
+    cdef uint8_t tail_zero_digest[16]   # digest of the zeros of a short final block
     cdef public int64_t error_offset
     cdef public int64_t bytes_read
 
@@ -88,8 +89,10 @@ cdef class Scanner:
         # Holes need the zero digest without a zero block in hand: learn it now.
         zero_block = np.zeros(block_size, dtype=np.uint8)
         cdef uint8_t[::1] zb = zero_block
+        cdef size_t tail = size % block_size
         with nogil:
             cb_digest(&zb[0], block_size, seed, self.zd.digest)
+            cb_digest(&zb[0], tail, seed, self.tail_zero_digest)
         self.zd.known = True
 
     @property
@@ -137,13 +140,18 @@ cdef class Scanner:
                                                  (first + i + 1) * self.block_size <= self.size)
         return 0
 
-    cdef void _hole_run(self, size_t slot, size_t count,
+    cdef void _hole_run(self, uint64_t block, size_t slot, size_t count,
                         uint8_t *digests, uint8_t *zero) noexcept nogil:
+        """Blocks [block, block+count) lie in a hole: zero, with the zero digest, unread."""
         cdef size_t i, s
         for i in range(count):
             s = slot + i
             zero[s] = 1
-            memcpy(digests + 16 * s, self.zd.digest, 16)
+            if (block + i + 1) * self.block_size > self.size:
+                # The short final block hashes over its real length, as hash_blocks does.
+                memcpy(digests + 16 * s, self.tail_zero_digest, 16)
+            else:
+                memcpy(digests + 16 * s, self.zd.digest, 16)
             if self.zero_fill and self.slot_dirty[s]:
                 memset(self.buf + s * self.block_size, 0, self.block_size)
                 self.slot_dirty[s] = 0
@@ -165,12 +173,14 @@ cdef class Scanner:
                 if errno != ENXIO:
                     self.error_offset = blk * bs
                     return -errno
-                d = <off_t> self.size          # no data at or after blk: the rest is hole
+                # No data at or after blk: the rest of the window is hole.
+                self._hole_run(blk, blk - first, last - blk, digests, zero)
+                break
             data_first = <uint64_t> d // bs
             if data_first > last:
                 data_first = last
             if data_first > blk:
-                self._hole_run(blk - first, data_first - blk, digests, zero)
+                self._hole_run(blk, blk - first, data_first - blk, digests, zero)
                 blk = data_first
             if blk >= last:
                 break
