@@ -18,9 +18,7 @@ def model_diff(digests, zero, parent_digests, parent_zero) -> list[bool]:
     # differs from a full one's); otherwise a differing digest or zero flag is a change.
     n, pn = len(digests), len(parent_digests)
     return [
-        i >= pn
-        or zero[i] != parent_zero[i]
-        or (not zero[i] and digests[i] != parent_digests[i])
+        i >= pn or zero[i] != parent_zero[i] or (not zero[i] and digests[i] != parent_digests[i])
         for i in range(n)
     ]
 

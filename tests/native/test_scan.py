@@ -262,7 +262,7 @@ def test_block_reader_default_window(big_file):
     assert len(windows) >= 3  # 20 MiB with the default 4 MiB window
 
 
-def test_block_reader_default_window(big_file):
+def test_block_reader_default_window_size(big_file):
     # The default window is native.DEFAULT_WINDOW_BYTES (4 MiB): 1024 blocks of 4 KiB.
     path, _ = big_file
     with native.BlockReader(path, 4096, 0) as r:
