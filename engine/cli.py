@@ -25,6 +25,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 DEFAULT_PROJECT = "default"
+CLI_MICROVERSION = "3.64"  # show every field, metadata included
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,7 +164,7 @@ def _follow(eng, backup_id: str, label: str, total: int, timeout: float | None =
     try:
         while True:
             try:
-                return eng.wait(backup_id, timeout=0.25)
+                return eng.wait(backup_id, timeout=0.25, microversion=CLI_MICROVERSION)
             except TimeoutError:
                 row = eng.catalog.backup(backup_id) or {}
                 bar.update(float(row.get("progress") or 0.0))
@@ -266,7 +267,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
                 ],
             )
         elif key == ("backup", "show"):
-            b = eng.get_backup(project, args.backup, microversion="3.64")
+            b = eng.get_backup(project, args.backup, microversion=CLI_MICROVERSION)
             out.emit(
                 b,
                 [

@@ -668,7 +668,9 @@ class BackupEngine:
             f"SELECT * FROM backups WHERE {' AND '.join(where)} ORDER BY {order}", args
         )
 
-    def wait(self, backup_id: str, timeout: float | None = None) -> dict[str, Any]:
+    def wait(
+        self, backup_id: str, timeout: float | None = None, *, microversion: str = "3.0"
+    ) -> dict[str, Any]:
         """Block until the backup leaves ``creating``/``restoring``; return its detail view.
 
         Raises ``TimeoutError`` when ``timeout`` seconds pass first.
@@ -687,7 +689,7 @@ class BackupEngine:
         row = self.catalog.backup(bid)
         if row is None:
             raise BackupNotFound(backup_id)
-        return self.get_backup(row["project_id"], bid)
+        return self.get_backup(row["project_id"], bid, microversion=microversion)
 
     # ------------------------------------------------------------------ update, delete
 

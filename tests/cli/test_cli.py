@@ -1,0 +1,166 @@
+"""The cinderblock command, run as a user would: a subprocess, its output and exit status."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+MiB = 1 << 20
+
+
+def cb(repo, *args, check=True, env=None):
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "--repo", str(repo), "--project", "p1", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def cbj(repo, *args):
+    return json.loads(cb(repo, "--json", *args).stdout)
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "vol.img"
+    data = bytearray(os.urandom(3 * MiB + 777))
+    data[MiB : 2 * MiB] = bytes(MiB)
+    path.write_bytes(data)
+    return path
+
+
+def test_full_incremental_restore_round_trip(tmp_path, image):
+    repo = tmp_path / "repo"
+    vol = cbj(repo, "volume", "add", str(image), "--name", "v1")
+    assert vol["name"] == "v1" and vol["size"] == image.stat().st_size
+    full = cbj(
+        repo,
+        "backup",
+        "create",
+        vol["id"],
+        "--name",
+        "full",
+        "--wait",
+        "--block-size",
+        "64K",
+        "--property",
+        "k=v",
+    )
+    assert full["status"] == "available" and full["metadata"] == {"k": "v"}
+    assert full["stats"]["block_size"] == 64 * 1024
+    first = image.read_bytes()
+    with open(image, "r+b") as f:
+        f.seek(5000)
+        f.write(b"x" * 100)
+    incr = cbj(repo, "backup", "create", vol["id"], "--incremental", "--wait")
+    assert incr["is_incremental"] and incr["stats"]["objects_written"] == 1
+    listed = cbj(repo, "backup", "list")
+    assert [b["id"] for b in listed["backups"]] == [incr["id"], full["id"]]
+    assert listed["count"] == 2
+    for bid, expected in ((full["id"], first), (incr["id"], image.read_bytes())):
+        target = tmp_path / f"{bid}.img"
+        body = cbj(repo, "backup", "restore", bid, str(target))
+        assert body["restore"]["backup_id"] == bid
+        assert target.read_bytes() == expected
+    shown = cbj(repo, "backup", "show", full["id"])
+    assert shown["stats"]["last_restore"]["status"] == "available"
+
+
+def test_errors_are_one_line_and_nonzero(tmp_path, image):
+    repo = tmp_path / "repo"
+    missing = "98db149d-b9e6-42d7-814d-492563c56fef"
+    proc = cb(repo, "backup", "create", missing, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"cinderblock: error: Volume {missing} could not be found. (HTTP 404)\n")
+    vol = cbj(repo, "volume", "add", str(image))
+    proc = cb(repo, "backup", "create", vol["id"], "--incremental", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().endswith(
+        "Invalid backup: No backups available to do an incremental backup. (HTTP 400)"
+    )
+    proc = cb(repo, "backup", "create", vol["id"], "--container", "../escape", check=False)
+    assert proc.returncode == 1 and "container name '../escape' is not allowed" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_repo_from_environment_and_missing_repo(tmp_path, image):
+    env = {"CINDERBLOCK_REPO": str(tmp_path / "envrepo")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "--json", "volume", "add", str(image)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "envrepo" / "config.json").exists()
+    clean = {k: v for k, v in os.environ.items() if k != "CINDERBLOCK_REPO"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "volume", "list"],
+        capture_output=True,
+        text=True,
+        env=clean,
+        timeout=60,
+    )
+    assert proc.returncode != 0 and "no repository" in proc.stderr
+
+
+def test_changed_extents_file(tmp_path, image):
+    repo = tmp_path / "repo"
+    vol = cbj(repo, "volume", "add", str(image))
+    cbj(repo, "backup", "create", vol["id"], "--wait", "--block-size", "64K")
+    with open(image, "r+b") as f:
+        f.seek(70000)
+        f.write(os.urandom(10))
+    hint = tmp_path / "changes.json"
+    hint.write_text(
+        json.dumps(
+            {
+                "format": "cinderblock-changed-extents",
+                "version": 1,
+                "volume_size": image.stat().st_size,
+                "granularity": 4096,
+                "changed": [[70000, 10]],
+                "zeroed": [],
+            }
+        )
+    )
+    incr = cbj(
+        repo,
+        "backup",
+        "create",
+        vol["id"],
+        "--incremental",
+        "--wait",
+        "--changed-extents",
+        str(hint),
+    )
+    assert incr["stats"]["changed_extents_used"] is True
+    assert incr["stats"]["bytes_read"] == 64 * 1024
+    target = tmp_path / "r.img"
+    cbj(repo, "backup", "restore", incr["id"], str(target))
+    assert target.read_bytes() == image.read_bytes()
+    # A malformed hint is reported and the whole volume is read instead.
+    hint.write_text("{not json")
+    proc = cb(
+        repo,
+        "--json",
+        "backup",
+        "create",
+        vol["id"],
+        "--incremental",
+        "--wait",
+        "--changed-extents",
+        str(hint),
+    )
+    assert "changed extents ignored" in proc.stderr
+    assert json.loads(proc.stdout)["stats"]["changed_extents_used"] is False
