@@ -63,9 +63,17 @@ CREATE TABLE IF NOT EXISTS backups (
     progress REAL NOT NULL DEFAULT 0,
     consistency TEXT,
     restore_volume_id TEXT,
+    owner TEXT,
     created_at TEXT NOT NULL,
     updated_at TEXT,
     data_timestamp TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sweeps (
+    project_id TEXT NOT NULL,
+    container TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    PRIMARY KEY (project_id, container)
 );
 CREATE INDEX IF NOT EXISTS backups_by_volume ON backups (project_id, volume_id);
 CREATE INDEX IF NOT EXISTS backups_by_parent ON backups (parent_id);
@@ -87,6 +95,8 @@ class Catalog:
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
+        # Other processes may hold the write lock briefly (a CLI beside a service).
+        self._db.execute("PRAGMA busy_timeout = 30000")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)

@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("--workers", type=int, default=2, help="concurrent jobs (default 2)")
-    groups = p.add_subparsers(dest="group", required=True, metavar="{volume,snapshot,backup}")
+    groups = p.add_subparsers(
+        dest="group", required=True, metavar="{volume,snapshot,backup,verify,gc}"
+    )
 
     vol = groups.add_parser("volume", help="register and inspect volumes").add_subparsers(
         dest="cmd", required=True
@@ -105,6 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
     w = b.add_parser("wait", help="wait for a backup to finish")
     w.add_argument("backup")
     w.add_argument("--timeout", type=float)
+    v = groups.add_parser("verify", help="check that backups' blocks are intact")
+    v.add_argument("backup", nargs="?", help="one backup (default: every backup)")
+    depth = v.add_mutually_exclusive_group()
+    depth.add_argument("--deep", action="store_true", help="read and re-hash every block")
+    depth.add_argument("--percent", type=float, help="re-hash a random N%% of the blocks")
+    g = groups.add_parser("gc", help="remove data no backup references")
+    g.add_argument("--dry-run", action="store_true", help="report, remove nothing")
+    g.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="keep anything younger than this (default 900)",
+    )
     return p
 
 
@@ -183,6 +199,13 @@ def run(args: argparse.Namespace, out: Output) -> int:
         )
     project = args.project
     with BackupEngine.open(args.repo, workers=args.workers) as eng:
+        if args.group == "verify":
+            return _verify(eng, project, args, out)
+        if args.group == "gc":
+            grace = {} if args.grace is None else {"grace_seconds": args.grace}
+            report = eng.gc(dry_run=args.dry_run, **grace)
+            out.emit(report, [(k, v) for k, v in report.items()])
+            return EXIT_OK
         key = (args.group, args.cmd)
         if key == ("volume", "add"):
             v = eng.register_volume(
@@ -309,6 +332,20 @@ def run(args: argparse.Namespace, out: Output) -> int:
             )
             return EXIT_OK if done["status"] == "available" else EXIT_ERROR
     return EXIT_OK
+
+
+def _verify(eng, project: str, args: argparse.Namespace, out: Output) -> int:
+    report = eng.verify(project, args.backup, deep=args.deep, percent=args.percent)
+    rows = [("backup", "result", "blocks checked", "damaged blocks")]
+    for b in report["backups"]:
+        damaged = ",".join(map(str, b["damaged_blocks"][:20])) or "-"
+        rows.append((b["id"], "ok" if b["ok"] else "DAMAGED", b["blocks_checked"], damaged))
+    out.emit(report, rows)
+    if not out.as_json:
+        for b in report["backups"]:
+            for err in b["errors"]:
+                print(f"cinderblock: {b['id']}: {err}", file=sys.stderr)
+    return EXIT_OK if report["ok"] else EXIT_ERROR
 
 
 def _create(eng, project: str, args: argparse.Namespace, out: Output) -> int:

@@ -31,9 +31,11 @@ from .errors import (
     InvalidBackup,
     InvalidInput,
     InvalidVolume,
-    RepositoryError,
     VolumeNotFound,
 )
+from .gc import DEFAULT_GRACE_SECONDS, sweep_container, wait_for_sweeps
+from .gc import gc as collect_garbage
+from .owners import is_alive, me
 from .planner import (
     GIB,
     Plan,
@@ -67,6 +69,7 @@ from .sources import (
     is_block_device,
     open_source,
 )
+from .verify import verify as verify_backups
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,9 @@ VOLUME_STATUSES = frozenset(
     }
 )
 SNAPSHOT_STATUSES = frozenset({"available", "creating", "error", "backing-up", "deleting"})
-RESTART_REASON = "incomplete backup reset on manager restart"
+RESTART_REASON = (
+    "incomplete backup reset on manager restart: the backup was interrupted before it finished"
+)
 
 
 class BackupEngine:
@@ -176,22 +181,43 @@ class BackupEngine:
         self.close()
 
     def _recover(self) -> None:
-        """Cinder's restart rule: what was running when the engine stopped did not finish."""
-        for b in self.catalog.query("SELECT * FROM backups WHERE status = 'creating'"):
-            self.catalog.update_backup(b["id"], status="error", fail_reason=RESTART_REASON)
-        self.catalog.execute("UPDATE backups SET status = 'available' WHERE status = 'restoring'")
-        self.catalog.execute(
-            "UPDATE volumes SET status = COALESCE(previous_status, 'available'), "
-            "previous_status = 'error_backing-up' WHERE status = 'backing-up'"
-        )
-        self.catalog.execute(
-            "UPDATE volumes SET status = 'error_restoring' WHERE status = 'restoring-backup'"
-        )
-        self.catalog.execute(
-            "UPDATE snapshots SET status = 'available' WHERE status = 'backing-up'"
-        )
-        for b in self.catalog.query("SELECT * FROM backups WHERE status = 'deleting'"):
-            self._delete_now(b)
+        """Cinder's restart rule, for work whose process is gone (never another live one's).
+
+        ``creating`` backups become ``error`` (their volume or snapshot returns to its
+        previous status), ``restoring`` ones ``available`` (their target ``error_restoring``),
+        and interrupted deletions are finished.
+        """
+        for b in self.catalog.query(
+            "SELECT * FROM backups WHERE status IN ('creating', 'restoring', 'deleting')"
+        ):
+            if is_alive(b.get("owner")):
+                continue
+            if b["status"] == "creating":
+                log.warning("backup %s was interrupted; marking it error", b["id"])
+                self.catalog.update_backup(b["id"], status="error", fail_reason=RESTART_REASON)
+                self._release_source_of(b)
+            elif b["status"] == "restoring":
+                self.catalog.update_backup(b["id"], status="available")
+                if b.get("restore_volume_id"):
+                    self.catalog.execute(
+                        "UPDATE volumes SET status = 'error_restoring' WHERE id = ? "
+                        "AND status = 'restoring-backup'",
+                        (b["restore_volume_id"],),
+                    )
+            else:
+                self._delete_now(b)
+        for sweep in self.catalog.query("SELECT * FROM sweeps"):
+            if not is_alive(sweep["owner"]):
+                log.warning(
+                    "breaking the stale sweep mark of %s/%s left by dead process %s",
+                    sweep["project_id"],
+                    sweep["container"],
+                    sweep["owner"],
+                )
+                self.catalog.execute(
+                    "DELETE FROM sweeps WHERE project_id = ? AND container = ? AND owner = ?",
+                    (sweep["project_id"], sweep["container"], sweep["owner"]),
+                )
 
     def reindex(self) -> int:
         """Index every committed backup record the catalog does not know; return how many.
@@ -440,6 +466,7 @@ class BackupEngine:
                 "metadata": request.metadata,
                 "stats": {},
                 "progress": 0.0,
+                "owner": me(),
                 "created_at": created,
                 "updated_at": created,
                 "data_timestamp": data_timestamp(created, snapshot),
@@ -463,7 +490,7 @@ class BackupEngine:
             microversion=version,
         )
 
-    def _zero_digest(self, block_size: int) -> bytes:
+    def zero_digest(self, block_size: int) -> bytes:
         if block_size not in self._zero_digests:
             self._zero_digests[block_size] = native.zero_digest(block_size, self.repo.seed)
         return self._zero_digests[block_size]
@@ -471,77 +498,77 @@ class BackupEngine:
     def _run_backup(self, plan: Plan, backup_id: str, extents: np.ndarray | None) -> None:
         source: OpenedSource | None = None
         try:
-            with self.runner.writing(plan.project_id, plan.container):
-                source = open_source(
-                    plan.source_path,
-                    in_use=plan.in_use,
-                    force=plan.request.force,
-                    snapshot=plan.snapshot is not None,
+            wait_for_sweeps(self, plan.project_id, plan.container)
+            source = open_source(
+                plan.source_path,
+                in_use=plan.in_use,
+                force=plan.request.force,
+                snapshot=plan.snapshot is not None,
+            )
+            parent_manifest = None
+            if plan.parent is not None:
+                parent_manifest = self.repo.get_manifest(
+                    plan.project_id,
+                    plan.container,
+                    plan.parent["id"],
+                    self.zero_digest(plan.block_size),
                 )
-                parent_manifest = None
-                if plan.parent is not None:
-                    parent_manifest = self.repo.get_manifest(
-                        plan.project_id,
-                        plan.container,
-                        plan.parent["id"],
-                        self._zero_digest(plan.block_size),
+            changed = None
+            if extents is not None and parent_manifest is not None:
+                nblocks = -(-source.size // plan.block_size)
+                try:
+                    if parent_manifest.volume_size != source.size:
+                        raise ValueError("the volume size changed since the parent")
+                    changed = native.extents_to_blocks(extents, plan.block_size, nblocks)
+                except ValueError as e:
+                    log.warning(
+                        "backup %s: changed extents not usable (%s); reading the whole volume",
+                        backup_id,
+                        e,
                     )
-                changed = None
-                if extents is not None and parent_manifest is not None:
-                    nblocks = -(-source.size // plan.block_size)
-                    try:
-                        if parent_manifest.volume_size != source.size:
-                            raise ValueError("the volume size changed since the parent")
-                        changed = native.extents_to_blocks(extents, plan.block_size, nblocks)
-                    except ValueError as e:
-                        log.warning(
-                            "backup %s: changed extents not usable (%s); reading the whole volume",
-                            backup_id,
-                            e,
-                        )
-                job = BackupJob(
-                    project_id=plan.project_id,
-                    container=plan.container,
-                    backup_id=backup_id,
-                    source_path=source.path,
-                    volume_size=source.size,
-                    block_size=plan.block_size,
-                    parent=parent_manifest,
-                    changed=changed,
-                    workers=self.workers,
-                    window_bytes=self.window_bytes,
-                    progress=lambda f: self._progress(backup_id, f),
-                )
-                manifest, stats = run_backup(self.repo, job)
-                row = self.catalog.backup(backup_id) or {}
-                stats_d = {
-                    **stats.as_dict(),
-                    "consistency": source.consistency,
-                    "block_size": plan.block_size,
-                    "volume_bytes": source.size,
-                    "changed_extents_used": changed is not None,
-                }
-                record = {
-                    **{k: row.get(k) for k in _RECORD_FIELDS},
-                    "status": "available",
-                    "size": size_gib(source.size),
-                    "object_count": stats.objects_written,
-                    "volume_size": source.size,
-                    "stats": stats_d,
-                    "completed_at": now(),
-                }
-                self.repo.put_manifest(plan.project_id, plan.container, manifest)
-                self.repo.put_record(plan.project_id, plan.container, record)
-                self.catalog.update_backup(
-                    backup_id,
-                    status="available",
-                    size=record["size"],
-                    volume_size=source.size,
-                    object_count=stats.objects_written,
-                    stats=stats_d,
-                    progress=1.0,
-                    consistency=source.consistency,
-                )
+            job = BackupJob(
+                project_id=plan.project_id,
+                container=plan.container,
+                backup_id=backup_id,
+                source_path=source.path,
+                volume_size=source.size,
+                block_size=plan.block_size,
+                parent=parent_manifest,
+                changed=changed,
+                workers=self.workers,
+                window_bytes=self.window_bytes,
+                progress=lambda f: self._progress(backup_id, f),
+            )
+            manifest, stats = run_backup(self.repo, job)
+            row = self.catalog.backup(backup_id) or {}
+            stats_d = {
+                **stats.as_dict(),
+                "consistency": source.consistency,
+                "block_size": plan.block_size,
+                "volume_bytes": source.size,
+                "changed_extents_used": changed is not None,
+            }
+            record = {
+                **{k: row.get(k) for k in _RECORD_FIELDS},
+                "status": "available",
+                "size": size_gib(source.size),
+                "object_count": stats.objects_written,
+                "volume_size": source.size,
+                "stats": stats_d,
+                "completed_at": now(),
+            }
+            self.repo.put_manifest(plan.project_id, plan.container, manifest)
+            self.repo.put_record(plan.project_id, plan.container, record)
+            self.catalog.update_backup(
+                backup_id,
+                status="available",
+                size=record["size"],
+                volume_size=source.size,
+                object_count=stats.objects_written,
+                stats=stats_d,
+                progress=1.0,
+                consistency=source.consistency,
+            )
         except BaseException as e:  # noqa: BLE001 - every failure becomes the backup's status
             log.warning("backup %s failed: %s", backup_id, e)
             self.catalog.update_backup(backup_id, status="error", fail_reason=_reason(e))
@@ -552,16 +579,25 @@ class BackupEngine:
             self.runner.notify()
 
     def _release_source(self, plan: Plan) -> None:
-        if plan.snapshot is not None:
+        self._release_source_of(
+            {
+                "snapshot_id": plan.snapshot.id if plan.snapshot else None,
+                "volume_id": plan.volume.id,
+            }
+        )
+
+    def _release_source_of(self, backup: dict[str, Any]) -> None:
+        """Return the backup's snapshot or volume to the status it had before the backup."""
+        if backup.get("snapshot_id"):
             self.catalog.execute(
                 "UPDATE snapshots SET status = 'available' WHERE id = ? AND status = 'backing-up'",
-                (plan.snapshot.id,),
+                (backup["snapshot_id"],),
             )
         else:
             self.catalog.execute(
                 "UPDATE volumes SET status = COALESCE(previous_status, 'available'), "
                 "previous_status = 'backing-up' WHERE id = ? AND status = 'backing-up'",
-                (plan.volume.id,),
+                (backup["volume_id"],),
             )
 
     def _progress(self, backup_id: str, fraction: float) -> None:
@@ -720,53 +756,21 @@ class BackupEngine:
                 raise InvalidBackup("Backup status must be available or error")
             if not self.allow_delete_with_dependents and self.catalog.children(row["id"]):
                 raise InvalidBackup("Incremental backups exist for this backup.")
-            db.execute("UPDATE backups SET status = 'deleting' WHERE id = ?", (row["id"],))
+            db.execute(
+                "UPDATE backups SET status = 'deleting', owner = ? WHERE id = ?", (me(), row["id"])
+            )
         self._delete_now(row)
 
     def _delete_now(self, row: dict[str, Any]) -> None:
         try:
             self.repo.remove_backup(row["project_id"], row["container"], row["id"])
             self.catalog.execute("DELETE FROM backups WHERE id = ?", (row["id"],))
-            self.sweep(row["project_id"], row["container"])
+            sweep_container(self, row["project_id"], row["container"])
         except (OSError, CinderblockError) as e:
             self.catalog.update_backup(row["id"], status="error_deleting", fail_reason=_reason(e))
             raise
         finally:
             self.runner.notify()
-
-    def sweep(self, project_id: str, container: str) -> int:
-        """Remove the container's objects that no manifest references; return bytes freed.
-
-        Skipped while a backup writes into the container: its new objects are referenced
-        only once its manifest lands. Such leftovers go with the next sweep.
-        """
-        if self.runner.is_writing(project_id, container):
-            return 0
-        referenced: set[bytes] = set()
-        for bid in self.repo.manifest_ids(project_id, container):
-            try:
-                m = self.repo.get_manifest(
-                    project_id, container, bid, self._zero_digest(native.BLOCK_SIZE_MIN)
-                )
-            except RepositoryError:
-                # An unreadable manifest might still reference anything: keep everything.
-                log.warning("manifest %s unreadable; sweep of %s skipped", bid, container)
-                return 0
-            referenced |= m.referenced()
-        freed = 0
-        for path, st in self.repo.iter_objects(project_id, container):
-            name = os.path.basename(path)
-            try:
-                digest = bytes.fromhex(name)
-            except ValueError:
-                continue
-            if digest not in referenced:
-                try:
-                    os.unlink(path)
-                    freed += st.st_size
-                except FileNotFoundError:
-                    pass
-        return freed
 
     # ------------------------------------------------------------------ restore
 
@@ -778,12 +782,16 @@ class BackupEngine:
         *,
         force: bool = False,
         wait: bool = True,
+        allow_damaged: bool = False,
     ) -> dict[str, Any]:
         """Restore a backup onto a registered volume (by id) or a path, bit-exact.
 
         A path that does not exist becomes a new sparse image file. With ``wait`` (the
         default) the call returns when the data is on the target and raises on failure;
         without it, the restore runs on the pool and the answer is Cinder's restore body.
+        A damaged block stops the restore with ``CorruptionError`` naming backup and block;
+        with ``allow_damaged`` every readable block is restored, zeros are written for the
+        rest, and the answer lists them under ``lost_blocks``.
         """
         row = self._backup_row(project_id, backup_id)
         target_volume, target_path = self._restore_target(project_id, target)
@@ -817,8 +825,9 @@ class BackupEngine:
                         f"{volume_bytes} bytes."
                     )
             db.execute(
-                "UPDATE backups SET status = 'restoring', restore_volume_id = ? WHERE id = ?",
-                (target_volume.id if target_volume else None, row["id"]),
+                "UPDATE backups SET status = 'restoring', restore_volume_id = ?, owner = ? "
+                "WHERE id = ?",
+                (target_volume.id if target_volume else None, me(), row["id"]),
             )
             if target_volume is not None:
                 db.execute(
@@ -831,15 +840,19 @@ class BackupEngine:
             volume_name=target_volume.name if target_volume else None,
         )
 
-        def job() -> None:
-            self._run_restore(row, target_volume, target_path, fresh=not exists)
+        def job() -> tuple[BaseException | None, list[int]]:
+            return self._run_restore(
+                row, target_volume, target_path, fresh=not exists, allow_damaged=allow_damaged
+            )
 
         if not wait:
             self.runner.submit(job)
             return body
-        error = self._run_restore(row, target_volume, target_path, fresh=not exists)
+        error, lost = job()
         if error is not None:
             raise error
+        if allow_damaged:
+            body["restore"]["lost_blocks"] = lost
         return body
 
     def _restore_target(self, project_id: str, target: Any) -> tuple[VolumeInfo | None, str]:
@@ -865,14 +878,21 @@ class BackupEngine:
         return None, path
 
     def _run_restore(
-        self, row: dict[str, Any], volume: VolumeInfo | None, path: str, *, fresh: bool
-    ) -> BaseException | None:
+        self,
+        row: dict[str, Any],
+        volume: VolumeInfo | None,
+        path: str,
+        *,
+        fresh: bool,
+        allow_damaged: bool,
+    ) -> tuple[BaseException | None, list[int]]:
         created = False
         error: BaseException | None = None
+        lost: list[int] = []
         try:
             bs = int(row["block_size"])
             manifest = self.repo.get_manifest(
-                row["project_id"], row["container"], row["id"], self._zero_digest(bs)
+                row["project_id"], row["container"], row["id"], self.zero_digest(bs)
             )
             if fresh:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
@@ -881,7 +901,7 @@ class BackupEngine:
                     os.ftruncate(fd, manifest.volume_size)
                 finally:
                     os.close(fd)
-            run_restore(
+            _written, lost = run_restore(
                 self.repo,
                 row["project_id"],
                 row["container"],
@@ -889,9 +909,12 @@ class BackupEngine:
                 path,
                 fresh=fresh,
                 workers=self.workers,
+                allow_damaged=allow_damaged,
                 progress=lambda f: self._progress(row["id"], f),
             )
             outcome = {"status": "available", "target": path, "completed_at": now()}
+            if lost:
+                outcome["lost_blocks"] = lost
         except BaseException as e:  # noqa: BLE001 - a failed restore is recorded, then raised
             log.warning("restore of backup %s failed: %s", row["id"], e)
             error = e
@@ -907,7 +930,24 @@ class BackupEngine:
                 ("available" if error is None else "error_restoring", volume.id),
             )
         self.runner.notify()
-        return error
+        return error, lost
+
+    # ------------------------------------------------------------------ maintenance
+
+    def verify(
+        self,
+        project_id: str,
+        backup_id: str | None = None,
+        *,
+        deep: bool = False,
+        percent: float | None = None,
+    ) -> dict[str, Any]:
+        """Check backups' blocks (quick, ``deep`` or a ``percent`` sample); see engine.verify."""
+        return verify_backups(self, project_id, backup_id, deep=deep, percent=percent)
+
+    def gc(self, *, dry_run: bool = False, grace_seconds: float = DEFAULT_GRACE_SECONDS):
+        """Remove unreferenced objects and leftovers older than the grace; see engine.gc."""
+        return collect_garbage(self, dry_run=dry_run, grace_seconds=grace_seconds).as_dict()
 
     # ------------------------------------------------------------------ views for callers
 

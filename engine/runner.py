@@ -1,19 +1,16 @@
 """The runner: a bounded worker pool for backups and restores, and who waits for whom.
 
 Jobs run on a fixed number of workers (Cinder's ``backup_max_operations`` plays the same
-role). The runner also knows which containers have a job writing into them, so a sweep of
-unreferenced objects never removes an object a running backup has written but not yet
-referenced from a manifest.
+role). Waiters (``BackupEngine.wait``) sleep on one condition that every status change
+notifies.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +21,6 @@ class Runner:
             raise ValueError(f"workers must be a positive int, got {workers!r}")
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="cb-job")
         self._changed = threading.Condition()
-        self._writers: Counter[tuple[str, str]] = Counter()
         self._futures: set[Future] = set()
 
     def submit(self, job: Callable[[], None]) -> Future:
@@ -55,24 +51,6 @@ class Runner:
     def wait_for(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
         with self._changed:
             return self._changed.wait_for(predicate, timeout)
-
-    @contextmanager
-    def writing(self, project_id: str, container: str) -> Iterator[None]:
-        key = (project_id, container)
-        with self._changed:
-            self._writers[key] += 1
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._writers[key] -= 1
-                if not self._writers[key]:
-                    del self._writers[key]
-                self._changed.notify_all()
-
-    def is_writing(self, project_id: str, container: str) -> bool:
-        with self._changed:
-            return self._writers[(project_id, container)] > 0
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)

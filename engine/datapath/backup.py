@@ -110,12 +110,19 @@ def run_backup(repo: LocalRepository, job: BackupJob) -> tuple[Manifest, BackupS
     digests = np.empty((nblocks, native.DIGEST_SIZE), np.uint8)
     zero = np.ones(nblocks, np.bool_)
     parent = job.parent
+    # Blocks whose object was found damaged or missing (verify, restore) must not be
+    # inherited: they are read and stored again, which heals every backup sharing them.
+    damaged = repo.quarantined_digests(job.project_id, job.container) if parent else set()
     if job.changed is not None and parent is not None:
         # Inherit everything, then overwrite what the hint says changed.
         common = min(nblocks, parent.nblocks)
         digests[:common] = parent.digests[:common]
         zero[:common] = parent.zero[:common]
-        runs = native.mask_to_runs(job.changed)
+        reread = job.changed.copy()
+        for d in damaged:
+            hit = np.all(parent.digests[:common] == np.frombuffer(d, np.uint8), axis=1)
+            reread[:common] |= hit & ~parent.zero[:common]
+        runs = native.mask_to_runs(reread)
     else:
         runs = np.array([[0, nblocks]], dtype=np.int64) if nblocks else np.empty((0, 2), np.int64)
 
@@ -127,7 +134,7 @@ def run_backup(repo: LocalRepository, job: BackupJob) -> tuple[Manifest, BackupS
                 job.source_path, bs, repo.seed, first, count, window_bytes=job.window_bytes
             ) as reader:
                 for w in reader:
-                    _take_window(w, parent, digests, zero, writer, stats)
+                    _take_window(w, parent, digests, zero, writer, stats, damaged)
                     done += w.count
                     job.progress(
                         done
@@ -150,7 +157,9 @@ def run_backup(repo: LocalRepository, job: BackupJob) -> tuple[Manifest, BackupS
     return manifest, stats
 
 
-def _take_window(w, parent, digests, zero, writer: _Writer, stats: BackupStats) -> None:
+def _take_window(
+    w, parent, digests, zero, writer: _Writer, stats: BackupStats, damaged: set[bytes]
+) -> None:
     lo, hi = w.first_block, w.first_block + w.count
     digests[lo:hi] = w.digests
     zero[lo:hi] = w.zero
@@ -162,5 +171,9 @@ def _take_window(w, parent, digests, zero, writer: _Writer, stats: BackupStats) 
     else:
         changed = ~w.zero
     stats.blocks_changed += int(np.count_nonzero(changed))
-    for i in np.flatnonzero(changed & ~w.zero).tolist():
+    store = changed & ~w.zero
+    if damaged:
+        for i in np.flatnonzero(~store & ~w.zero).tolist():
+            store[i] = bytes(w.digests[i]) in damaged
+    for i in np.flatnonzero(store).tolist():
         writer.submit(bytes(w.digests[i]), bytes(w.block(i)))

@@ -65,11 +65,15 @@ def run_restore(
     *,
     fresh: bool,
     workers: int = 2,
+    allow_damaged: bool = False,
     progress: Callable[[float], None] = lambda fraction: None,
-) -> int:
-    """Write the manifest's volume to ``target``; return the bytes written.
+) -> tuple[int, list[int]]:
+    """Write the manifest's volume to ``target``; return (bytes written, lost blocks).
 
-    ``fresh`` says the target is a new, empty sparse file: its zero blocks need nothing.
+    ``fresh`` says the target is a new, empty sparse file: its zero blocks need nothing. A
+    damaged or missing object is quarantined (so the next backup stores the block again) and
+    stops the restore with ``CorruptionError`` naming backup and block — unless
+    ``allow_damaged``, which writes zeros there, carries on, and lists the block as lost.
     """
     bs = manifest.block_size
     flags = os.O_WRONLY | os.O_CLOEXEC
@@ -84,26 +88,32 @@ def run_restore(
         blocks = manifest.data_blocks()
         total = max(1, len(blocks))
         written = 0
+        lost: list[int] = []
         lock = threading.Lock()
         done = 0
 
         def restore_block(i: int) -> int:
             nonlocal done
             digest = bytes(manifest.digests[i])
+            expected = min(bs, manifest.volume_size - i * bs)
             try:
                 blob = repo.get_object(project_id, container, digest)
                 data = repo.codec.decode(blob, digest, what=f"block object {digest.hex()}")
+                if len(data) != expected:
+                    raise CorruptionError(
+                        f"block object {digest.hex()} has {len(data)} bytes, expected {expected}"
+                    )
             except CorruptionError as e:
-                raise CorruptionError(
-                    e.message, path=e.path, backup_id=manifest.backup_id, block=i
-                ) from None
-            expected = min(bs, manifest.volume_size - i * bs)
-            if len(data) != expected:
-                raise CorruptionError(
-                    f"block object {digest.hex()} has {len(data)} bytes, expected {expected}",
-                    backup_id=manifest.backup_id,
-                    block=i,
-                )
+                repo.quarantine_object(project_id, container, digest)
+                if not allow_damaged:
+                    raise CorruptionError(
+                        e.message, path=e.path, backup_id=manifest.backup_id, block=i
+                    ) from None
+                with lock:
+                    lost.append(i)
+                if not fresh:
+                    _zero_range(fd, i * bs, expected, is_device, bs)
+                return 0
             view = memoryview(data)
             off = i * bs
             while view:
@@ -120,6 +130,6 @@ def run_restore(
             for k in range(0, len(blocks), chunk):
                 written += sum(pool.map(restore_block, blocks[k : k + chunk].tolist()))
         os.fsync(fd)
-        return written
+        return written, sorted(lost)
     finally:
         os.close(fd)

@@ -12,6 +12,7 @@ import datetime as _dt
 import json
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -111,21 +112,83 @@ class LocalRepository:
         except FileNotFoundError:
             raise CorruptionError(f"block object {digest.hex()} is missing", path=path) from None
 
-    def iter_objects(self, project_id: str, container: str) -> Iterator[tuple[str, os.stat_result]]:
-        """(path, stat) of every object file and temporary leftover in a container."""
-        root = os.path.join(self.layout.container(project_id, container), "objects")
-        if not os.path.isdir(root):
-            return
-        for sub in sorted(os.listdir(root)):
+    def iter_container_files(
+        self, project_id: str, container: str
+    ) -> Iterator[tuple[str, os.stat_result]]:
+        """(path, stat) of every object and every temporary leftover in a container."""
+        root = self.layout.container(project_id, container)
+        for sub in ("manifests", "records"):
             d = os.path.join(root, sub)
-            if not os.path.isdir(d):
+            for name in _listdir(d):
+                if name.startswith(TMP_PREFIX):
+                    yield from _stat(os.path.join(d, name))
+        objects = os.path.join(root, "objects")
+        for sub in sorted(_listdir(objects)):
+            d = os.path.join(objects, sub)
+            for name in _listdir(d):
+                yield from _stat(os.path.join(d, name))
+
+    def object_digests(self, project_id: str, container: str) -> set[bytes]:
+        """Digests of every object in a container, from directory listings (no reads)."""
+        objects = os.path.join(self.layout.container(project_id, container), "objects")
+        found: set[bytes] = set()
+        for sub in _listdir(objects):
+            for name in _listdir(os.path.join(objects, sub)):
+                if not name.startswith(TMP_PREFIX):
+                    try:
+                        found.add(bytes.fromhex(name))
+                    except ValueError:
+                        continue
+        return found
+
+    def quarantine_object(self, project_id: str, container: str, digest: bytes) -> str:
+        """Move a damaged object aside so the next backup stores the block afresh.
+
+        A missing object leaves an empty marker instead. Either way the digest is listed by
+        :meth:`quarantined_digests` until a backup stores the block again.
+        """
+        path = self.layout.object(project_id, container, digest)
+        qdir = os.path.join(self.layout.container(project_id, container), "quarantine")
+        os.makedirs(qdir, exist_ok=True)
+        dest = os.path.join(qdir, f"{digest.hex()}.{time.time_ns()}")
+        try:
+            os.rename(path, dest)
+        except FileNotFoundError:
+            with open(dest, "wb"):
+                pass
+        return dest
+
+    def quarantined_digests(self, project_id: str, container: str) -> set[bytes]:
+        """Digests known to be damaged or missing whose object has not been stored again."""
+        qdir = os.path.join(self.layout.container(project_id, container), "quarantine")
+        found = set()
+        for name in _listdir(qdir):
+            try:
+                digest = bytes.fromhex(name.split(".", 1)[0])
+            except ValueError:
                 continue
-            for name in os.listdir(d):
-                p = os.path.join(d, name)
-                try:
-                    yield p, os.stat(p)
-                except FileNotFoundError:
-                    continue
+            if not self.has_object(project_id, container, digest):
+                found.add(digest)
+        return found
+
+    def iter_quarantine(
+        self, project_id: str, container: str
+    ) -> Iterator[tuple[str, os.stat_result]]:
+        qdir = os.path.join(self.layout.container(project_id, container), "quarantine")
+        for name in _listdir(qdir):
+            try:
+                bytes.fromhex(name.split(".", 1)[0])
+            except ValueError:
+                continue
+            yield from _stat(os.path.join(qdir, name))
+
+    def containers(self) -> list[tuple[str, str]]:
+        """Every (project, container) pair that exists on disk."""
+        out = []
+        for project in sorted(_listdir(self.layout.projects)):
+            for container in sorted(_listdir(os.path.join(self.layout.projects, project))):
+                out.append((project, container))
+        return out
 
     # ------------------------------------------------------------------ manifests
 
@@ -197,6 +260,26 @@ class LocalRepository:
 
     def manifest_ids(self, project_id: str, container: str) -> list[str]:
         mdir = os.path.join(self.layout.container(project_id, container), "manifests")
-        if not os.path.isdir(mdir):
-            return []
-        return [n for n in os.listdir(mdir) if not n.startswith(TMP_PREFIX)]
+        return [n for n in _listdir(mdir) if not n.startswith(TMP_PREFIX)]
+
+    def record_ids(self, project_id: str, container: str) -> list[str]:
+        rdir = os.path.join(self.layout.container(project_id, container), "records")
+        return [
+            n[: -len(".json")]
+            for n in _listdir(rdir)
+            if n.endswith(".json") and not n.startswith(TMP_PREFIX)
+        ]
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _stat(path: str) -> Iterator[tuple[str, os.stat_result]]:
+    try:
+        yield path, os.stat(path)
+    except FileNotFoundError:
+        return
