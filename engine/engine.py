@@ -15,7 +15,7 @@ import logging
 import os
 import stat
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ from .errors import (
 from .gc import DEFAULT_GRACE_SECONDS, sweep_container, wait_for_sweeps
 from .gc import gc as collect_garbage
 from .owners import is_alive, me
+from .paths import check_user_path, normalise_roots
 from .planner import (
     GIB,
     Plan,
@@ -92,9 +93,7 @@ VOLUME_STATUSES = frozenset(
     }
 )
 SNAPSHOT_STATUSES = frozenset({"available", "creating", "error", "backing-up", "deleting"})
-RESTART_REASON = (
-    "incomplete backup reset on manager restart: the backup was interrupted before it finished"
-)
+RESTART_REASON = "incomplete backup reset on manager restart"  # Cinder's text
 
 
 class BackupEngine:
@@ -112,8 +111,10 @@ class BackupEngine:
         quotas: Quotas,
         allow_delete_with_dependents: bool,
         window_bytes: int,
+        allowed_paths: tuple[str, ...] | None = None,
     ) -> None:
         self.repo = repo
+        self.allowed_paths = allowed_paths
         self.catalog = catalog
         self.block_size = block_size
         self.resolver = resolver
@@ -141,13 +142,15 @@ class BackupEngine:
         allow_delete_with_dependents: bool = False,
         compression_level: int = 3,
         window_bytes: int = native.DEFAULT_WINDOW_BYTES,
+        allowed_paths: Sequence[str | os.PathLike] | None = None,
         create: bool = True,
     ) -> BackupEngine:
         """Open (or create) the repository at ``path`` and its catalog.
 
         ``workers`` bounds concurrent backups and restores; ``block_size`` is the default for
-        new chains (a power of two, 64 KiB to 16 MiB). A repository of an unknown format
-        version is refused with ``FormatVersionError``.
+        new chains (a power of two, 64 KiB to 16 MiB). ``allowed_paths`` confines every
+        volume, snapshot and restore-target path to those directories (see engine.paths).
+        A repository of an unknown format version is refused with ``FormatVersionError``.
         """
         check_chain_block_size(block_size)
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
@@ -165,6 +168,7 @@ class BackupEngine:
             quotas=quotas or Quotas(),
             allow_delete_with_dependents=allow_delete_with_dependents,
             window_bytes=window_bytes,
+            allowed_paths=normalise_roots(allowed_paths),
         )
         engine.reindex()
         return engine
@@ -195,7 +199,7 @@ class BackupEngine:
             if b["status"] == "creating":
                 log.warning("backup %s was interrupted; marking it error", b["id"])
                 self.catalog.update_backup(b["id"], status="error", fail_reason=RESTART_REASON)
-                self._release_source_of(b)
+                self._release_source_of(b, failed=True)
             elif b["status"] == "restoring":
                 self.catalog.update_backup(b["id"], status="available")
                 if b.get("restore_volume_id"):
@@ -250,7 +254,7 @@ class BackupEngine:
         """Make a volume (an image file or block device) known to the embedded default."""
         check_project_id(project_id)
         vid = _uuid(volume_id, "volume id")
-        p = _source_path(path)
+        p = check_user_path(path, self.allowed_paths, "volume path")
         if status not in VOLUME_STATUSES:
             raise InvalidInput(f"volume status {status!r} is not one of {sorted(VOLUME_STATUSES)}")
         existing = self.catalog.volume(vid)
@@ -285,7 +289,7 @@ class BackupEngine:
         check_project_id(project_id)
         sid = _uuid(snapshot_id, "snapshot id")
         vid = _uuid(volume_id, "volume id")
-        p = _source_path(path)
+        p = check_user_path(path, self.allowed_paths, "snapshot path")
         if status not in SNAPSHOT_STATUSES:
             raise InvalidInput(
                 f"snapshot status {status!r} is not one of {sorted(SNAPSHOT_STATUSES)}"
@@ -423,10 +427,10 @@ class BackupEngine:
             )
             in_use = False
             if volume is not None and request.snapshot_id is None:
-                in_use = (
+                in_use = volume.status == "in-use" or (
                     bool(volume.attached)
                     if volume.attached is not None
-                    else (_detect_in_use(volume.path))
+                    else _detect_in_use(volume.path)
                 )
             source = snapshot.path if snapshot is not None else (volume.path if volume else None)
             usage = db.execute(
@@ -477,10 +481,10 @@ class BackupEngine:
                     "UPDATE snapshots SET status = 'backing-up' WHERE id = ?", (snapshot.id,)
                 )
             else:
-                prev = "in-use" if (plan.volume.status == "in-use" or in_use) else "available"
+                # The registered status comes back afterwards; detected use is not a status.
                 db.execute(
                     "UPDATE volumes SET status = 'backing-up', previous_status = ? WHERE id = ?",
-                    (prev, plan.volume.id),
+                    (plan.volume.status, plan.volume.id),
                 )
         self.runner.submit(lambda: self._run_backup(plan, backup_id, extents))
         return create_response(
@@ -559,35 +563,42 @@ class BackupEngine:
             }
             self.repo.put_manifest(plan.project_id, plan.container, manifest)
             self.repo.put_record(plan.project_id, plan.container, record)
-            self.catalog.update_backup(
-                backup_id,
-                status="available",
-                size=record["size"],
-                volume_size=source.size,
-                object_count=stats.objects_written,
-                stats=stats_d,
-                progress=1.0,
-                consistency=source.consistency,
-            )
+            final = {
+                "status": "available",
+                "size": record["size"],
+                "volume_size": source.size,
+                "object_count": stats.objects_written,
+                "stats": stats_d,
+                "progress": 1.0,
+                "consistency": source.consistency,
+            }
         except BaseException as e:  # noqa: BLE001 - every failure becomes the backup's status
             log.warning("backup %s failed: %s", backup_id, e)
-            self.catalog.update_backup(backup_id, status="error", fail_reason=_reason(e))
+            final = {"status": "error", "fail_reason": _reason(e)}
         finally:
             if source is not None:
                 source.close()
-            self._release_source(plan)
-            self.runner.notify()
+        # As Cinder: the source is released before the backup shows its outcome, so a client
+        # that sees "available" can start the next backup at once.
+        self._release_source(plan, failed=final["status"] == "error")
+        self.catalog.update_backup(backup_id, **final)
+        self.runner.notify()
 
-    def _release_source(self, plan: Plan) -> None:
+    def _release_source(self, plan: Plan, *, failed: bool) -> None:
         self._release_source_of(
             {
                 "snapshot_id": plan.snapshot.id if plan.snapshot else None,
                 "volume_id": plan.volume.id,
-            }
+            },
+            failed=failed,
         )
 
-    def _release_source_of(self, backup: dict[str, Any]) -> None:
-        """Return the backup's snapshot or volume to the status it had before the backup."""
+    def _release_source_of(self, backup: dict[str, Any], *, failed: bool) -> None:
+        """Return the backup's snapshot or volume to the status it had before the backup.
+
+        The volume's ``previous_status`` then records the outcome as Cinder does:
+        ``backing-up`` after a success, ``error_backing-up`` after a failure.
+        """
         if backup.get("snapshot_id"):
             self.catalog.execute(
                 "UPDATE snapshots SET status = 'available' WHERE id = ? AND status = 'backing-up'",
@@ -596,8 +607,8 @@ class BackupEngine:
         else:
             self.catalog.execute(
                 "UPDATE volumes SET status = COALESCE(previous_status, 'available'), "
-                "previous_status = 'backing-up' WHERE id = ? AND status = 'backing-up'",
-                (backup["volume_id"],),
+                "previous_status = ? WHERE id = ? AND status = 'backing-up'",
+                ("error_backing-up" if failed else "backing-up", backup["volume_id"]),
             )
 
     def _progress(self, backup_id: str, fraction: float) -> None:
@@ -667,11 +678,13 @@ class BackupEngine:
         rows = self._select(project_id, query)
         count = len(rows)
         if query.marker is not None:
-            ids = [r["id"] for r in rows]
+            # As Cinder's paginate_query: the marker is looked up by id alone (filters do
+            # not apply to it), and the page continues after its position in the sort order.
             mid = _canonical_uuid(query.marker)
-            if mid not in ids:
+            marker = self.catalog.backup(mid) if mid else None
+            if marker is None or marker["project_id"] != project_id:
                 raise BackupNotFound(query.marker)
-            rows = rows[ids.index(mid) + 1 :]
+            rows = [r for r in rows if _sorts_after(r, marker, query.sort)]
         rows = rows[query.offset :][: query.limit]
         rows = [self._with_dependents(r) for r in rows]
         next_marker = rows[-1]["id"] if rows and len(rows) == query.limit else None
@@ -737,9 +750,19 @@ class BackupEngine:
         changes = request.changes()
         if changes:
             self.catalog.update_backup(row["id"], **changes)
+            self._rewrite_record(row, changes)
         return update_response(
             self.catalog.backup(row["id"]) or row, base_url=self.base_url, project_id=project_id
         )
+
+    def _rewrite_record(self, row: dict[str, Any], changes: dict[str, Any]) -> None:
+        """Carry an update into the committed record, the source of truth, when there is one."""
+        try:
+            record = self.repo.get_record(row["project_id"], row["container"], row["id"])
+        except FileNotFoundError:
+            return  # not committed yet (or failed): the catalog row is all there is
+        record.update({k: v for k, v in changes.items() if k in _RECORD_FIELDS})
+        self.repo.put_record(row["project_id"], row["container"], record)
 
     def delete_backup(self, project_id: str, backup_id: str, *, force: bool = False) -> None:
         """Delete a backup and the objects no other backup needs (Cinder's rules apply).
@@ -861,7 +884,7 @@ class BackupEngine:
             if volume is None:
                 raise VolumeNotFound(target)
             return volume, volume.path
-        path = _source_path(target)
+        path = check_user_path(target, self.allowed_paths, "restore target")
         if os.path.isdir(path):
             raise InvalidInput(f"restore target {path!r} is a directory")
         if not os.path.isdir(os.path.dirname(path)):
@@ -974,6 +997,17 @@ _RECORD_FIELDS = (
 )
 
 
+def _sorts_after(row: dict[str, Any], marker: dict[str, Any], sort) -> bool:
+    """Whether ``row`` comes after ``marker`` in the listing's order (NULLs sort first)."""
+    for key, direction in sort:
+        a, b = row.get(key), marker.get(key)
+        if a == b:
+            continue
+        after = a is not None if a is None or b is None else a > b
+        return after if direction == "asc" else not after
+    return False
+
+
 def _row_from_record(rec: dict[str, Any]) -> dict[str, Any]:
     row = {k: rec.get(k) for k in _RECORD_FIELDS}
     row.update(
@@ -1013,19 +1047,6 @@ def _canonical_uuid(value: Any) -> str | None:
         return str(uuid.UUID(value))
     except ValueError:
         return None
-
-
-def _source_path(path: Any) -> str:
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    if not isinstance(path, str | os.PathLike):
-        raise InvalidInput(f"path must be a string, got {type(path).__name__}")
-    p = os.fspath(path)
-    if not p or "\0" in p:
-        raise InvalidInput("path must be non-empty and must not contain NUL bytes")
-    if len(p) > 4096:
-        raise InvalidInput("path is longer than 4096 characters")
-    return os.path.abspath(p)
 
 
 def _size_or_none(path: str | None) -> int | None:

@@ -89,6 +89,8 @@ class _Writer:
 
     def _done(self, fut: Future) -> None:
         self.slots.release()
+        if fut.cancelled():
+            return
         exc = fut.exception()
         if exc is not None and self.error is None:
             self.error = exc

@@ -8,6 +8,7 @@ writer that died.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import uuid
 
@@ -45,7 +46,21 @@ def write_atomic(path: str, data: bytes | memoryview, *, exclusive: bool = False
         raise
     os.close(fd)
     try:
-        os.rename(tmp, path)
+        if exclusive:
+            # link() publishes only if nothing is there yet, atomically: of two concurrent
+            # writers of one object exactly one reports that it published.
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+                os.rename(tmp, path)  # no hard links here: last writer wins, same bytes
+            finally:
+                _unlink_quietly(tmp)
+        else:
+            os.rename(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
         raise
