@@ -12,6 +12,8 @@ import errno
 import os
 import uuid
 
+from ..faults import crash_point
+
 TMP_PREFIX = ".tmp."
 
 
@@ -23,11 +25,14 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str, data: bytes | memoryview, *, exclusive: bool = False) -> bool:
+def write_atomic(
+    path: str, data: bytes | memoryview, *, exclusive: bool = False, kind: str = "file"
+) -> bool:
     """Publish ``data`` at ``path``. With ``exclusive``, an existing file is left untouched.
 
     Returns True when this call published the file. Parent directories are created (and
-    fsynced, so the new entry survives a crash).
+    fsynced, so the new entry survives a crash). ``kind`` names the crash points
+    (``engine.faults``) around publication.
     """
     directory = os.path.dirname(path)
     _make_dirs(directory)
@@ -45,6 +50,7 @@ def write_atomic(path: str, data: bytes | memoryview, *, exclusive: bool = False
         _unlink_quietly(tmp)
         raise
     os.close(fd)
+    crash_point(f"{kind}-tmp")
     try:
         if exclusive:
             # link() publishes only if nothing is there yet, atomically: of two concurrent
@@ -65,6 +71,7 @@ def write_atomic(path: str, data: bytes | memoryview, *, exclusive: bool = False
         _unlink_quietly(tmp)
         raise
     fsync_dir(directory)
+    crash_point(f"{kind}-published")
     return True
 
 

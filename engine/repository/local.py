@@ -102,7 +102,9 @@ class LocalRepository:
 
     def put_object(self, project_id: str, container: str, digest: bytes, blob: bytes) -> bool:
         """Store an encoded object; a no-op returning False when it is already there."""
-        return write_atomic(self.layout.object(project_id, container, digest), blob, exclusive=True)
+        return write_atomic(
+            self.layout.object(project_id, container, digest), blob, exclusive=True, kind="object"
+        )
 
     def get_object(self, project_id: str, container: str, digest: bytes) -> bytes:
         path = self.layout.object(project_id, container, digest)
@@ -194,7 +196,9 @@ class LocalRepository:
 
     def put_manifest(self, project_id: str, container: str, manifest: Manifest) -> None:
         write_atomic(
-            self.layout.manifest(project_id, container, manifest.backup_id), manifest.encode()
+            self.layout.manifest(project_id, container, manifest.backup_id),
+            manifest.encode(),
+            kind="manifest",
         )
 
     def get_manifest(self, project_id: str, container: str, backup_id: str, zero_digest: bytes):
@@ -217,7 +221,11 @@ class LocalRepository:
     # ------------------------------------------------------------------ records
 
     def put_record(self, project_id: str, container: str, backup: dict[str, Any]) -> None:
-        write_atomic(self.layout.record(project_id, container, backup["id"]), encode_record(backup))
+        write_atomic(
+            self.layout.record(project_id, container, backup["id"]),
+            encode_record(backup),
+            kind="record",
+        )
 
     def get_record(self, project_id: str, container: str, backup_id: str) -> dict[str, Any]:
         path = self.layout.record(project_id, container, backup_id)
