@@ -360,6 +360,12 @@ class BlockReader:
     The engine compresses exactly the blocks that changed without reading them twice: it
     diffs a window's digests against the parent's and takes the changed blocks' bytes from
     ``window.data``. Bytes of zero blocks (holes included) read as zeros.
+
+    ``runs`` (``(first_block, count)`` pairs, ascending) restricts reading to those blocks;
+    otherwise ``[start_block, start_block + count)`` is read. With ``prefetch`` a second
+    buffer is filled on a helper thread while the caller works on the current window, so
+    reading and hashing overlap the caller's own work; each window's data still stays valid
+    until the caller asks for the next one.
     """
 
     def __init__(
@@ -372,6 +378,9 @@ class BlockReader:
         direct: bool = False,
         sparse: bool = True,
         window_bytes: int = DEFAULT_WINDOW_BYTES,
+        *,
+        runs: Iterable[tuple[int, int]] | np.ndarray | None = None,
+        prefetch: bool = False,
     ) -> None:
         self.block_size = check_block_size(block_size)
         seed = _check_seed(seed)
@@ -380,47 +389,90 @@ class BlockReader:
         try:
             fd, self._label = self._stack.enter_context(_open_source(source, direct))
             self.size = _fd_size(fd)
-            self.nblocks, self._next, n = _block_range(
-                self.size, self.block_size, start_block, count
-            )
-            self._end = self._next + n
-            self._scanner = _reader.Scanner(
-                fd,
-                self.size,
-                self.block_size,
-                seed,
-                min(window, max(n, 1)),
-                direct,
-                sparse and _is_regular(fd),
-                True,
+            self.nblocks, first, n = _block_range(self.size, self.block_size, start_block, count)
+            if runs is None:
+                self._runs = np.array([[first, n]], np.int64) if n else np.empty((0, 2), np.int64)
+            else:
+                self._runs = _pairs(runs, "runs")
+                if (
+                    self._runs.size
+                    and (
+                        (self._runs[:, 0] > self.nblocks)
+                        | (
+                            self._runs[:, 1]
+                            > self.nblocks - np.minimum(self._runs[:, 0], self.nblocks)
+                        )
+                    ).any()
+                ):
+                    raise ValueError(
+                        f"runs reach past the end of the volume ({self.nblocks} blocks)"
+                    )
+            longest = int(self._runs[:, 1].max(initial=1)) if self._runs.size else 1
+            self._window = min(window, max(longest, 1))
+            self._scanners = [
+                _reader.Scanner(
+                    fd,
+                    self.size,
+                    self.block_size,
+                    seed,
+                    self._window,
+                    direct,
+                    sparse and _is_regular(fd),
+                    True,
+                )
+                for _ in range(2 if prefetch else 1)
+            ]
+            self._pool = (
+                self._stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="cb-read"))
+                if prefetch
+                else None
             )
         except BaseException:
             self._stack.close()
             raise
-        self._window = min(window, max(n, 1))
         self._closed = False
 
     @property
     def bytes_read(self) -> int:
         """Bytes actually read from the source so far (holes are not read)."""
-        return self._scanner.bytes_read
+        return sum(sc.bytes_read for sc in self._scanners)
+
+    def _windows(self) -> Iterator[tuple[int, int]]:
+        for first, count in self._runs.tolist():
+            for start in range(first, first + count, self._window):
+                yield start, min(self._window, first + count - start)
+
+    def _read(self, k: int, first: int, n: int) -> Window:
+        scanner = self._scanners[k]
+        digests = np.empty((n, DIGEST_SIZE), np.uint8)
+        zero = np.empty(n, np.bool_)
+        rc, nbytes = scanner.read_window(first, n, digests, zero.view(np.uint8))
+        if rc:
+            _raise_read_error(rc, scanner.error_offset, self._label)
+        data = memoryview(scanner.buffer[:nbytes])
+        return Window(first, n, data, digests, zero, self.block_size)
 
     def __iter__(self) -> Iterator[Window]:
         if self._closed:
             raise ValueError("BlockReader is closed")
-        buffer = self._scanner.buffer
-        while self._next < self._end:
+        windows = self._windows()
+        if self._pool is None:
+            for first, n in windows:
+                if self._closed:
+                    raise ValueError("BlockReader is closed")
+                yield self._read(0, first, n)
+            return
+        nxt = next(windows, None)
+        pending = None if nxt is None else self._pool.submit(self._read, 0, *nxt)
+        k = 0
+        while pending is not None:
+            current = pending.result()
             if self._closed:
                 raise ValueError("BlockReader is closed")
-            first = self._next
-            n = min(self._window, self._end - first)
-            digests = np.empty((n, DIGEST_SIZE), np.uint8)
-            zero = np.empty(n, np.bool_)
-            rc, nbytes = self._scanner.read_window(first, n, digests, zero.view(np.uint8))
-            if rc:
-                _raise_read_error(rc, self._scanner.error_offset, self._label)
-            self._next = first + n
-            yield Window(first, n, memoryview(buffer[:nbytes]), digests, zero, self.block_size)
+            nxt = next(windows, None)
+            k ^= 1
+            pending = None if nxt is None else self._pool.submit(self._read, k, *nxt)
+            yield current
 
     def close(self) -> None:
         self._closed = True

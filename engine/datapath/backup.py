@@ -13,6 +13,7 @@ is inherited from the parent's manifest.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -105,49 +106,68 @@ class _Writer:
 
 
 def run_backup(repo: LocalRepository, job: BackupJob) -> tuple[Manifest, BackupStats]:
-    """Store the volume's changed blocks and return its complete manifest (not yet written)."""
+    """Store the volume's changed blocks and return its complete manifest (not yet written).
+
+    Which blocks are read, cheapest knowledge first: a changed-extents hint limits reading to
+    the hinted blocks (the rest is inherited from the parent); the sparse map of a regular
+    file removes holes (they are zero blocks, never read); everything else is read, hashed
+    and compared with the parent.
+    """
     bs = job.block_size
     nblocks = -(-job.volume_size // bs)
     stats = BackupStats(blocks_total=nblocks)
     digests = np.empty((nblocks, native.DIGEST_SIZE), np.uint8)
+    digests[:] = np.frombuffer(native.zero_digest(bs, repo.seed), np.uint8)
     zero = np.ones(nblocks, np.bool_)
     parent = job.parent
     # Blocks whose object was found damaged or missing (verify, restore) must not be
     # inherited: they are read and stored again, which heals every backup sharing them.
     damaged = repo.quarantined_digests(job.project_id, job.container) if parent else set()
     if job.changed is not None and parent is not None:
-        # Inherit everything, then overwrite what the hint says changed.
+        # Inherit everything, then read what the hint says changed.
         common = min(nblocks, parent.nblocks)
         digests[:common] = parent.digests[:common]
         zero[:common] = parent.zero[:common]
-        reread = job.changed.copy()
+        to_read = job.changed.copy()
         for d in damaged:
             hit = np.all(parent.digests[:common] == np.frombuffer(d, np.uint8), axis=1)
-            reread[:common] |= hit & ~parent.zero[:common]
-        runs = native.mask_to_runs(reread)
+            to_read[:common] |= hit & ~parent.zero[:common]
     else:
-        runs = np.array([[0, nblocks]], dtype=np.int64) if nblocks else np.empty((0, 2), np.int64)
+        to_read = np.ones(nblocks, np.bool_)
+    if os.path.isfile(job.source_path):
+        holes = to_read & ~native.data_blocks(job.source_path, bs)
+        zero[holes] = True
+        to_read &= ~holes
+    total = max(1, native.mask_count(to_read))
 
     writer = _Writer(repo, job, stats)
     done = 0
     try:
-        for first, count in runs.tolist():
-            with native.BlockReader(
-                job.source_path, bs, repo.seed, first, count, window_bytes=job.window_bytes
-            ) as reader:
-                for w in reader:
-                    _take_window(w, parent, digests, zero, writer, stats, damaged)
-                    done += w.count
-                    job.progress(
-                        done
-                        / max(1, nblocks if job.changed is None else native.mask_count(job.changed))
-                    )
-                stats.bytes_read += reader.bytes_read
+        with native.BlockReader(
+            job.source_path,
+            bs,
+            repo.seed,
+            runs=native.mask_to_runs(to_read),
+            window_bytes=job.window_bytes,
+            prefetch=True,
+        ) as reader:
+            for w in reader:
+                _take_window(w, parent, digests, zero, writer, damaged)
+                done += w.count
+                job.progress(done / total)
+            stats.bytes_read = reader.bytes_read
         writer.finish()
     except BaseException:
         writer.abort()
         raise
+    stats.blocks_read = int(done)
     stats.blocks_zero = int(np.count_nonzero(zero))
+    if parent is not None:
+        stats.blocks_changed = native.mask_count(
+            native.diff(digests, zero, parent.digests, parent.zero)
+        )
+    else:
+        stats.blocks_changed = nblocks - stats.blocks_zero
     manifest = Manifest(
         backup_id=job.backup_id,
         parent_id=None if parent is None else parent.backup_id,
@@ -159,20 +179,17 @@ def run_backup(repo: LocalRepository, job: BackupJob) -> tuple[Manifest, BackupS
     return manifest, stats
 
 
-def _take_window(
-    w, parent, digests, zero, writer: _Writer, stats: BackupStats, damaged: set[bytes]
-) -> None:
+def _take_window(w, parent, digests, zero, writer: _Writer, damaged: set[bytes]) -> None:
+    """Record a window's digests and hand its changed data blocks to the writer."""
     lo, hi = w.first_block, w.first_block + w.count
     digests[lo:hi] = w.digests
     zero[lo:hi] = w.zero
-    stats.blocks_read += w.count
     if parent is not None:
         p_hi = min(hi, parent.nblocks)
         p_lo = min(lo, p_hi)
         changed = native.diff(w.digests, w.zero, parent.digests[p_lo:p_hi], parent.zero[p_lo:p_hi])
     else:
         changed = ~w.zero
-    stats.blocks_changed += int(np.count_nonzero(changed))
     store = changed & ~w.zero
     if damaged:
         for i in np.flatnonzero(~store & ~w.zero).tolist():
