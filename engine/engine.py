@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import stat
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -93,6 +94,7 @@ VOLUME_STATUSES = frozenset(
     }
 )
 SNAPSHOT_STATUSES = frozenset({"available", "creating", "error", "backing-up", "deleting"})
+PROGRESS_INTERVAL = 0.25  # seconds between progress updates of one job
 RESTART_REASON = "incomplete backup reset on manager restart"  # Cinder's text
 
 
@@ -124,6 +126,7 @@ class BackupEngine:
         self.window_bytes = window_bytes
         self.workers = workers
         self._zero_digests: dict[int, bytes] = {}
+        self._progress_at: dict[str, float] = {}
         self.runner = Runner(workers)
         self._recover()
 
@@ -581,6 +584,7 @@ class BackupEngine:
         # As Cinder: the source is released before the backup shows its outcome, so a client
         # that sees "available" can start the next backup at once.
         self._release_source(plan, failed=final["status"] == "error")
+        self._progress_at.pop(backup_id, None)
         self.catalog.update_backup(backup_id, **final)
         self.runner.notify()
 
@@ -612,6 +616,11 @@ class BackupEngine:
             )
 
     def _progress(self, backup_id: str, fraction: float) -> None:
+        """Record progress, at most a few times a second: each update is a catalog commit."""
+        now_t = time.monotonic()
+        if now_t - self._progress_at.get(backup_id, 0.0) < PROGRESS_INTERVAL:
+            return
+        self._progress_at[backup_id] = now_t
         self.catalog.execute(
             "UPDATE backups SET progress = ? WHERE id = ?", (round(fraction, 4), backup_id)
         )
@@ -931,7 +940,8 @@ class BackupEngine:
                 manifest,
                 path,
                 fresh=fresh,
-                workers=self.workers,
+                # One more worker than cores: while some wait on the device, others decompress.
+                workers=self.workers + 1,
                 allow_damaged=allow_damaged,
                 progress=lambda f: self._progress(row["id"], f),
             )
@@ -946,6 +956,7 @@ class BackupEngine:
                 _unlink_quietly(path)
         stats = dict((self.catalog.backup(row["id"]) or row).get("stats") or {})
         stats["last_restore"] = outcome
+        self._progress_at.pop(row["id"], None)
         self.catalog.update_backup(row["id"], status="available", progress=1.0, stats=stats)
         if volume is not None:
             self.catalog.execute(

@@ -19,6 +19,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 from .. import native
 from ..errors import CorruptionError
 from ..repository import LocalRepository, Manifest
@@ -56,6 +58,62 @@ def _zero_range(fd: int, offset: int, length: int, is_device: bool, block_size: 
     _write_zeros(fd, offset, length, block_size)
 
 
+class _Target:
+    """The restore target, written with O_DIRECT where the filesystem allows it.
+
+    Buffered writes of gigabytes go through the page cache and then all wait in ``fsync``;
+    direct writes of whole, aligned blocks go straight to the device and cost a fraction of
+    that. Each worker thread copies its decompressed block into its own aligned buffer. The
+    short final block of a volume, zeroing and punching holes use a second, buffered
+    descriptor; both are fsynced at the end.
+    """
+
+    ALIGN = 4096
+
+    def __init__(self, path: str, block_size: int) -> None:
+        self.block_size = block_size
+        self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        self.is_device = stat.S_ISBLK(os.fstat(self.fd).st_mode)
+        try:
+            self.direct_fd: int | None = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_DIRECT)
+        except OSError:
+            self.direct_fd = None  # tmpfs and some FUSE filesystems refuse O_DIRECT
+        self._local = threading.local()
+
+    def _aligned(self) -> np.ndarray:
+        buf = getattr(self._local, "buf", None)
+        if buf is None:
+            raw = np.empty(self.block_size + self.ALIGN, np.uint8)
+            skew = (-raw.ctypes.data) % self.ALIGN
+            buf = self._local.buf = raw[skew : skew + self.block_size]
+        return buf
+
+    def write_block(self, offset: int, data: bytes) -> None:
+        if self.direct_fd is not None and len(data) == self.block_size:
+            buf = self._aligned()
+            buf[:] = np.frombuffer(data, np.uint8)
+            fd, view = self.direct_fd, memoryview(buf)
+        else:
+            fd, view = self.fd, memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view, offset = view[n:], offset + n
+
+    def zero(self, offset: int, length: int) -> None:
+        _zero_range(self.fd, offset, length, self.is_device, self.block_size)
+
+    def close(self, *, sync: bool) -> None:
+        try:
+            if sync:
+                for fd in (self.direct_fd, self.fd):
+                    if fd is not None:
+                        os.fsync(fd)
+        finally:
+            for fd in (self.direct_fd, self.fd):
+                if fd is not None:
+                    os.close(fd)
+
+
 def run_restore(
     repo: LocalRepository,
     project_id: str,
@@ -76,15 +134,13 @@ def run_restore(
     ``allow_damaged``, which writes zeros there, carries on, and lists the block as lost.
     """
     bs = manifest.block_size
-    flags = os.O_WRONLY | os.O_CLOEXEC
-    fd = os.open(target, flags)
+    out = _Target(target, bs)
+    ok = False
     try:
-        is_device = stat.S_ISBLK(os.fstat(fd).st_mode)
         if not fresh:
             for first, count in native.mask_to_runs(manifest.zero).tolist():
                 start = first * bs
-                length = min(count * bs, manifest.volume_size - start)
-                _zero_range(fd, start, length, is_device, bs)
+                out.zero(start, min(count * bs, manifest.volume_size - start))
         blocks = manifest.data_blocks()
         total = max(1, len(blocks))
         written = 0
@@ -112,13 +168,9 @@ def run_restore(
                 with lock:
                     lost.append(i)
                 if not fresh:
-                    _zero_range(fd, i * bs, expected, is_device, bs)
+                    out.zero(i * bs, expected)
                 return 0
-            view = memoryview(data)
-            off = i * bs
-            while view:
-                n = os.pwrite(fd, view, off)
-                view, off = view[n:], off + n
+            out.write_block(i * bs, data)
             with lock:
                 done += 1
                 progress(done / total)
@@ -129,7 +181,7 @@ def run_restore(
             chunk = workers * 8
             for k in range(0, len(blocks), chunk):
                 written += sum(pool.map(restore_block, blocks[k : k + chunk].tolist()))
-        os.fsync(fd)
+        ok = True
         return written, sorted(lost)
     finally:
-        os.close(fd)
+        out.close(sync=ok)
