@@ -55,17 +55,23 @@ class BackupJob:
 
 
 class _Writer:
-    """Compress and store blocks on a pool, with a bound on blocks in flight."""
+    """Compress and stage blocks on a pool, publishing them durably in batches.
+
+    Blocks in flight are bounded (the submitting reader waits for a slot), and staged bytes
+    are published (one ``syncfs``, then a ``link`` per object) every ``PUBLISH_BYTES``, so
+    memory and unpublished work both stay bounded whatever the volume size.
+    """
+
+    PUBLISH_BYTES = 256 << 20
 
     def __init__(self, repo: LocalRepository, job: BackupJob, stats: BackupStats) -> None:
         self.repo = repo
         self.job = job
         self.stats = stats
+        self.batch = repo.object_batch(job.project_id, job.container)
         self.pool = ThreadPoolExecutor(job.workers, thread_name_prefix="cb-store")
         self.slots = threading.BoundedSemaphore(job.workers * 4)
-        self.lock = threading.Lock()
         self.seen: set[bytes] = set()
-        self.futures: list[Future] = []
         self.error: BaseException | None = None
 
     def submit(self, digest: bytes, data: bytes) -> None:
@@ -77,16 +83,16 @@ class _Writer:
         if self.error is not None:
             raise self.error
         self.slots.acquire()
-        fut = self.pool.submit(self._store, digest, data)
+        fut = self.pool.submit(self._stage, digest, data)
         fut.add_done_callback(self._done)
-        self.futures.append(fut)
+        if self.batch.pending_bytes >= self.PUBLISH_BYTES:
+            self._publish()
 
-    def _store(self, digest: bytes, data: bytes) -> None:
+    def _stage(self, digest: bytes, data: bytes) -> None:
         blob = self.repo.codec.encode(data, digest)
-        if self.repo.put_object(self.job.project_id, self.job.container, digest, blob):
-            with self.lock:
-                self.stats.bytes_stored += len(blob)
-                self.stats.objects_written += 1
+        self.batch.stage(
+            self.repo.layout.object(self.job.project_id, self.job.container, digest), blob
+        )
 
     def _done(self, fut: Future) -> None:
         self.slots.release()
@@ -96,13 +102,20 @@ class _Writer:
         if exc is not None and self.error is None:
             self.error = exc
 
+    def _publish(self) -> None:
+        for _path, size in self.batch.publish():
+            self.stats.bytes_stored += size
+            self.stats.objects_written += 1
+
     def finish(self) -> None:
         self.pool.shutdown(wait=True)
         if self.error is not None:
             raise self.error
+        self._publish()
 
     def abort(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.batch.discard()
 
 
 def run_backup(repo: LocalRepository, job: BackupJob) -> tuple[Manifest, BackupStats]:

@@ -1,15 +1,27 @@
-"""Crash-safe file publication: write to a temporary name, fsync, rename, fsync the directory.
+"""Crash-safe file publication: write to a temporary name, make it durable, then publish.
 
 A reader therefore sees either the old state or the whole new file, never a torn one. Temporary
 names start with ``.tmp.`` so garbage collection can recognise and remove the leftovers of a
 writer that died.
+
+Two ways to publish:
+
+* :func:`write_atomic` — one file: write, fsync, rename (or link, for no-clobber), fsync the
+  directory. Used for manifests, records and the config.
+* :class:`StagedBatch` — many files (block objects): write each under its temporary name
+  without fsync, then make the whole batch durable with one ``syncfs`` and publish every file
+  with ``link``. One journal commit per batch instead of one per object; and since nothing is
+  published before it is durable, a crash can never leave a published object with lost data.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import os
+import threading
 import uuid
 
 from ..faults import crash_point
@@ -35,36 +47,16 @@ def write_atomic(
     (``engine.faults``) around publication.
     """
     directory = os.path.dirname(path)
-    _make_dirs(directory)
     if exclusive and os.path.exists(path):
         return False
-    tmp = os.path.join(directory, f"{TMP_PREFIX}{os.path.basename(path)}.{uuid.uuid4().hex}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        _unlink_quietly(tmp)
-        raise
-    os.close(fd)
+    tmp = _write_temp(path, data, fsync=True)
     crash_point(f"{kind}-tmp")
     try:
         if exclusive:
             # link() publishes only if nothing is there yet, atomically: of two concurrent
-            # writers of one object exactly one reports that it published.
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
+            # writers of one file exactly one reports that it published.
+            if not _publish_link(tmp, path):
                 return False
-            except OSError as e:
-                if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
-                    raise
-                os.rename(tmp, path)  # no hard links here: last writer wins, same bytes
-            finally:
-                _unlink_quietly(tmp)
         else:
             os.rename(tmp, path)
     except BaseException:
@@ -73,6 +65,101 @@ def write_atomic(
     fsync_dir(directory)
     crash_point(f"{kind}-published")
     return True
+
+
+def _write_temp(path: str, data: bytes | memoryview, *, fsync: bool) -> str:
+    """Write ``data`` beside ``path`` under a fresh temporary name; return that name."""
+    directory = os.path.dirname(path)
+    _make_dirs(directory)
+    tmp = os.path.join(directory, f"{TMP_PREFIX}{os.path.basename(path)}.{uuid.uuid4().hex}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if fsync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def sync_filesystem(path: str) -> None:
+    """Make everything written to ``path``'s filesystem durable (``syncfs``)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs failed: {os.strerror(err)}", path)
+    finally:
+        os.close(fd)
+
+
+def _publish_link(tmp: str, path: str) -> bool:
+    """Give ``tmp`` the name ``path`` unless that exists; True when this call published it."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        os.rename(tmp, path)  # no hard links here: last writer wins, with the same bytes
+        return True
+    finally:
+        _unlink_quietly(tmp)
+    return True
+
+
+class StagedBatch:
+    """Stage files now, publish them durably later, many at a time (see the module doc)."""
+
+    def __init__(self, root: str, kind: str = "object") -> None:
+        self.root = root
+        self.kind = kind
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, str, int]] = []
+        self.pending_bytes = 0
+
+    def stage(self, path: str, data: bytes | memoryview) -> None:
+        tmp = _write_temp(path, data, fsync=False)
+        crash_point(f"{self.kind}-tmp")
+        with self._lock:
+            self._pending.append((tmp, path, len(data)))
+            self.pending_bytes += len(data)
+
+    def publish(self) -> list[tuple[str, int]]:
+        """Make staged files durable, then publish them; return (path, size) of each new one."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+            self.pending_bytes = 0
+        if not batch:
+            return []
+        sync_filesystem(self.root)
+        published = []
+        directories = set()
+        for tmp, path, size in batch:
+            if _publish_link(tmp, path):
+                published.append((path, size))
+                directories.add(os.path.dirname(path))
+            crash_point(f"{self.kind}-published")
+        for d in directories:
+            fsync_dir(d)
+        return published
+
+    def discard(self) -> None:
+        """Remove staged files that will never be published."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+            self.pending_bytes = 0
+        for tmp, _path, _size in batch:
+            _unlink_quietly(tmp)
 
 
 def _make_dirs(directory: str) -> None:

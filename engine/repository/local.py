@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import CorruptionError, FormatVersionError, RepositoryError
-from .atomic import TMP_PREFIX, write_atomic
+from .atomic import TMP_PREFIX, StagedBatch, write_atomic
 from .layout import Layout
 from .manifest import Manifest
 from .objects import BlockCodec
@@ -101,10 +101,16 @@ class LocalRepository:
         return os.path.exists(self.layout.object(project_id, container, digest))
 
     def put_object(self, project_id: str, container: str, digest: bytes, blob: bytes) -> bool:
-        """Store an encoded object; a no-op returning False when it is already there."""
+        """Store one encoded object now; a no-op returning False when it is already there."""
         return write_atomic(
             self.layout.object(project_id, container, digest), blob, exclusive=True, kind="object"
         )
+
+    def object_batch(self, project_id: str, container: str) -> StagedBatch:
+        """A batch for many objects of one container: staged, then published durably at once."""
+        path = self.layout.container(project_id, container)
+        os.makedirs(path, exist_ok=True)
+        return StagedBatch(path, kind="object")
 
     def get_object(self, project_id: str, container: str, digest: bytes) -> bytes:
         path = self.layout.object(project_id, container, digest)
