@@ -18,6 +18,7 @@ Vocabulary
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import os
@@ -362,10 +363,10 @@ class BlockReader:
     ``window.data``. Bytes of zero blocks (holes included) read as zeros.
 
     ``runs`` (``(first_block, count)`` pairs, ascending) restricts reading to those blocks;
-    otherwise ``[start_block, start_block + count)`` is read. With ``prefetch`` a second
-    buffer is filled on a helper thread while the caller works on the current window, so
-    reading and hashing overlap the caller's own work; each window's data still stays valid
-    until the caller asks for the next one.
+    otherwise ``[start_block, start_block + count)`` is read. With ``prefetch=k``, ``k``
+    helper threads read and hash the next ``k`` windows into buffers of their own while the
+    caller works on the current one, so reading, hashing and the caller's work overlap on
+    every core; each window's data still stays valid until the caller asks for the next.
     """
 
     def __init__(
@@ -380,7 +381,7 @@ class BlockReader:
         window_bytes: int = DEFAULT_WINDOW_BYTES,
         *,
         runs: Iterable[tuple[int, int]] | np.ndarray | None = None,
-        prefetch: bool = False,
+        prefetch: int = 0,
     ) -> None:
         self.block_size = check_block_size(block_size)
         seed = _check_seed(seed)
@@ -420,10 +421,12 @@ class BlockReader:
                     sparse and _is_regular(fd),
                     True,
                 )
-                for _ in range(2 if prefetch else 1)
+                for _ in range(_check_count(prefetch, "prefetch") + 1)
             ]
             self._pool = (
-                self._stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="cb-read"))
+                self._stack.enter_context(
+                    ThreadPoolExecutor(prefetch, thread_name_prefix="cb-read")
+                )
                 if prefetch
                 else None
             )
@@ -462,16 +465,24 @@ class BlockReader:
                     raise ValueError("BlockReader is closed")
                 yield self._read(0, first, n)
             return
-        nxt = next(windows, None)
-        pending = None if nxt is None else self._pool.submit(self._read, 0, *nxt)
-        k = 0
-        while pending is not None:
-            current = pending.result()
+        # Scanner k serves windows k, k + nbuf, ...: when the caller asks for window i + 1,
+        # window i's scanner is free again and starts on window i + nbuf.
+        nbuf = len(self._scanners)
+        pending: collections.deque = collections.deque()
+        for k in range(nbuf - 1):
+            nxt = next(windows, None)
+            if nxt is None:
+                break
+            pending.append(self._pool.submit(self._read, k, *nxt))
+        k = nbuf - 1
+        while pending:
+            current = pending.popleft().result()
             if self._closed:
                 raise ValueError("BlockReader is closed")
             nxt = next(windows, None)
-            k ^= 1
-            pending = None if nxt is None else self._pool.submit(self._read, k, *nxt)
+            if nxt is not None:
+                pending.append(self._pool.submit(self._read, k, *nxt))
+                k = (k + 1) % nbuf
             yield current
 
     def close(self) -> None:

@@ -162,7 +162,7 @@ def run_backup(repo: LocalRepository, job: BackupJob) -> tuple[Manifest, BackupS
             repo.seed,
             runs=native.mask_to_runs(to_read),
             window_bytes=job.window_bytes,
-            prefetch=True,
+            prefetch=job.workers,
         ) as reader:
             for w in reader:
                 _take_window(w, parent, digests, zero, writer, damaged)

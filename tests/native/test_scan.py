@@ -321,3 +321,28 @@ def test_block_reader_closes_its_own_fd(odd_file):
         native.scan_file(path, 4096, 0, count=4)
     after = set(os.listdir("/proc/self/fd"))
     assert after <= before, f"leaked fds: {sorted(after - before)}"
+
+
+@pytest.mark.parametrize("prefetch", [1, 2, 3])
+def test_block_reader_prefetch_and_runs_match_scan_file(tmp_path, prefetch):
+    """Prefetching readers over runs give the same bytes, digests and flags, window by window."""
+    rng = np.random.default_rng(prefetch)
+    raw = bytearray(rng.integers(0, 256, 3 * MIB + 4321, dtype=np.uint8).tobytes())
+    raw[MIB : MIB + 200_000] = bytes(200_000)
+    path = tmp_path / "v.img"
+    path.write_bytes(raw)
+    bs = 65536
+    digests, zero = native.scan_file(str(path), bs, 5)
+    runs = [(0, 3), (7, 20), (40, 9)]
+    seen = []
+    with native.BlockReader(
+        str(path), bs, 5, window_bytes=4 * bs, runs=runs, prefetch=prefetch
+    ) as r:
+        for w in r:
+            assert bytes(w.data) == bytes(raw[w.first_block * bs : (w.first_block + w.count) * bs])
+            assert (w.digests == digests[w.first_block : w.first_block + w.count]).all()
+            assert (w.zero == zero[w.first_block : w.first_block + w.count]).all()
+            seen.extend(range(w.first_block, w.first_block + w.count))
+    assert seen == [b for first, n in runs for b in range(first, first + n)]
+    with pytest.raises(ValueError, match="runs"):
+        native.BlockReader(str(path), bs, 5, runs=[(45, 10)])
