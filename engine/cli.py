@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("--workers", type=int, default=2, help="concurrent jobs (default 2)")
     groups = p.add_subparsers(
-        dest="group", required=True, metavar="{volume,snapshot,backup,verify,gc}"
+        dest="group", required=True, metavar="{volume,snapshot,backup,verify,gc,bench}"
     )
 
     vol = groups.add_parser("volume", help="register and inspect volumes").add_subparsers(
@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     w = b.add_parser("wait", help="wait for a backup to finish")
     w.add_argument("backup")
     w.add_argument("--timeout", type=float)
+    bn = groups.add_parser("bench", help="measure each backup phase on a device or image")
+    bn.add_argument("source", help="block device or image file (opened read-only)")
+    bn.add_argument("--limit", type=_size_arg, default=4 << 30, help="bytes to measure (4G)")
+    bn.add_argument("--block-size", type=_size_arg, default=1 << 20)
+    bn.add_argument("--level", type=int, default=3, help="zstd level (3)")
+    bn.add_argument("--scratch", help="directory for the scratch repository (default: /tmp)")
     v = groups.add_parser("verify", help="check that backups' blocks are intact")
     v.add_argument("backup", nargs="?", help="one backup (default: every backup)")
     depth = v.add_mutually_exclusive_group()
@@ -193,6 +199,24 @@ def _follow(eng, backup_id: str, label: str, total: int, timeout: float | None =
 def run(args: argparse.Namespace, out: Output) -> int:
     from .engine import BackupEngine
 
+    if args.group == "bench":
+        from .bench import format_table, run_bench
+
+        phases = run_bench(
+            args.source,
+            limit=args.limit,
+            block_size=args.block_size,
+            level=args.level,
+            workers=args.workers,
+            scratch=args.scratch,
+        )
+        if out.as_json:
+            out.emit(
+                [{**p.__dict__, "mb_per_s": p.mb_per_s, "cpu_per_gb": p.cpu_per_gb} for p in phases]
+            )
+        else:
+            print(format_table(args.source, phases))
+        return EXIT_OK
     if not args.repo:
         raise SystemExit(
             "cinderblock: error: no repository: pass --repo PATH or set CINDERBLOCK_REPO"

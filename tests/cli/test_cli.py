@@ -164,3 +164,50 @@ def test_changed_extents_file(tmp_path, image):
     )
     assert "changed extents ignored" in proc.stderr
     assert json.loads(proc.stdout)["stats"]["changed_extents_used"] is False
+
+
+def test_bench_measures_every_phase_and_never_writes(tmp_path, image):
+    before = image.read_bytes()
+    mtime = image.stat().st_mtime_ns
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "bench",
+            str(image),
+            "--block-size",
+            "64K",
+            "--scratch",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "read-only: nothing is written to it" in out
+    for phase in (
+        "read (buffered)",
+        "read (O_DIRECT)",
+        "read + hash",
+        "compress (zstd -3)",
+        "backup (e2e)",
+    ):
+        assert phase in out
+    assert "bottleneck: " in out and "stored " in out
+    assert image.read_bytes() == before and image.stat().st_mtime_ns == mtime
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("cinderblock-bench-")]
+    rows = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "engine", "--json", "bench", str(image), "--limit", "1M"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+    )
+    assert [r["name"] for r in rows][:3] == ["read (buffered)", "read (O_DIRECT)", "read + hash"]
+    assert rows[0]["nbytes"] == 1 << 20
+    assert "skipped" in rows[-1]["note"]
