@@ -27,109 +27,21 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 
-import numpy as np
+from imagekit import (
+    MiB,
+    build_image,
+    file_level_change,
+    parse_size,
+    plain_read,
+    scattered_change,
+    timed,
+    zstd_compress,
+    zstd_decompress,
+)
 
 from engine import BackupEngine
-
-MiB = 1 << 20
-
-
-def parse_size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    return int(float(t[:-1]) * units[t[-1]]) if t[-1] in units else int(t)
-
-
-def build_image(path: str, size: int, work: str) -> None:
-    """An ext4 image about 70% full of real files from /usr."""
-    stage = os.path.join(work, "stage")
-    shutil.rmtree(stage, ignore_errors=True)
-    os.makedirs(stage)
-    budget = int(size * 0.7)
-    used = 0
-    for top in ("/usr/share", "/usr/lib", "/usr/bin", "/usr/include"):
-        for dirpath, _dirs, files in os.walk(top):
-            for name in files:
-                src = os.path.join(dirpath, name)
-                try:
-                    st = os.lstat(src)
-                except OSError:
-                    continue
-                if not os.path.isfile(src) or os.path.islink(src) or used + st.st_size > budget:
-                    continue
-                dst = os.path.join(stage, os.path.relpath(src, "/"))
-                os.makedirs(os.path.dirname(dst), exist_ok=True)
-                try:
-                    os.link(src, dst)
-                except OSError:
-                    try:
-                        shutil.copyfile(src, dst)
-                    except OSError:
-                        continue
-                used += st.st_size
-            if used >= budget:
-                break
-    if os.path.exists(path):
-        os.unlink(path)
-    with open(path, "wb") as f:
-        f.truncate(size)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", stage, path], check=True)
-    shutil.rmtree(stage, ignore_errors=True)
-
-
-def timed(fn) -> tuple[float, object]:
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out
-
-
-def plain_read(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    buf = memoryview(bytearray(4 * MiB))
-    off = 0
-    while n := os.preadv(fd, [buf], off):
-        off += n
-    os.close(fd)
-
-
-def zstd_compress(path: str, out: str | None = None) -> None:
-    with open(out or os.devnull, "wb") as sink:
-        subprocess.run(["zstd", "-q", "-T2", "-3", "-c", path], stdout=sink, check=True)
-
-
-def zstd_decompress(path: str) -> None:
-    with open(os.devnull, "wb") as sink:
-        subprocess.run(["zstd", "-q", "-d", "-c", path], stdout=sink, check=True)
-
-
-def file_level_change(image: str, work: str, total: int) -> None:
-    """Write new files into the filesystem image with debugfs (no mount needed)."""
-    rng = np.random.default_rng(1)
-    for i in range(4):
-        src = os.path.join(work, f"new-{i}.bin")
-        with open(src, "wb") as f:
-            f.write(rng.integers(0, 256, total // 4, dtype=np.uint8).tobytes())
-        subprocess.run(
-            ["debugfs", "-w", "-R", f"write {src} bench-new-{i}.bin", image],
-            check=True,
-            capture_output=True,
-        )
-        os.unlink(src)
-
-
-def scattered_change(image: str, fraction: float) -> int:
-    size = os.path.getsize(image)
-    n = int(size * fraction) // 4096
-    rng = np.random.default_rng(2)
-    offsets = rng.choice(size // 4096, n, replace=False) * 4096
-    fd = os.open(image, os.O_WRONLY)
-    for off in offsets.tolist():
-        os.pwrite(fd, os.urandom(4096), off)
-    os.close(fd)
-    return n * 4096
 
 
 def main(argv: list[str] | None = None) -> int:
