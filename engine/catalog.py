@@ -98,7 +98,9 @@ class Catalog:
         # Other processes may hold the write lock briefly (a CLI beside a service).
         self._db.execute("PRAGMA busy_timeout = 30000")
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        # WAL with NORMAL never corrupts; a power cut may forget the last status changes,
+        # which recovery and re-indexing from the records (the source of truth) put right.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._add_missing_columns()
         row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()

@@ -68,8 +68,8 @@ def _extent_list(doc: dict, key: str, volume_size: int) -> tuple[tuple[int, int]
 def parse(text: str | bytes) -> ChangedExtents:
     try:
         doc = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ChangedExtentsError(f"not valid JSON: {e}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ChangedExtentsError(f"not valid JSON: {type(e).__name__}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ChangedExtentsError(f"not a changed-extents file (format must be {FORMAT!r})")
     if doc.get("version") != VERSION:

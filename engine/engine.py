@@ -200,9 +200,7 @@ class BackupEngine:
             if is_alive(b.get("owner")):
                 continue
             if b["status"] == "creating":
-                log.warning("backup %s was interrupted; marking it error", b["id"])
-                self.catalog.update_backup(b["id"], status="error", fail_reason=RESTART_REASON)
-                self._release_source_of(b, failed=True)
+                self._recover_creating(b)
             elif b["status"] == "restoring":
                 self.catalog.update_backup(b["id"], status="available")
                 if b.get("restore_volume_id"):
@@ -225,6 +223,29 @@ class BackupEngine:
                     "DELETE FROM sweeps WHERE project_id = ? AND container = ? AND owner = ?",
                     (sweep["project_id"], sweep["container"], sweep["owner"]),
                 )
+
+    def _recover_creating(self, b: dict[str, Any]) -> None:
+        """A backup whose process died: committed if its record landed, else interrupted."""
+        try:
+            record = self.repo.get_record(b["project_id"], b["container"], b["id"])
+        except FileNotFoundError:
+            record = None
+        except CinderblockError as e:
+            log.warning("backup %s: its record is unreadable (%s)", b["id"], e)
+            record = None
+        if record is not None:
+            log.warning(
+                "backup %s committed before its process died; marking it available", b["id"]
+            )
+            self._release_source_of(b, failed=False)
+            row = _row_from_record(record)
+            self.catalog.update_backup(
+                b["id"], **{k: row[k] for k in _COMMITTED_FIELDS}, status="available"
+            )
+            return
+        log.warning("backup %s was interrupted; marking it error", b["id"])
+        self._release_source_of(b, failed=True)
+        self.catalog.update_backup(b["id"], status="error", fail_reason=RESTART_REASON)
 
     def reindex(self) -> int:
         """Index every committed backup record the catalog does not know; return how many.
@@ -1017,6 +1038,9 @@ def _sorts_after(row: dict[str, Any], marker: dict[str, Any], sort) -> bool:
         after = a is not None if a is None or b is None else a > b
         return after if direction == "asc" else not after
     return False
+
+
+_COMMITTED_FIELDS = ("size", "volume_size", "object_count", "stats", "progress", "consistency")
 
 
 def _row_from_record(rec: dict[str, Any]) -> dict[str, Any]:

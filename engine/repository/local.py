@@ -76,8 +76,10 @@ class LocalRepository:
             with open(path, "rb") as f:
                 raw = f.read(1 << 16)
             config = json.loads(raw)
-        except (OSError, ValueError) as e:
-            raise CorruptionError(f"repository config is unreadable: {e}", path=path) from None
+        except (OSError, ValueError, RecursionError) as e:
+            raise CorruptionError(
+                f"repository config is unreadable: {type(e).__name__}", path=path
+            ) from None
         if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
             raise CorruptionError("not a cinderblock repository config", path=path)
         if config.get("version") != CONFIG_VERSION:
@@ -216,6 +218,8 @@ class LocalRepository:
             raise CorruptionError("manifest is missing", path=path, backup_id=backup_id) from None
         try:
             m = Manifest.decode(blob, zero_digest)
+        except FormatVersionError as e:
+            raise FormatVersionError(f"{e.message} (backup {backup_id})", path=path) from None
         except CorruptionError as e:
             raise CorruptionError(e.message, path=path, backup_id=backup_id) from None
         if m.backup_id != backup_id:

@@ -38,6 +38,27 @@ KIND_DATA = 1
 MAX_BLOCKS = 2**34
 
 
+# A zstd block of RLE type spends 4 bytes on up to 128 KiB: no frame expands beyond this.
+MAX_ZSTD_RATIO = 32768
+
+
+def _bounded_decompress(body: memoryview, expected: int, what: str) -> bytes:
+    """Decompress exactly ``expected`` bytes, allocating only as output actually appears."""
+    out = bytearray()
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(body) as reader:
+            while len(out) <= expected:
+                chunk = reader.read(min(1 << 20, expected + 1 - len(out)))
+                if not chunk:
+                    break
+                out += chunk
+    except zstandard.ZstdError as e:
+        raise CorruptionError(f"{what} body does not decompress: {e}") from None
+    if len(out) != expected:
+        raise CorruptionError(f"{what} body has the wrong length")
+    return bytes(out)
+
+
 @dataclass
 class Manifest:
     """A backup's block map. ``digests`` holds the zero digest for zero blocks."""
@@ -107,14 +128,10 @@ class Manifest:
         ):
             raise CorruptionError(f"{what} has inconsistent sizes")
         expected = nblocks + ndata * DIGEST_SIZE
-        try:
-            raw = zstandard.ZstdDecompressor().decompress(
-                memoryview(blob)[HEADER.size : -TRAILER_SIZE], max_output_size=expected
-            )
-        except zstandard.ZstdError as e:
-            raise CorruptionError(f"{what} body does not decompress: {e}") from None
-        if len(raw) != expected:
-            raise CorruptionError(f"{what} body has the wrong length")
+        if expected > body_len * MAX_ZSTD_RATIO + 1024:
+            # No zstd frame expands that much: the header's sizes are forged.
+            raise CorruptionError(f"{what} claims more blocks than its body can hold")
+        raw = _bounded_decompress(memoryview(blob)[HEADER.size : -TRAILER_SIZE], expected, what)
         kinds = np.frombuffer(raw, np.uint8, nblocks)
         if kinds.size and kinds.max() > KIND_DATA:
             raise CorruptionError(f"{what} has an unknown block kind")

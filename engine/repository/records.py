@@ -44,7 +44,7 @@ def decode_record(blob: bytes, *, what: str = "backup record") -> dict[str, Any]
         raise CorruptionError(f"{what} is implausibly large ({len(blob)} bytes)")
     try:
         doc = json.loads(blob)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise CorruptionError(f"{what} is not valid JSON (damaged or truncated)") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CorruptionError(f"{what} is not a cinderblock record")

@@ -1,0 +1,315 @@
+"""Concurrency: racing requests, parallel backups, gc against running backups, stale locks.
+
+"Running" is made observable without timing: the source of a backup is a FUSE file whose
+reads block at a chosen offset until the test releases them (``fuse_server.py``'s ``hold``),
+so the backup is provably in the middle of reading while the test acts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+
+import pytest
+from backup_helpers import (
+    BS,
+    MIB,
+    PROJECT,
+    assert_same_bytes,
+    backup,
+    create,
+    make_image,
+    mutate,
+    new_id,
+    occupied_workers,
+    restore_new,
+    wait_ok,
+)
+from fault_helpers import (
+    age,
+    container_dir,
+    dead_owner,
+    live_process,
+    object_files,
+    tmp_files,
+)
+
+from engine import native
+from engine.errors import ApiError, InvalidVolume, RepositoryError
+
+BUSY = (
+    "Invalid volume: Volume to be backed up must be available or in-use, but the current "
+    'status is "backing-up".'
+)
+
+_OWNER = """
+from engine.owners import me
+print(me(), flush=True)
+import sys
+sys.stdin.read()
+"""
+
+_GC_LOCKER = """
+import fcntl, json, os, sys, time
+from engine.owners import me
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o640)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.ftruncate(fd, 0)
+os.pwrite(fd, json.dumps({"owner": me(), "since": time.time()}).encode(), 0)
+print(me(), flush=True)
+sys.stdin.read()
+"""
+
+
+# --------------------------------------------------------------------------- racing creates
+
+
+def _race_two_creates(eng, vid: str, incremental: bool) -> list:
+    """Two create_backup calls for one volume, released at the same instant."""
+    barrier = threading.Barrier(2)
+    results: list = [None, None]
+
+    def go(k: int) -> None:
+        barrier.wait(10)
+        try:
+            results[k] = ("ok", create(eng, vid, incremental=incremental))
+        except ApiError as e:
+            results[k] = ("refused", e)
+
+    threads = [threading.Thread(target=go, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return results
+
+
+def test_two_creates_for_one_volume_at_once(eng, volume):
+    vid, _path, _data = volume(MIB)
+    for round_ in range(3):
+        # Both requests arrive while the workers are busy: the accepted backup stays
+        # "creating" (its volume "backing-up") while the other request is checked.
+        with occupied_workers(eng):
+            results = _race_two_creates(eng, vid, incremental=round_ > 0)
+        kinds = sorted(r[0] for r in results)
+        assert kinds == ["ok", "refused"], results
+        err = next(r[1] for r in results if r[0] == "refused")
+        assert isinstance(err, InvalidVolume)
+        assert err.http_status == 400
+        assert err.message == BUSY
+        wait_ok(eng, next(r[1] for r in results if r[0] == "ok"))
+    # Exactly one backup per round, none for the refused requests.
+    listed = eng.list_backups(PROJECT)["backups"]
+    assert len(listed) == 3
+    assert all(b["status"] == "available" for b in listed)
+
+
+# --------------------------------------------------------------------------- parallel backups
+
+
+def test_backups_of_different_volumes_run_in_parallel(open_engine, tmp_path, fuse_images):
+    eng = open_engine(workers=2)
+    backing = {n: tmp_path / f"{n}.img" for n in ("a.img", "b.img")}
+    data = {n: make_image(p, MIB, seed=k) for k, (n, p) in enumerate(backing.items())}
+    fs = fuse_images(backing)
+    fs.set({n: {"hold": 256 * 1024} for n in backing})
+    vids = {}
+    for n in backing:
+        vids[n] = new_id()
+        eng.register_volume(PROJECT, vids[n], str(fs.path(n)), name=n)
+    bids = {n: create(eng, vids[n]) for n in backing}
+    # Both backups are reading at the same time: each is blocked inside its source.
+    for n in backing:
+        assert fs.wait_held(n), f"the backup of {n} never read its source while the other ran"
+    statuses = {n: eng.get_backup(PROJECT, bids[n])["status"] for n in backing}
+    assert statuses == {"a.img": "creating", "b.img": "creating"}
+    for n in backing:
+        fs.release(n)
+    for k, n in enumerate(backing):
+        wait_ok(eng, bids[n])
+        assert_same_bytes(restore_new(eng, bids[n], tmp_path / f"r{k}.img"), data[n])
+
+
+# --------------------------------------------------------------------------- gc vs a backup
+
+
+def _plant_object(eng, block: bytes) -> str:
+    """Store ``block`` as an (unreferenced, old) object, as a dead backup would leave it."""
+    digest = native.digest(block, eng.repo.seed)
+    path = eng.repo.layout.object(PROJECT, "backups", digest)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(eng.repo.codec.encode(block, digest))
+    age(path)
+    return os.path.basename(path)
+
+
+def test_gc_skips_a_container_with_a_running_backup(open_engine, tmp_path, fuse_images, repo_root):
+    eng = open_engine(window_bytes=2 * BS)
+    # An earlier backup in the same container.
+    plain = tmp_path / "plain.img"
+    plain_data = make_image(plain, MIB, seed=1)
+    pvid = new_id()
+    eng.register_volume(PROJECT, pvid, str(plain))
+    earlier = backup(eng, pvid)
+
+    backing = tmp_path / "slow.img"
+    data = make_image(backing, 2 * MIB, seed=2)
+    # Objects nobody references yet: the running backup will deduplicate against the first
+    # four; the fifth is garbage.
+    planted = [_plant_object(eng, data[i * BS : (i + 1) * BS]) for i in range(4)]
+    junk = _plant_object(eng, os.urandom(BS))
+
+    fs = fuse_images({"slow.img": backing})
+    fs.set({"slow.img": {"hold": MIB}})
+    vid = new_id()
+    eng.register_volume(PROJECT, vid, str(fs.path("slow.img")))
+    bid = create(eng, vid)
+    assert fs.wait_held("slow.img"), "the backup never reached the held offset"
+    # Blocks 0-15 were read; 4 of them deduplicate against the planted objects, so 12 new
+    # objects are being written (staged or published, depending on the engine's batching).
+    baseline = 16 + 5  # the earlier backup's objects and the planted ones
+    deadline = time.monotonic() + 10
+    while len(tmp_files(repo_root)) + len(object_files(repo_root)) < baseline + 12:
+        assert time.monotonic() < deadline, "the running backup never wrote its first blocks"
+        time.sleep(0.02)
+    files_before = set(object_files(repo_root)) | {str(p) for p in tmp_files(repo_root)}
+    assert eng.get_backup(PROJECT, bid)["status"] == "creating"
+
+    report = eng.gc(grace_seconds=0)
+    assert report["containers_skipped"] == [
+        {
+            "project_id": PROJECT,
+            "container": "backups",
+            "reason": "a backup is running in this container",
+        }
+    ]
+    assert report["objects_removed"] == 0
+    assert report["temporary_files_removed"] == 0
+    files_after = set(object_files(repo_root)) | {str(p) for p in tmp_files(repo_root)}
+    assert files_after == files_before
+    assert set(planted) | {junk} <= set(object_files(repo_root))
+
+    fs.release("slow.img")
+    done = wait_ok(eng, bid)
+    assert done["stats"]["objects_written"] == 32 - len(planted)
+    assert_same_bytes(restore_new(eng, bid, tmp_path / "slow-restored.img"), data)
+    assert_same_bytes(restore_new(eng, earlier["id"], tmp_path / "plain-restored.img"), plain_data)
+
+    # Now nothing runs: the sweep happens and takes exactly the garbage.
+    report = eng.gc(grace_seconds=0)
+    assert report["containers_skipped"] == []
+    assert report["objects_removed"] == 1
+    assert junk not in object_files(repo_root)
+    assert set(planted) <= set(object_files(repo_root))
+    assert eng.verify(PROJECT, deep=True)["ok"]
+
+
+# --------------------------------------------------------------------------- the gc lock
+
+
+def test_gc_lock_held_by_a_live_process_then_by_a_killed_one(eng, repo_root, caplog):
+    lock = os.path.join(repo_root, "gc.lock")
+    with live_process(_GC_LOCKER, lock) as (proc, owner):
+        with pytest.raises(RepositoryError) as info:
+            eng.gc(grace_seconds=0)
+        assert "another garbage collection is running" in str(info.value)
+        assert owner in str(info.value)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    with caplog.at_level(logging.WARNING, logger="engine"):
+        report = eng.gc(grace_seconds=0)
+    assert report["dry_run"] is False
+    assert f"broke the stale gc lock of dead process {owner}" in caplog.text
+    # The lock is free again for anyone.
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+    # Released, the lock file names no holder (else the next gc would report a stale one).
+    with open(lock) as f:
+        assert f.read() == ""
+
+
+# --------------------------------------------------------------------------- sweep marks
+
+
+def _mark(eng, owner: str, container: str = "backups") -> None:
+    eng.catalog.execute(
+        "INSERT OR REPLACE INTO sweeps VALUES (?, ?, ?, ?)",
+        (PROJECT, container, owner, str(time.time())),
+    )
+
+
+def _marks(eng) -> list[dict]:
+    return eng.catalog.query("SELECT * FROM sweeps")
+
+
+def test_stale_sweep_mark_is_broken_on_open(eng, open_engine, volume, caplog):
+    vid, _path, _data = volume(MIB)
+    backup(eng, vid)
+    owner = dead_owner()
+    _mark(eng, owner)
+    eng.close()
+    with caplog.at_level(logging.WARNING, logger="engine"):
+        eng = open_engine()
+    assert _marks(eng) == []
+    assert "breaking the stale sweep mark" in caplog.text
+    assert owner in caplog.text
+    backup(eng, vid, incremental=True)
+
+
+def test_stale_sweep_mark_is_broken_by_the_next_sweep(eng, volume, repo_root, caplog):
+    vid, _path, data = volume(MIB)
+    backup(eng, vid)
+    owner = dead_owner()
+    _mark(eng, owner)
+    # A backup does not wait for a dead sweeper...
+    inc = backup(eng, vid, incremental=True)
+    assert inc["status"] == "available"
+    # ... and the next sweep breaks the mark, says so, and sweeps.
+    junk = container_dir(repo_root) / "objects" / "ee" / ("ee" + "2" * 30)
+    junk.parent.mkdir(exist_ok=True)
+    junk.write_bytes(b"junk")
+    age(junk)
+    with caplog.at_level(logging.WARNING, logger="engine"):
+        report = eng.gc(grace_seconds=0)
+    assert report["containers_skipped"] == []
+    assert report["objects_removed"] == 1
+    assert "breaking the stale sweep mark" in caplog.text and owner in caplog.text
+    assert _marks(eng) == []
+
+
+def test_live_sweep_mark_holds_backups_until_its_owner_dies(eng, volume, repo_root, tmp_path):
+    vid, path, _data = volume(MIB)
+    first = backup(eng, vid)
+    data = mutate(path, {2: "random", 9: "random"}, seed=4)
+    objects = object_files(repo_root)
+    with live_process(_OWNER) as (proc, owner):
+        _mark(eng, owner)
+        # Another live process is sweeping this container: this gc leaves it alone...
+        report = eng.gc(grace_seconds=0)
+        assert report["containers_skipped"] == [
+            {
+                "project_id": PROJECT,
+                "container": "backups",
+                "reason": "another sweep is running in this container",
+            }
+        ]
+        # ... and a backup waits before it reads or stores anything.
+        bid = create(eng, vid, incremental=True)
+        time.sleep(0.5)
+        assert eng.catalog.backup(bid)["status"] == "creating"
+        assert object_files(repo_root) == objects and tmp_files(repo_root) == []
+        assert _marks(eng)[0]["owner"] == owner
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    done = wait_ok(eng, bid)
+    assert done["stats"]["objects_written"] == 2
+    assert_same_bytes(restore_new(eng, bid, tmp_path / "r.img"), data)
+    assert eng.catalog.backup(bid)["parent_id"] == first["id"]
