@@ -71,7 +71,12 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 
 def warm(path: str) -> None:
-    """Bring the file into the page cache."""
+    """Bring the file into the page cache and flush every dirty page of the machine.
+
+    Called before each timed step so that no tool pays for writeback it did not cause (the
+    image changes just made, a copy of the image) and each starts from the same state.
+    """
+    os.sync()
     plain_read(path)
 
 
@@ -94,9 +99,16 @@ def zstd_compress(path: str, out: str | None = None) -> None:
         subprocess.run(["zstd", "-q", "-T2", "-3", "-c", path], stdout=sink, check=True)
 
 
-def zstd_decompress(path: str) -> None:
-    with open(os.devnull, "wb") as sink:
-        subprocess.run(["zstd", "-q", "-d", "-c", path], stdout=sink, check=True)
+def zstd_decompress(path: str, out: str | None = None) -> None:
+    """Decompress to /dev/null, or to ``out`` made durable (what a restore must do)."""
+    if out is None:
+        with open(os.devnull, "wb") as sink:
+            subprocess.run(["zstd", "-q", "-d", "-c", path], stdout=sink, check=True)
+        return
+    subprocess.run(["zstd", "-q", "-f", "-d", path, "-o", out], check=True)
+    fd = os.open(out, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
 
 
 def file_level_change(image: str, work: str, total: int, seed: int = 1) -> None:
