@@ -25,6 +25,7 @@ from .. import native
 from ..errors import CorruptionError
 from ..repository import LocalRepository, Manifest
 
+RUN_BYTES = 4 << 20  # largest single write of a restore
 _BLKZEROOUT = 0x127F  # <linux/fs.h>: _IO(0x12, 127)
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -80,24 +81,25 @@ class _Target:
             self.direct_fd = None  # tmpfs and some FUSE filesystems refuse O_DIRECT
         self._local = threading.local()
 
-    def _aligned(self) -> np.ndarray:
+    def _aligned(self, nbytes: int) -> np.ndarray:
         buf = getattr(self._local, "buf", None)
-        if buf is None:
-            raw = np.empty(self.block_size + self.ALIGN, np.uint8)
+        if buf is None or len(buf) < nbytes:
+            raw = np.empty(nbytes + self.ALIGN, np.uint8)
             skew = (-raw.ctypes.data) % self.ALIGN
-            buf = self._local.buf = raw[skew : skew + self.block_size]
-        return buf
+            buf = self._local.buf = raw[skew : skew + nbytes]
+        return buf[:nbytes]
 
-    def write_block(self, offset: int, data: bytes) -> None:
-        if self.direct_fd is not None and len(data) == self.block_size:
-            buf = self._aligned()
-            buf[:] = np.frombuffer(data, np.uint8)
-            fd, view = self.direct_fd, memoryview(buf)
-        else:
-            fd, view = self.fd, memoryview(data)
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view, offset = view[n:], offset + n
+    def write_run(self, offset: int, blocks: list[bytes]) -> None:
+        """Write consecutive blocks at ``offset``: one direct write when they are all whole."""
+        bs = self.block_size
+        if self.direct_fd is not None and all(len(b) == bs for b in blocks):
+            buf = self._aligned(bs * len(blocks))
+            for k, b in enumerate(blocks):
+                buf[k * bs : (k + 1) * bs] = np.frombuffer(b, np.uint8)
+            _pwrite_all(self.direct_fd, memoryview(buf), offset)
+            return
+        for k, b in enumerate(blocks):
+            _pwrite_all(self.fd, memoryview(b), offset + k * bs)
 
     def zero(self, offset: int, length: int) -> None:
         _zero_range(self.fd, offset, length, self.is_device, self.block_size)
@@ -112,6 +114,27 @@ class _Target:
             for fd in (self.direct_fd, self.fd):
                 if fd is not None:
                     os.close(fd)
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _runs_of(blocks: np.ndarray, longest: int) -> list[tuple[int, int]]:
+    """Consecutive block indices grouped into (first, count) runs of at most ``longest``."""
+    runs: list[tuple[int, int]] = []
+    for first, count in native.mask_to_runs(_mask(blocks)).tolist():
+        for start in range(first, first + count, longest):
+            runs.append((start, min(longest, first + count - start)))
+    return runs
+
+
+def _mask(blocks: np.ndarray) -> np.ndarray:
+    mask = np.zeros(int(blocks[-1]) + 1 if len(blocks) else 0, np.bool_)
+    mask[blocks] = True
+    return mask
 
 
 def run_restore(
@@ -148,8 +171,7 @@ def run_restore(
         lock = threading.Lock()
         done = 0
 
-        def restore_block(i: int) -> int:
-            nonlocal done
+        def fetch(i: int) -> bytes:
             digest = bytes(manifest.digests[i])
             expected = min(bs, manifest.volume_size - i * bs)
             try:
@@ -159,6 +181,7 @@ def run_restore(
                     raise CorruptionError(
                         f"block object {digest.hex()} has {len(data)} bytes, expected {expected}"
                     )
+                return data
             except CorruptionError as e:
                 repo.quarantine_object(project_id, container, digest)
                 if not allow_damaged:
@@ -167,20 +190,25 @@ def run_restore(
                     ) from None
                 with lock:
                     lost.append(i)
-                if not fresh:
-                    out.zero(i * bs, expected)
-                return 0
-            out.write_block(i * bs, data)
-            with lock:
-                done += 1
-                progress(done / total)
-            return len(data)
+                return bytes(expected)  # a lost block reads as zeros
 
+        def restore_run(run: tuple[int, int]) -> int:
+            nonlocal done
+            first, count = run
+            data = [fetch(i) for i in range(first, first + count)]
+            out.write_run(first * bs, data)
+            with lock:
+                done += count
+                progress(done / total)
+            return sum(map(len, data))
+
+        # Runs of consecutive blocks become single writes of up to 4 MiB.
+        runs = _runs_of(blocks, max(1, RUN_BYTES // bs))
         with ThreadPoolExecutor(workers, thread_name_prefix="cb-restore") as pool:
             # Bounded: submit in chunks so queued work (and memory) stays small.
-            chunk = workers * 8
-            for k in range(0, len(blocks), chunk):
-                written += sum(pool.map(restore_block, blocks[k : k + chunk].tolist()))
+            chunk = workers * 4
+            for k in range(0, len(runs), chunk):
+                written += sum(pool.map(restore_run, runs[k : k + chunk]))
         ok = True
         return written, sorted(lost)
     finally:
