@@ -153,6 +153,12 @@ def _pairs(value: object, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
+def _past(pairs: np.ndarray, limit: int) -> np.ndarray:
+    """Which ``(start, length)`` pairs end beyond ``limit`` (without forming start + length,
+    which could overflow int64)."""
+    return (pairs[:, 0] > limit) | (pairs[:, 1] > limit - np.minimum(pairs[:, 0], limit))
+
+
 # ----------------------------------------------------------------------------- in memory
 
 
@@ -395,16 +401,7 @@ class BlockReader:
                 self._runs = np.array([[first, n]], np.int64) if n else np.empty((0, 2), np.int64)
             else:
                 self._runs = _pairs(runs, "runs")
-                if (
-                    self._runs.size
-                    and (
-                        (self._runs[:, 0] > self.nblocks)
-                        | (
-                            self._runs[:, 1]
-                            > self.nblocks - np.minimum(self._runs[:, 0], self.nblocks)
-                        )
-                    ).any()
-                ):
+                if _past(self._runs, self.nblocks).any():
                     raise ValueError(
                         f"runs reach past the end of the volume ({self.nblocks} blocks)"
                     )
@@ -538,9 +535,7 @@ def extents_to_blocks(
     n = _check_count(nblocks, "nblocks")
     arr = _pairs(extents, "extents")
     if arr.size:
-        # offset + length could overflow int64: compare without forming the sum.
-        limit = n * bs
-        beyond = (arr[:, 0] > limit) | (arr[:, 1] > limit - np.minimum(arr[:, 0], limit))
+        beyond = _past(arr, n * bs)
         if beyond.any():
             k = int(np.argmax(beyond))
             raise ValueError(
@@ -559,7 +554,7 @@ def runs_to_mask(runs: Iterable[tuple[int, int]] | np.ndarray, nblocks: int) -> 
     """The mask of ``nblocks`` blocks with the given runs set."""
     n = _check_count(nblocks, "nblocks")
     arr = _pairs(runs, "runs")
-    if arr.size and ((arr[:, 0] > n) | (arr[:, 1] > n - np.minimum(arr[:, 0], n))).any():
+    if _past(arr, n).any():
         raise ValueError(f"runs reach past nblocks ({n})")
     return _bitmap.runs_to_mask(arr, n)
 
