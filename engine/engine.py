@@ -11,6 +11,7 @@ and errors.
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import logging
 import os
 import stat
@@ -39,7 +40,6 @@ from .gc import gc as collect_garbage
 from .owners import is_alive, me
 from .paths import check_user_path, normalise_roots
 from .planner import (
-    GIB,
     Plan,
     Quotas,
     check_chain_block_size,
@@ -58,7 +58,6 @@ from .requests import (
     parse_microversion,
     parse_update_backup,
     restore_response,
-    summary_view,
     update_response,
 )
 from .runner import Runner
@@ -68,7 +67,6 @@ from .sources import (
     SnapshotInfo,
     VolumeInfo,
     detect_in_use,
-    is_block_device,
     open_source,
 )
 from .verify import verify as verify_backups
@@ -471,7 +469,7 @@ class BackupEngine:
                     self.catalog.backups_of_volume(project_id, volume.id) if volume else []
                 ),
                 project_usage=(usage[0], usage[1]),
-                volume_size=_size_or_none(source) or 0 if source else 0,
+                volume_size=_size_or_none(source) or 0,
                 quotas=self.quotas,
                 default_block_size=self.block_size,
                 block_size=block_size,
@@ -1004,12 +1002,6 @@ class BackupEngine:
         """Remove unreferenced objects and leftovers older than the grace; see engine.gc."""
         return collect_garbage(self, dry_run=dry_run, grace_seconds=grace_seconds).as_dict()
 
-    # ------------------------------------------------------------------ views for callers
-
-    def summary(self, project_id: str, backup_id: str) -> dict[str, Any]:
-        row = self._backup_row(project_id, backup_id)
-        return summary_view(row, base_url=self.base_url, project_id=project_id)
-
 
 _RECORD_FIELDS = (
     "id",
@@ -1101,8 +1093,6 @@ def _detect_in_use(path: str) -> bool:
 
 
 def _timestamp(value: str) -> str:
-    import datetime as _dt
-
     try:
         t = _dt.datetime.fromisoformat(value)
     except (TypeError, ValueError):
@@ -1127,4 +1117,4 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
 
 
-__all__ = ["BackupEngine", "GIB", "Quotas", "is_block_device"]
+__all__ = ["BackupEngine"]
