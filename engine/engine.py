@@ -58,6 +58,7 @@ from .requests import (
     parse_microversion,
     parse_update_backup,
     restore_response,
+    summary_view,
     update_response,
 )
 from .runner import Runner
@@ -984,6 +985,11 @@ class BackupEngine:
             )
         self.runner.notify()
         return error, lost
+
+    def summary(self, project_id: str, backup_id: str) -> dict[str, Any]:
+        """Cinder's summary view of one backup (``id``, ``name``, ``links``)."""
+        row = self._backup_row(project_id, backup_id)
+        return summary_view(row, base_url=self.base_url, project_id=project_id)
 
     # ------------------------------------------------------------------ maintenance
 
