@@ -89,17 +89,14 @@ class _Target:
             buf = self._local.buf = raw[skew : skew + nbytes]
         return buf[:nbytes]
 
-    def write_run(self, offset: int, blocks: list[bytes]) -> None:
-        """Write consecutive blocks at ``offset``: one direct write when they are all whole."""
-        bs = self.block_size
-        if self.direct_fd is not None and all(len(b) == bs for b in blocks):
-            buf = self._aligned(bs * len(blocks))
-            for k, b in enumerate(blocks):
-                buf[k * bs : (k + 1) * bs] = np.frombuffer(b, np.uint8)
-            _pwrite_all(self.direct_fd, memoryview(buf), offset)
-            return
-        for k, b in enumerate(blocks):
-            _pwrite_all(self.fd, memoryview(b), offset + k * bs)
+    def buffer(self, nbytes: int) -> memoryview:
+        """This thread's aligned buffer of at least ``nbytes``: decode blocks straight into it."""
+        return memoryview(self._aligned(nbytes))
+
+    def write(self, offset: int, view: memoryview) -> None:
+        """Write ``view`` (from :meth:`buffer`) at ``offset``: direct when aligned throughout."""
+        direct = self.direct_fd is not None and len(view) % self.ALIGN == 0
+        _pwrite_all(self.direct_fd if direct else self.fd, view, offset)
 
     def zero(self, offset: int, length: int) -> None:
         _zero_range(self.fd, offset, length, self.is_device, self.block_size)
@@ -171,17 +168,18 @@ def run_restore(
         lock = threading.Lock()
         done = 0
 
-        def fetch(i: int) -> bytes:
+        def fetch(i: int, out: memoryview) -> int:
+            """Decode block ``i`` into ``out``; return its length (zeros if it is lost)."""
             digest = bytes(manifest.digests[i])
             expected = min(bs, manifest.volume_size - i * bs)
             try:
                 blob = repo.get_object(project_id, container, digest)
-                data = repo.codec.decode(blob, digest, what=f"block object {digest.hex()}")
-                if len(data) != expected:
+                n = repo.codec.decode_into(blob, digest, out, what=f"block object {digest.hex()}")
+                if n != expected:
                     raise CorruptionError(
-                        f"block object {digest.hex()} has {len(data)} bytes, expected {expected}"
+                        f"block object {digest.hex()} has {n} bytes, expected {expected}"
                     )
-                return data
+                return n
             except CorruptionError as e:
                 repo.quarantine_object(project_id, container, digest)
                 if not allow_damaged:
@@ -190,17 +188,21 @@ def run_restore(
                     ) from None
                 with lock:
                     lost.append(i)
-                return bytes(expected)  # a lost block reads as zeros
+                out[:expected] = bytes(expected)  # a lost block reads as zeros
+                return expected
 
         def restore_run(run: tuple[int, int]) -> int:
             nonlocal done
             first, count = run
-            data = [fetch(i) for i in range(first, first + count)]
-            out.write_run(first * bs, data)
+            buf = out.buffer(count * bs)
+            n = 0
+            for i in range(first, first + count):
+                n += fetch(i, buf[n : n + bs])
+            out.write(first * bs, buf[:n])
             with lock:
                 done += count
                 progress(done / total)
-            return sum(map(len, data))
+            return n
 
         # Runs of consecutive blocks become single writes of up to 4 MiB.
         runs = _runs_of(blocks, max(1, RUN_BYTES // bs))

@@ -62,8 +62,8 @@ class BlockCodec:
             codec, payload = CODEC_RAW, bytes(block)
         return HEADER.pack(MAGIC, VERSION, codec, 0, raw_len, len(payload), digest) + payload
 
-    def decode(self, blob: bytes, digest: bytes, *, what: str = "block object") -> bytes:
-        """The block's bytes, after checking every field; CorruptionError names ``what``."""
+    def _payload(self, blob: bytes, digest: bytes, what: str) -> tuple[int, int, memoryview]:
+        """Check the header; return (codec, raw length, payload)."""
         if len(blob) < HEADER_SIZE:
             raise CorruptionError(f"{what} is truncated ({len(blob)} bytes)")
         magic, version, codec, _r, raw_len, stored_len, stored_digest = HEADER.unpack_from(blob)
@@ -75,19 +75,58 @@ class BlockCodec:
             raise CorruptionError(f"{what} carries the wrong digest")
         if raw_len > BLOCK_SIZE_MAX or stored_len != len(blob) - HEADER_SIZE:
             raise CorruptionError(f"{what} has inconsistent lengths (truncated or damaged)")
-        payload = memoryview(blob)[HEADER_SIZE:]
+        if codec not in (CODEC_RAW, CODEC_ZSTD):
+            raise CorruptionError(f"{what} has unknown codec {codec}")
+        if codec == CODEC_RAW and stored_len != raw_len:
+            raise CorruptionError(f"{what} has inconsistent lengths (truncated or damaged)")
+        return codec, raw_len, memoryview(blob)[HEADER_SIZE:]
+
+    def decode(self, blob: bytes, digest: bytes, *, what: str = "block object") -> bytes:
+        """The block's bytes, after checking every field; CorruptionError names ``what``."""
+        codec, raw_len, payload = self._payload(blob, digest, what)
         if codec == CODEC_RAW:
             data = bytes(payload)
-        elif codec == CODEC_ZSTD:
+        else:
             try:
                 data = self._decompressor().decompress(payload, max_output_size=raw_len)
             except zstandard.ZstdError as e:
                 raise CorruptionError(f"{what} does not decompress: {e}") from None
-        else:
-            raise CorruptionError(f"{what} has unknown codec {codec}")
         if len(data) != raw_len or block_digest(data, self.seed) != digest:
             raise CorruptionError(f"{what} does not match its digest")
         return data
+
+    def decode_into(
+        self, blob: bytes, digest: bytes, out: memoryview, *, what: str = "block object"
+    ) -> int:
+        """Decode straight into ``out`` (a restore's aligned write buffer); return the length.
+
+        Same checks as :meth:`decode`, without allocating a block-sized object per block:
+        on a restore that allocation and its page faults cost as much as a third of the
+        decompression itself.
+        """
+        codec, raw_len, payload = self._payload(blob, digest, what)
+        if raw_len > len(out):
+            raise CorruptionError(f"{what} is larger than its block")
+        target = out[:raw_len]
+        if codec == CODEC_RAW:
+            target[:] = payload
+        else:
+            n = 0
+            try:
+                with self._decompressor().stream_reader(payload) as reader:
+                    while n < raw_len:
+                        got = reader.readinto(target[n:])
+                        if not got:
+                            break
+                        n += got
+                    extra = reader.read(1)
+            except zstandard.ZstdError as e:
+                raise CorruptionError(f"{what} does not decompress: {e}") from None
+            if n != raw_len or extra:
+                raise CorruptionError(f"{what} does not match its digest")
+        if block_digest(target, self.seed) != digest:
+            raise CorruptionError(f"{what} does not match its digest")
+        return raw_len
 
 
 def parse_header(blob: bytes) -> tuple[int, int, int, bytes] | None:
