@@ -66,11 +66,15 @@ class BlockCodec:
         """Check the header; return (codec, raw length, payload)."""
         if len(blob) < HEADER_SIZE:
             raise CorruptionError(f"{what} is truncated ({len(blob)} bytes)")
-        magic, version, codec, _r, raw_len, stored_len, stored_digest = HEADER.unpack_from(blob)
+        magic, version, codec, reserved, raw_len, stored_len, stored_digest = HEADER.unpack_from(
+            blob
+        )
         if magic != MAGIC:
             raise CorruptionError(f"{what} has a bad magic number")
         if version != VERSION:
             raise CorruptionError(f"{what} has unknown format version {version}")
+        if reserved:
+            raise CorruptionError(f"{what} has a damaged header (reserved bits set)")
         if stored_digest != digest:
             raise CorruptionError(f"{what} carries the wrong digest")
         if raw_len > BLOCK_SIZE_MAX or stored_len != len(blob) - HEADER_SIZE:
