@@ -11,7 +11,6 @@ and errors.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import logging
 import os
 import stat
@@ -47,6 +46,7 @@ from .planner import (
     plan_backup,
     size_gib,
 )
+from .registry import Registry, canonical_uuid, in_use_or_false, size_or_none
 from .repository import LocalRepository
 from .repository.layout import check_project_id
 from .requests import (
@@ -65,9 +65,7 @@ from .runner import Runner
 from .sources import (
     OpenedSource,
     Resolver,
-    SnapshotInfo,
     VolumeInfo,
-    detect_in_use,
     open_source,
 )
 from .verify import verify as verify_backups
@@ -76,23 +74,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_SIZE = 1 << 20
 DEFAULT_BASE_URL = "http://localhost:8776"
-VOLUME_STATUSES = frozenset(
-    {
-        "available",
-        "in-use",
-        "creating",
-        "error",
-        "backing-up",
-        "restoring-backup",
-        "error_restoring",
-        "deleting",
-        "maintenance",
-        "reserved",
-        "attaching",
-        "detaching",
-    }
-)
-SNAPSHOT_STATUSES = frozenset({"available", "creating", "error", "backing-up", "deleting"})
 PROGRESS_INTERVAL = 0.25  # seconds between progress updates of one job
 RESTART_REASON = "incomplete backup reset on manager restart"  # Cinder's text
 
@@ -116,6 +97,7 @@ class BackupEngine:
     ) -> None:
         self.repo = repo
         self.allowed_paths = allowed_paths
+        self.registry = Registry(catalog, resolver, allowed_paths)
         self.catalog = catalog
         self.block_size = block_size
         self.resolver = resolver
@@ -264,159 +246,24 @@ class BackupEngine:
 
     # ------------------------------------------------------------------ volumes, snapshots
 
-    def register_volume(
-        self,
-        project_id: str,
-        volume_id: str,
-        path: str | os.PathLike,
-        *,
-        status: str = "available",
-        attached: bool | None = None,
-        name: str | None = None,
-    ) -> dict[str, Any]:
-        """Make a volume (an image file or block device) known to the embedded default."""
-        check_project_id(project_id)
-        vid = _uuid(volume_id, "volume id")
-        p = check_user_path(path, self.allowed_paths, "volume path")
-        if status not in VOLUME_STATUSES:
-            raise InvalidInput(f"volume status {status!r} is not one of {sorted(VOLUME_STATUSES)}")
-        existing = self.catalog.volume(vid)
-        if existing is not None and existing["project_id"] != project_id:
-            raise InvalidInput(f"volume id {vid} is already registered by another project")
-        if name is not None and (not isinstance(name, str) or len(name) > 255):
-            raise InvalidInput("volume name must be a string of at most 255 characters")
-        row = {
-            "id": vid,
-            "project_id": project_id,
-            "path": p,
-            "status": status,
-            "previous_status": None,
-            "attached": None if attached is None else int(bool(attached)),
-            "name": name,
-            "created_at": existing["created_at"] if existing else now(),
-        }
-        self.catalog.upsert_volume(row)
-        return self.get_volume(project_id, vid)
+    def register_volume(self, project_id: str, volume_id: str, path, **kw: Any) -> dict[str, Any]:
+        """Make a volume known to the embedded default (see ``Registry.register_volume``)."""
+        return self.registry.register_volume(project_id, volume_id, path, **kw)
 
     def register_snapshot(
-        self,
-        project_id: str,
-        snapshot_id: str,
-        volume_id: str,
-        path: str | os.PathLike,
-        *,
-        created_at: str | None = None,
-        status: str = "available",
+        self, project_id: str, snapshot_id: str, volume_id: str, path, **kw: Any
     ) -> dict[str, Any]:
-        """Make a snapshot image of a registered volume known to the embedded default."""
-        check_project_id(project_id)
-        sid = _uuid(snapshot_id, "snapshot id")
-        vid = _uuid(volume_id, "volume id")
-        p = check_user_path(path, self.allowed_paths, "snapshot path")
-        if status not in SNAPSHOT_STATUSES:
-            raise InvalidInput(
-                f"snapshot status {status!r} is not one of {sorted(SNAPSHOT_STATUSES)}"
-            )
-        existing = self.catalog.snapshot(sid)
-        if existing is not None and existing["project_id"] != project_id:
-            raise InvalidInput(f"snapshot id {sid} is already registered by another project")
-        self.catalog.upsert_snapshot(
-            {
-                "id": sid,
-                "project_id": project_id,
-                "volume_id": vid,
-                "path": p,
-                "status": status,
-                "created_at": _timestamp(created_at) if created_at else now(),
-            }
-        )
-        return dict(self.catalog.snapshot(sid) or {})
+        """Make a snapshot image known (see ``Registry.register_snapshot``)."""
+        return self.registry.register_snapshot(project_id, snapshot_id, volume_id, path, **kw)
 
     def get_volume(self, project_id: str, volume_id: str) -> dict[str, Any]:
-        info = self._volume(check_project_id(project_id), volume_id)
-        if info is None:
-            raise VolumeNotFound(volume_id)
-        row = self.catalog.volume(info.id) or {}
-        return {
-            "id": info.id,
-            "name": info.name,
-            "path": info.path,
-            "status": info.status,
-            "attached": info.attached,
-            "previous_status": row.get("previous_status"),
-            "size": _size_or_none(info.path),
-        }
+        return self.registry.get_volume(project_id, volume_id)
 
     def list_volumes(self, project_id: str) -> list[dict[str, Any]]:
-        rows = self.catalog.query(
-            "SELECT id FROM volumes WHERE project_id = ? ORDER BY created_at", (project_id,)
-        )
-        return [self.get_volume(project_id, r["id"]) for r in rows]
+        return self.registry.list_volumes(project_id)
 
     def list_snapshots(self, project_id: str) -> list[dict[str, Any]]:
-        return self.catalog.query(
-            "SELECT * FROM snapshots WHERE project_id = ? ORDER BY created_at",
-            (check_project_id(project_id),),
-        )
-
-    def _volume(self, project_id: str, volume_id: str) -> VolumeInfo | None:
-        vid = _canonical_uuid(volume_id)
-        if vid is None:
-            return None
-        if self.resolver is not None:
-            info = self.resolver.volume(project_id, vid)
-            if info is not None:
-                return self._track_resolved_volume(info)
-        row = self.catalog.volume(vid)
-        if row is None or row["project_id"] != project_id:
-            return None
-        return VolumeInfo(
-            id=row["id"],
-            project_id=row["project_id"],
-            path=row["path"],
-            status=row["status"],
-            attached=None if row["attached"] is None else bool(row["attached"]),
-            name=row["name"],
-        )
-
-    def _track_resolved_volume(self, info: VolumeInfo) -> VolumeInfo:
-        """Keep the engine's own transient statuses for a driver's volume in the catalog."""
-        row = self.catalog.volume(info.id)
-        if row is not None and row["status"] in ("backing-up", "restoring-backup"):
-            info.status = row["status"]
-        self.catalog.upsert_volume(
-            {
-                "id": info.id,
-                "project_id": info.project_id,
-                "path": info.path,
-                "status": info.status,
-                "previous_status": row["previous_status"] if row else None,
-                "attached": None if info.attached is None else int(info.attached),
-                "name": info.name,
-                "created_at": row["created_at"] if row else now(),
-            }
-        )
-        return info
-
-    def _snapshot(self, project_id: str, snapshot_id: str) -> SnapshotInfo | None:
-        sid = _canonical_uuid(snapshot_id)
-        if sid is None:
-            return None
-        if self.resolver is not None:
-            info = self.resolver.snapshot(project_id, sid)
-            if info is not None:
-                return info
-        row = self.catalog.snapshot(sid)
-        if row is None or row["project_id"] != project_id:
-            return None
-        return SnapshotInfo(
-            id=row["id"],
-            project_id=row["project_id"],
-            volume_id=row["volume_id"],
-            path=row["path"],
-            status=row["status"],
-            created_at=row["created_at"],
-        )
+        return self.registry.list_snapshots(project_id)
 
     # ------------------------------------------------------------------ create
 
@@ -442,9 +289,9 @@ class BackupEngine:
         extents = None if changed_extents is None else _extents(changed_extents)
         backup_id = str(uuid.uuid4())
         with self.catalog.transaction() as db:
-            volume = self._volume(project_id, request.volume_id)
+            volume = self.registry.volume(project_id, request.volume_id)
             snapshot = (
-                self._snapshot(project_id, request.snapshot_id)
+                self.registry.snapshot(project_id, request.snapshot_id)
                 if request.snapshot_id is not None and volume is not None
                 else None
             )
@@ -453,7 +300,7 @@ class BackupEngine:
                 in_use = volume.status == "in-use" or (
                     bool(volume.attached)
                     if volume.attached is not None
-                    else _detect_in_use(volume.path)
+                    else in_use_or_false(volume.path)
                 )
             source = snapshot.path if snapshot is not None else (volume.path if volume else None)
             usage = db.execute(
@@ -470,7 +317,7 @@ class BackupEngine:
                     self.catalog.backups_of_volume(project_id, volume.id) if volume else []
                 ),
                 project_usage=(usage[0], usage[1]),
-                volume_size=_size_or_none(source) or 0,
+                volume_size=size_or_none(source) or 0,
                 quotas=self.quotas,
                 default_block_size=self.block_size,
                 block_size=block_size,
@@ -488,7 +335,7 @@ class BackupEngine:
                 "display_description": request.description,
                 "availability_zone": request.availability_zone,
                 "status": "creating",
-                "size": size_gib(_size_or_none(plan.source_path) or 0),
+                "size": size_gib(size_or_none(plan.source_path) or 0),
                 "block_size": plan.block_size,
                 "metadata": request.metadata,
                 "stats": {},
@@ -649,7 +496,7 @@ class BackupEngine:
 
     def _backup_row(self, project_id: str, backup_id: str) -> dict[str, Any]:
         check_project_id(project_id)
-        bid = _canonical_uuid(backup_id)
+        bid = canonical_uuid(backup_id)
         row = self.catalog.backup(bid) if bid else None
         if row is None or row["project_id"] != project_id:
             raise BackupNotFound(backup_id)
@@ -709,7 +556,7 @@ class BackupEngine:
         if query.marker is not None:
             # As Cinder's paginate_query: the marker is looked up by id alone (filters do
             # not apply to it), and the page continues after its position in the sort order.
-            mid = _canonical_uuid(query.marker)
+            mid = canonical_uuid(query.marker)
             marker = self.catalog.backup(mid) if mid else None
             if marker is None or marker["project_id"] != project_id:
                 raise BackupNotFound(query.marker)
@@ -753,7 +600,7 @@ class BackupEngine:
 
         Raises ``TimeoutError`` when ``timeout`` seconds pass first.
         """
-        bid = _canonical_uuid(backup_id)
+        bid = canonical_uuid(backup_id)
         row = self.catalog.backup(bid) if bid else None
         if row is None:
             raise BackupNotFound(backup_id)
@@ -859,7 +706,7 @@ class BackupEngine:
                 in_use = (
                     bool(target_volume.attached)
                     if target_volume is not None and target_volume.attached is not None
-                    else _detect_in_use(target_path)
+                    else in_use_or_false(target_path)
                 )
                 if in_use and not force:
                     raise InvalidVolume(
@@ -908,8 +755,8 @@ class BackupEngine:
         return body
 
     def _restore_target(self, project_id: str, target: Any) -> tuple[VolumeInfo | None, str]:
-        if isinstance(target, str) and _canonical_uuid(target) and not os.path.exists(target):
-            volume = self._volume(project_id, target)
+        if isinstance(target, str) and canonical_uuid(target) and not os.path.exists(target):
+            volume = self.registry.volume(project_id, target)
             if volume is None:
                 raise VolumeNotFound(target)
             return volume, volume.path
@@ -1064,48 +911,6 @@ def _reason(e: BaseException) -> str:
         return f"repository is full: {e.strerror or e}"
     text = str(e) or type(e).__name__
     return text if isinstance(e, CinderblockError | OSError) else f"{type(e).__name__}: {text}"
-
-
-def _uuid(value: Any, what: str) -> str:
-    canonical = _canonical_uuid(value)
-    if canonical is None:
-        raise InvalidInput(f"{what} {value!r} is not a UUID")
-    return canonical
-
-
-def _canonical_uuid(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        return None
-
-
-def _size_or_none(path: str | None) -> int | None:
-    if path is None:
-        return None
-    try:
-        return native.volume_size(path)
-    except (OSError, ValueError):
-        return None
-
-
-def _detect_in_use(path: str) -> bool:
-    try:
-        return detect_in_use(path)
-    except OSError:
-        return False
-
-
-def _timestamp(value: str) -> str:
-    try:
-        t = _dt.datetime.fromisoformat(value)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"created_at {value!r} is not an ISO 8601 timestamp") from None
-    if t.tzinfo is not None:
-        t = t.astimezone(_dt.timezone.utc).replace(tzinfo=None)
-    return t.isoformat(timespec="microseconds")
 
 
 def _extents(extents: Iterable[tuple[int, int]]) -> np.ndarray:

@@ -1,0 +1,245 @@
+"""Volumes and snapshots the engine can back up: registered ones, or a driver's.
+
+The embedded default keeps registrations in the catalog; a driver may instead answer lookups
+through its resolver (``engine.sources.Resolver``). Either way every lookup is scoped by
+project — another project's volume is simply not found — and the engine's own transient
+statuses (``backing-up``, ``restoring-backup``) live in the catalog.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import uuid
+from typing import Any
+
+from . import native
+from .catalog import Catalog, now
+from .errors import InvalidInput, VolumeNotFound
+from .paths import check_user_path
+from .repository.layout import check_project_id
+from .sources import Resolver, SnapshotInfo, VolumeInfo, detect_in_use
+
+VOLUME_STATUSES = frozenset(
+    {
+        "available",
+        "in-use",
+        "creating",
+        "error",
+        "backing-up",
+        "restoring-backup",
+        "error_restoring",
+        "deleting",
+        "maintenance",
+        "reserved",
+        "attaching",
+        "detaching",
+    }
+)
+SNAPSHOT_STATUSES = frozenset({"available", "creating", "error", "backing-up", "deleting"})
+
+
+class Registry:
+    def __init__(
+        self, catalog: Catalog, resolver: Resolver | None, allowed_paths: tuple[str, ...] | None
+    ) -> None:
+        self.catalog = catalog
+        self.resolver = resolver
+        self.allowed_paths = allowed_paths
+
+    def register_volume(
+        self,
+        project_id: str,
+        volume_id: str,
+        path: str | os.PathLike,
+        *,
+        status: str = "available",
+        attached: bool | None = None,
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        """Make a volume (an image file or block device) known to the embedded default."""
+        check_project_id(project_id)
+        vid = require_uuid(volume_id, "volume id")
+        p = check_user_path(path, self.allowed_paths, "volume path")
+        if status not in VOLUME_STATUSES:
+            raise InvalidInput(f"volume status {status!r} is not one of {sorted(VOLUME_STATUSES)}")
+        existing = self.catalog.volume(vid)
+        if existing is not None and existing["project_id"] != project_id:
+            raise InvalidInput(f"volume id {vid} is already registered by another project")
+        if name is not None and (not isinstance(name, str) or len(name) > 255):
+            raise InvalidInput("volume name must be a string of at most 255 characters")
+        row = {
+            "id": vid,
+            "project_id": project_id,
+            "path": p,
+            "status": status,
+            "previous_status": None,
+            "attached": None if attached is None else int(bool(attached)),
+            "name": name,
+            "created_at": existing["created_at"] if existing else now(),
+        }
+        self.catalog.upsert_volume(row)
+        return self.get_volume(project_id, vid)
+
+    def register_snapshot(
+        self,
+        project_id: str,
+        snapshot_id: str,
+        volume_id: str,
+        path: str | os.PathLike,
+        *,
+        created_at: str | None = None,
+        status: str = "available",
+    ) -> dict[str, Any]:
+        """Make a snapshot image of a registered volume known to the embedded default."""
+        check_project_id(project_id)
+        sid = require_uuid(snapshot_id, "snapshot id")
+        vid = require_uuid(volume_id, "volume id")
+        p = check_user_path(path, self.allowed_paths, "snapshot path")
+        if status not in SNAPSHOT_STATUSES:
+            raise InvalidInput(
+                f"snapshot status {status!r} is not one of {sorted(SNAPSHOT_STATUSES)}"
+            )
+        existing = self.catalog.snapshot(sid)
+        if existing is not None and existing["project_id"] != project_id:
+            raise InvalidInput(f"snapshot id {sid} is already registered by another project")
+        self.catalog.upsert_snapshot(
+            {
+                "id": sid,
+                "project_id": project_id,
+                "volume_id": vid,
+                "path": p,
+                "status": status,
+                "created_at": iso_timestamp(created_at) if created_at else now(),
+            }
+        )
+        return dict(self.catalog.snapshot(sid) or {})
+
+    def get_volume(self, project_id: str, volume_id: str) -> dict[str, Any]:
+        info = self.volume(check_project_id(project_id), volume_id)
+        if info is None:
+            raise VolumeNotFound(volume_id)
+        row = self.catalog.volume(info.id) or {}
+        return {
+            "id": info.id,
+            "name": info.name,
+            "path": info.path,
+            "status": info.status,
+            "attached": info.attached,
+            "previous_status": row.get("previous_status"),
+            "size": size_or_none(info.path),
+        }
+
+    def list_volumes(self, project_id: str) -> list[dict[str, Any]]:
+        rows = self.catalog.query(
+            "SELECT id FROM volumes WHERE project_id = ? ORDER BY created_at", (project_id,)
+        )
+        return [self.get_volume(project_id, r["id"]) for r in rows]
+
+    def list_snapshots(self, project_id: str) -> list[dict[str, Any]]:
+        return self.catalog.query(
+            "SELECT * FROM snapshots WHERE project_id = ? ORDER BY created_at",
+            (check_project_id(project_id),),
+        )
+
+    def volume(self, project_id: str, volume_id: str) -> VolumeInfo | None:
+        vid = canonical_uuid(volume_id)
+        if vid is None:
+            return None
+        if self.resolver is not None:
+            info = self.resolver.volume(project_id, vid)
+            if info is not None:
+                return self._track_resolved(info)
+        row = self.catalog.volume(vid)
+        if row is None or row["project_id"] != project_id:
+            return None
+        return VolumeInfo(
+            id=row["id"],
+            project_id=row["project_id"],
+            path=row["path"],
+            status=row["status"],
+            attached=None if row["attached"] is None else bool(row["attached"]),
+            name=row["name"],
+        )
+
+    def _track_resolved(self, info: VolumeInfo) -> VolumeInfo:
+        """Keep the engine's own transient statuses for a driver's volume in the catalog."""
+        row = self.catalog.volume(info.id)
+        if row is not None and row["status"] in ("backing-up", "restoring-backup"):
+            info.status = row["status"]
+        self.catalog.upsert_volume(
+            {
+                "id": info.id,
+                "project_id": info.project_id,
+                "path": info.path,
+                "status": info.status,
+                "previous_status": row["previous_status"] if row else None,
+                "attached": None if info.attached is None else int(info.attached),
+                "name": info.name,
+                "created_at": row["created_at"] if row else now(),
+            }
+        )
+        return info
+
+    def snapshot(self, project_id: str, snapshot_id: str) -> SnapshotInfo | None:
+        sid = canonical_uuid(snapshot_id)
+        if sid is None:
+            return None
+        if self.resolver is not None:
+            info = self.resolver.snapshot(project_id, sid)
+            if info is not None:
+                return info
+        row = self.catalog.snapshot(sid)
+        if row is None or row["project_id"] != project_id:
+            return None
+        return SnapshotInfo(
+            id=row["id"],
+            project_id=row["project_id"],
+            volume_id=row["volume_id"],
+            path=row["path"],
+            status=row["status"],
+            created_at=row["created_at"],
+        )
+
+
+def require_uuid(value: Any, what: str) -> str:
+    canonical = canonical_uuid(value)
+    if canonical is None:
+        raise InvalidInput(f"{what} {value!r} is not a UUID")
+    return canonical
+
+
+def canonical_uuid(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+def size_or_none(path: str | None) -> int | None:
+    if path is None:
+        return None
+    try:
+        return native.volume_size(path)
+    except (OSError, ValueError):
+        return None
+
+
+def in_use_or_false(path: str) -> bool:
+    """Detected use; a source that cannot even be probed is left to fail at read time."""
+    try:
+        return detect_in_use(path)
+    except OSError:
+        return False
+
+
+def iso_timestamp(value: str) -> str:
+    try:
+        t = _dt.datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"created_at {value!r} is not an ISO 8601 timestamp") from None
+    if t.tzinfo is not None:
+        t = t.astimezone(_dt.timezone.utc).replace(tzinfo=None)
+    return t.isoformat(timespec="microseconds")
