@@ -300,9 +300,9 @@ class BackupEngine:
                 in_use = volume.status == "in-use" or (
                     bool(volume.attached)
                     if volume.attached is not None
-                    else in_use_or_false(volume.path)
+                    else in_use_or_false(volume.source)
                 )
-            source = snapshot.path if snapshot is not None else (volume.path if volume else None)
+            source = snapshot.path if snapshot is not None else (volume.source if volume else None)
             usage = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM backups WHERE project_id = ?",
                 (project_id,),
@@ -317,7 +317,9 @@ class BackupEngine:
                     self.catalog.backups_of_volume(project_id, volume.id) if volume else []
                 ),
                 project_usage=(usage[0], usage[1]),
-                volume_size=size_or_none(source) or 0,
+                volume_size=size_or_none(source)
+                or (volume.size if volume is not None and snapshot is None else None)
+                or 0,
                 quotas=self.quotas,
                 default_block_size=self.block_size,
                 block_size=block_size,
@@ -335,7 +337,11 @@ class BackupEngine:
                 "display_description": request.description,
                 "availability_zone": request.availability_zone,
                 "status": "creating",
-                "size": size_gib(size_or_none(plan.source_path) or 0),
+                "size": size_gib(
+                    size_or_none(plan.source_path)
+                    or (plan.volume.size if plan.snapshot is None else None)
+                    or 0
+                ),
                 "block_size": plan.block_size,
                 "metadata": request.metadata,
                 "stats": {},

@@ -50,7 +50,7 @@ class Plan:
     parent: dict[str, Any] | None
     container: str
     block_size: int
-    source_path: str
+    source_path: str | int  # a path, or an fd a driver's resolver handed over
 
     @property
     def incremental(self) -> bool:
@@ -187,7 +187,7 @@ def plan_backup(
         parent=parent,
         container=container,
         block_size=bs,
-        source_path=snapshot.path if snapshot is not None else volume.path,
+        source_path=snapshot.path if snapshot is not None else volume.source,
     )
 
 

@@ -127,7 +127,7 @@ class Registry:
             "status": info.status,
             "attached": info.attached,
             "previous_status": row.get("previous_status"),
-            "size": size_or_none(info.path),
+            "size": info.size if info.size is not None else size_or_none(info.source),
         }
 
     def list_volumes(self, project_id: str) -> list[dict[str, Any]]:
@@ -149,6 +149,8 @@ class Registry:
         if self.resolver is not None:
             info = self.resolver.volume(project_id, vid)
             if info is not None:
+                if info.path is None and info.fd is None:
+                    raise ValueError(f"resolver gave volume {vid} neither a path nor an fd")
                 return self._track_resolved(info)
         row = self.catalog.volume(vid)
         if row is None or row["project_id"] != project_id:
@@ -218,7 +220,7 @@ def canonical_uuid(value: Any) -> str | None:
         return None
 
 
-def size_or_none(path: str | None) -> int | None:
+def size_or_none(path: str | int | None) -> int | None:
     if path is None:
         return None
     try:
@@ -227,7 +229,7 @@ def size_or_none(path: str | None) -> int | None:
         return None
 
 
-def in_use_or_false(path: str) -> bool:
+def in_use_or_false(path: str | int) -> bool:
     """Detected use; a source that cannot even be probed is left to fail at read time."""
     try:
         return detect_in_use(path)

@@ -36,14 +36,31 @@ _FLOCK = struct.Struct("hhqqi4x")
 
 @dataclass
 class VolumeInfo:
-    """What a resolver tells the engine about a volume."""
+    """What a resolver tells the engine about a volume.
+
+    The bytes are at ``path``, or in an already open file ``fd`` (a device the driver has
+    attached, say): the engine borrows the fd and never closes it. ``size`` (bytes) is the
+    driver's word for quotas and views before anything is read; the backup itself reads the
+    source's real size. With an fd, in-use cannot be detected: say ``attached``.
+    """
 
     id: str
     project_id: str
-    path: str
+    path: str | None = None
     status: str = "available"
     attached: bool | None = None  # None: detect
     name: str | None = None
+    fd: int | None = None
+    size: int | None = None
+
+    @property
+    def source(self) -> str | int:
+        """What to read: the fd when there is one, else the path."""
+        if self.fd is not None:
+            return self.fd
+        if self.path is None:
+            raise ValueError(f"volume {self.id} has neither a path nor an open file")
+        return self.path
 
 
 @dataclass
@@ -67,15 +84,21 @@ class Resolver(Protocol):
     def snapshot(self, project_id: str, snapshot_id: str) -> SnapshotInfo | None: ...
 
 
-def is_block_device(path: str) -> bool:
+def is_block_device(path: str | int) -> bool:
     try:
         return stat.S_ISBLK(os.stat(path).st_mode)
     except OSError:
         return False
 
 
-def detect_in_use(path: str) -> bool:
-    """True when another user holds the volume (see the module docstring)."""
+def detect_in_use(path: str | int) -> bool:
+    """True when another user holds the volume (see the module docstring).
+
+    An open file handed over by a driver cannot be probed: it counts as not in use, and the
+    driver says ``attached`` instead.
+    """
+    if isinstance(path, int):
+        return False
     if is_block_device(path):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
@@ -140,7 +163,7 @@ def reflink_clone(path: str) -> str | None:
 class OpenedSource:
     """The bytes a backup reads: the volume itself, a snapshot, or a temporary clone."""
 
-    path: str
+    path: str | int
     size: int
     consistency: str  # "snapshot", "offline", "clone" or "live"
     cleanup: Callable[[], None] | None = None
@@ -151,13 +174,14 @@ class OpenedSource:
             self.cleanup = None
 
 
-def open_source(path: str, *, in_use: bool, force: bool, snapshot: bool) -> OpenedSource:
-    """Decide what to read for a backup of ``path`` (the plan already checked force)."""
+def open_source(path: str | int, *, in_use: bool, force: bool, snapshot: bool) -> OpenedSource:
+    """Decide what to read for a backup of ``path`` (a path or a borrowed fd; the plan
+    already checked force). Only a path can be cloned."""
     if snapshot:
         return OpenedSource(path, volume_size(path), "snapshot")
     if not in_use:
         return OpenedSource(path, volume_size(path), "offline")
-    clone = reflink_clone(path) if force else None
+    clone = reflink_clone(path) if force and isinstance(path, str) else None
     if clone is not None:
         return OpenedSource(clone, volume_size(clone), "clone", lambda: _unlink(clone))
     return OpenedSource(path, volume_size(path), "live")

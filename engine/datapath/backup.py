@@ -44,7 +44,7 @@ class BackupJob:
     project_id: str
     container: str
     backup_id: str
-    source_path: str
+    source_path: str | int
     volume_size: int
     block_size: int
     parent: Manifest | None = None

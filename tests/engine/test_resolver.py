@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from backup_helpers import PROJECT, make_image, new_id
 
@@ -91,3 +93,28 @@ def test_resolver_snapshot(open_engine, tmp_path):
     out = tmp_path / "o.img"
     eng.restore_backup(PROJECT, done["id"], str(out))
     assert out.read_bytes() == snap_data
+
+
+def test_resolver_open_file(open_engine, tmp_path):
+    """A driver hands over an open file (an attached device, say) instead of a path."""
+    driver = Driver()
+    eng = open_engine(resolver=driver)
+    vid = new_id()
+    path = tmp_path / "attached.img"
+    data = make_image(path, 3 * 1024 * 1024 + 7, seed=8)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        driver.volumes[vid] = VolumeInfo(
+            id=vid, project_id=PROJECT, fd=fd, attached=False, size=len(data)
+        )
+        assert eng.get_volume(PROJECT, vid)["size"] == len(data)
+        bid = eng.create_backup(PROJECT, {"backup": {"volume_id": vid}})["backup"]["id"]
+        done = eng.wait(bid, timeout=60)
+        assert done["status"] == "available", done["fail_reason"]
+        assert done["stats"]["volume_bytes"] == len(data)
+        os.fstat(fd)  # the engine borrowed the fd and did not close it
+        out = tmp_path / "out.img"
+        eng.restore_backup(PROJECT, bid, str(out))
+        assert out.read_bytes() == data
+    finally:
+        os.close(fd)
