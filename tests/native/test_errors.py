@@ -169,13 +169,29 @@ def test_closed_fd(small_file, func):
         PATH_FUNCS[func](fd)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file: no PermissionError")
-def test_unreadable_file(small_file, tmp_path):
+def test_unreadable_file(tmp_path):
+    """A file the caller may not read is a PermissionError naming it. Root reads anything,
+    so as root the check runs in a child that first drops to an unprivileged user."""
     path = tmp_path / "secret"
     path.write_bytes(b"x" * 8192)
     path.chmod(0)
-    with pytest.raises(PermissionError):
-        native.scan_file(path, 4096, 0)
+    if os.geteuid() != 0:
+        with pytest.raises(PermissionError):
+            native.scan_file(path, 4096, 0)
+        return
+    tmp_path.chmod(0o755)
+    code = (
+        "import os, sys\n"
+        "from engine import native\n"  # import while the interpreter's files are readable
+        "os.setgid(65534); os.setuid(65534)\n"
+        "try:\n"
+        f"    native.scan_file({str(path)!r}, 4096, 0)\n"
+        "except PermissionError as e:\n"
+        f"    sys.exit(0 if {str(path)!r} in str(e) else 3)\n"
+        "sys.exit(2)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.parametrize("func", ["scan_file", "volume_size"])
