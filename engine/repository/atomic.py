@@ -37,34 +37,22 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_atomic(
-    path: str, data: bytes | memoryview, *, exclusive: bool = False, kind: str = "file"
-) -> bool:
-    """Publish ``data`` at ``path``. With ``exclusive``, an existing file is left untouched.
+def write_atomic(path: str, data: bytes | memoryview, *, kind: str = "file") -> None:
+    """Publish ``data`` at ``path``, replacing what was there.
 
-    Returns True when this call published the file. Parent directories are created (and
-    fsynced, so the new entry survives a crash). ``kind`` names the crash points
-    (``engine.faults``) around publication.
+    Parent directories are created (and fsynced, so the new entry survives a crash).
+    ``kind`` names the crash points (``engine.faults``) around publication.
     """
     directory = os.path.dirname(path)
-    if exclusive and os.path.exists(path):
-        return False
     tmp = _write_temp(path, data, fsync=True)
     crash_point(f"{kind}-tmp")
     try:
-        if exclusive:
-            # link() publishes only if nothing is there yet, atomically: of two concurrent
-            # writers of one file exactly one reports that it published.
-            if not _publish_link(tmp, path):
-                return False
-        else:
-            os.rename(tmp, path)
+        os.rename(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
         raise
     fsync_dir(directory)
     crash_point(f"{kind}-published")
-    return True
 
 
 def _write_temp(path: str, data: bytes | memoryview, *, fsync: bool) -> str:

@@ -102,12 +102,6 @@ class LocalRepository:
     def has_object(self, project_id: str, container: str, digest: bytes) -> bool:
         return os.path.exists(self.layout.object(project_id, container, digest))
 
-    def put_object(self, project_id: str, container: str, digest: bytes, blob: bytes) -> bool:
-        """Store one encoded object now; a no-op returning False when it is already there."""
-        return write_atomic(
-            self.layout.object(project_id, container, digest), blob, exclusive=True, kind="object"
-        )
-
     def object_batch(self, project_id: str, container: str) -> StagedBatch:
         """A batch for many objects of one container: staged, then published durably at once."""
         path = self.layout.container(project_id, container)
@@ -137,19 +131,6 @@ class LocalRepository:
             d = os.path.join(objects, sub)
             for name in _listdir(d):
                 yield from _stat(os.path.join(d, name))
-
-    def object_digests(self, project_id: str, container: str) -> set[bytes]:
-        """Digests of every object in a container, from directory listings (no reads)."""
-        objects = os.path.join(self.layout.container(project_id, container), "objects")
-        found: set[bytes] = set()
-        for sub in _listdir(objects):
-            for name in _listdir(os.path.join(objects, sub)):
-                if not name.startswith(TMP_PREFIX):
-                    try:
-                        found.add(bytes.fromhex(name))
-                    except ValueError:
-                        continue
-        return found
 
     def quarantine_object(self, project_id: str, container: str, digest: bytes) -> str:
         """Move a damaged object aside so the next backup stores the block afresh.
