@@ -5,6 +5,7 @@
     <root>/projects/<project>/<container>/objects/<d[0:2]>/<digest hex>
     <root>/projects/<project>/<container>/manifests/<backup id>
     <root>/projects/<project>/<container>/records/<backup id>.json
+    <root>/projects/<project>/<container>/quarantine/<digest hex>.<ns>   (damaged, set aside)
 
 Project ids and container names become path components, so they are checked here, once, before
 any path is built: no separators, no dot-names, no NUL, bounded length. A name that fails is a
