@@ -179,3 +179,41 @@ def du(path: str) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
     return total
+
+
+@contextlib.contextmanager
+def scratch_filesystem(where: str, size: int):
+    """A fresh ext4 filesystem on a loop device, mounted under ``where``; yields the mount.
+
+    Every tool's repository goes here, as it would on a dedicated backup disk. Why not the
+    work directory's filesystem: on a large, long-used filesystem ext4's inode allocator can
+    cost ~0.5 ms of CPU per new file (``find_inode_bit`` scanning recently freed inodes; seen
+    on this machine's root filesystem), which says more about that filesystem's history
+    than about the tools. The loop device does direct I/O, so nothing is cached twice, and
+    the inode tables are initialised up front so no background thread writes during a run.
+    Needs root (``losetup``, ``mount``).
+    """
+    backing = os.path.join(where, "scratch-fs.img")
+    mnt = os.path.join(where, "scratch")
+    os.makedirs(mnt, exist_ok=True)
+    with open(backing, "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, size)  # a disk's blocks exist before it is used
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", backing],
+        check=True,
+    )
+    loop = subprocess.run(
+        ["losetup", "--direct-io=on", "-f", "--show", backing],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    try:
+        subprocess.run(["mount", loop, mnt], check=True)
+        try:
+            yield mnt
+        finally:
+            subprocess.run(["umount", mnt], check=False)
+    finally:
+        subprocess.run(["losetup", "-d", loop], check=False)
+        os.unlink(backing)

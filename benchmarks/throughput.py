@@ -18,16 +18,27 @@ would produce; here computed by hashing the image at 4 KiB before and after each
 outside the timed region). Peers: restic (compression auto) and Borg (zstd,3), installed with
 apt-get when missing (the project's own install does not need them).
 
+Full backups and restores run ``--repeat`` times per tool (default 3; each run listed, the
+median reported): the machine is shared and single runs move by 10-15%.
+
 Then: the scattered change at 64 KiB, 256 KiB and 1 MiB blocks (time and stored bytes), and a
 full backup of an empty 1 TiB sparse image (time, peak RSS, manifest size).
+
+Every repository lives on a fresh scratch ext4 filesystem (a loop device, as a dedicated
+backup disk would be; see imagekit.scratch_filesystem for why). ``--repos workdir`` puts them
+in the work directory instead; with the scratch filesystem one extra row shows the engine's
+full backup into a repository on the work directory's filesystem, so the difference is on
+record.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +53,7 @@ from imagekit import (
     file_level_change,
     parse_size,
     scattered_change,
+    scratch_filesystem,
     timed,
     warm,
     zstd_compress,
@@ -175,6 +187,10 @@ def ensure_peers() -> bool:
     return r.returncode == 0 and bool(shutil.which("restic") and shutil.which("borg"))
 
 
+def _fmt(times: list[float]) -> str:
+    return "/".join(f"{t:.2f}" for t in times)
+
+
 def tracker_extents(before: tuple, image: str) -> list:
     """Extents whose 4 KiB blocks changed since ``before`` (a change tracker's view)."""
     after = native.scan_file(image, 4096, 0)
@@ -183,14 +199,14 @@ def tracker_extents(before: tuple, image: str) -> list:
     return [[int(f) * 4096, int(c) * 4096] for f, c in native.mask_to_runs(changed).tolist()]
 
 
-def sparse_terabyte(work: str) -> dict:
+def sparse_terabyte(work: str, repos: str) -> dict:
     code = f"""
 import json, os, resource, time, uuid
 from engine import BackupEngine
 img = {os.path.join(work, "empty-1T.img")!r}
 with open(img, 'wb') as f:
     f.truncate(1 << 40)
-eng = BackupEngine.open({os.path.join(work, "repo-1T")!r})
+eng = BackupEngine.open({os.path.join(repos, "repo-1T")!r})
 vid = str(uuid.uuid4()); eng.register_volume('p', vid, img)
 t = time.perf_counter()
 bid = eng.create_backup('p', {{'backup': {{'volume_id': vid}}}})['backup']['id']
@@ -212,6 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-peers", action="store_true", help="no restic/borg")
     ap.add_argument("--json", default=None, help="write all rows here")
     ap.add_argument("--level", type=int, default=3, help="engine zstd level (default 3)")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="full backups and restores: runs per tool (median)"
+    )
+    ap.add_argument(
+        "--repos",
+        choices=("scratch", "workdir"),
+        default="scratch",
+        help="where repositories live: a fresh loop-mounted ext4 (default) or the workdir",
+    )
     args = ap.parse_args(argv)
     EngineChain.level = args.level
     size = parse_size(args.size)
@@ -220,143 +245,184 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(work)
     image = os.path.join(work, "volume.img")
     try:
-        print(f"building a {size / MiB:.0f} MiB ext4 image of real files ...", flush=True)
-        build_image(image, size, work)
-        warm(image)
-        peers = (
-            []
-            if args.skip_peers or not ensure_peers()
-            else [Restic(os.path.join(work, "restic")), Borg(os.path.join(work, "borg"))]
-        )
-        print("baselines", flush=True)
-        t_cat = row("cat", "read image", timed(lambda: cat_to_null(image))[0], size)["seconds"]
-        t_zstd = row("zstd -T2 -3", "compress", timed(lambda: zstd_compress(image))[0], size)
-        zst = image + ".zst"
-        zstd_compress(image, zst)
-        t_unzstd = row(
-            "zstd -d",
-            "decompress",
-            timed(lambda: zstd_decompress(zst))[0],
-            size,
-            stored_mb=round(os.path.getsize(zst) / 1e6, 1),
-        )
-        unzst = os.path.join(work, "unzstd.img")
-        os.sync()
-        t_unzstd_file = timed(lambda: zstd_decompress(zst, unzst))[0]
-        row("zstd -d", "to a file + fsync", t_unzstd_file, size)
-        os.unlink(unzst)
-        os.unlink(zst)
-        a = EngineChain(os.path.join(work, "cb-a"), image)
-        b = EngineChain(os.path.join(work, "cb-b"), image)
+        with contextlib.ExitStack() as stack:
+            if args.repos == "scratch":
+                repos = stack.enter_context(scratch_filesystem(work, max(8 * size, 4 << 30)))
+            else:
+                repos = work
+            return run(args, size, work, image, repos)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
 
-        def step(name: str, incremental: bool, extents: list | None) -> None:
+
+def run(args: argparse.Namespace, size: int, work: str, image: str, repos: str) -> int:
+    """The whole sequence; repositories under ``repos``, images and restores under ``work``."""
+    print(f"building a {size / MiB:.0f} MiB ext4 image of real files ...", flush=True)
+    build_image(image, size, work)
+    warm(image)
+    peers = (
+        []
+        if args.skip_peers or not ensure_peers()
+        else [Restic(os.path.join(repos, "restic")), Borg(os.path.join(repos, "borg"))]
+    )
+    print("baselines", flush=True)
+    t_cat = row("cat", "read image", timed(lambda: cat_to_null(image))[0], size)["seconds"]
+    t_zstd = row("zstd -T2 -3", "compress", timed(lambda: zstd_compress(image))[0], size)
+    zst = image + ".zst"
+    zstd_compress(image, zst)
+    t_unzstd = row(
+        "zstd -d",
+        "decompress",
+        timed(lambda: zstd_decompress(zst))[0],
+        size,
+        stored_mb=round(os.path.getsize(zst) / 1e6, 1),
+    )
+    unzst = os.path.join(work, "unzstd.img")
+    os.sync()
+    t_unzstd_file = timed(lambda: zstd_decompress(zst, unzst))[0]
+    row("zstd -d", "to a file + fsync", t_unzstd_file, size)
+    os.unlink(unzst)
+    os.unlink(zst)
+    a = EngineChain(os.path.join(repos, "cb-a"), image)
+    b = EngineChain(os.path.join(repos, "cb-b"), image)
+
+    def full_step() -> None:
+        """Full backups, ``--repeat`` times per tool into fresh repositories; medians.
+
+        The first run of each tool starts its chain; the others go to throwaway repositories
+        that stay until the end (deleting thousands of files just before a timed step makes
+        ext4's inode allocator slow, which would penalise whoever runs next).
+        """
+        runs: dict[str, list[float]] = {"cinderblock": [], **{p.name: [] for p in peers}}
+        first = None
+        for rep in range(args.repeat):
             warm(image)
-            secs, done = a.backup(incremental)
+            if rep == 0:
+                secs, first = a.backup(False)
+                b.backup(False)
+            else:
+                c = EngineChain(os.path.join(repos, f"cb-full-{rep}"), image)
+                secs = c.backup(False)[0]
+                c.close()
+            runs["cinderblock"].append(secs)
+            for p in peers:
+                warm(image)
+                q = p if rep == 0 else type(p)(os.path.join(repos, f"{p.name}-full-{rep}"))
+                runs[p.name].append(q.backup(image))
+        st = first["stats"]
+        for tool, times in runs.items():
+            more = {}
+            if tool == "cinderblock":
+                more = dict(
+                    stored_mb=round(st["bytes_stored"] / 1e6, 1),
+                    read_mb=round(st["bytes_read"] / 1e6),
+                )
+            row(tool, "full", statistics.median(times), size, runs=_fmt(times), **more)
+        if repos != work:  # the same full backup, repository on the work directory's fs
+            c = EngineChain(os.path.join(work, "cb-workfs"), image)
+            warm(image)
+            row("cinderblock (work fs)", "full", c.backup(False)[0], size)
+            c.close()
+
+    def step(name: str, extents: list) -> None:
+        warm(image)
+        for tool, chain, hint in (("cinderblock", a, None), ("cinderblock+hint", b, extents)):
+            secs, done = chain.backup(True, hint)
             st = done["stats"]
             row(
-                "cinderblock",
+                tool,
                 name,
                 secs,
                 size,
                 stored_mb=round(st["bytes_stored"] / 1e6, 1),
                 read_mb=round(st["bytes_read"] / 1e6),
             )
-            if incremental:
-                secs, done = b.backup(True, extents)
-                st = done["stats"]
-                row(
-                    "cinderblock+hint",
-                    name,
-                    secs,
-                    size,
-                    stored_mb=round(st["bytes_stored"] / 1e6, 1),
-                    read_mb=round(st["bytes_read"] / 1e6),
-                )
-            else:
-                b.backup(False)
-            for p in peers:
-                warm(image)
-                row(p.name, name, p.backup(image), size)
-
-        print("S0 full", flush=True)
-        step("full", False, None)
-        before = native.scan_file(image, 4096, 0)
-        contiguous_change(image, 0.01)
-        print("S1 contiguous 1%", flush=True)
-        step("incr contiguous 1%", True, tracker_extents(before, image))
-        before = native.scan_file(image, 4096, 0)
-        file_level_change(image, work, max(4 * MiB, size // 100))
-        print("S2 file-level changes", flush=True)
-        step("incr files", True, tracker_extents(before, image))
-        pre_scatter = os.path.join(work, "pre-scatter.img")
-        subprocess.run(["cp", "--sparse=always", image, pre_scatter], check=True)
-        before = native.scan_file(image, 4096, 0)
-        scattered_change(image, 0.01)
-        print("S3 scattered 4 KiB, 1%", flush=True)
-        step("incr scattered 1%", True, tracker_extents(before, image))
-
-        print("restore of S3", flush=True)
-        target = os.path.join(work, "restored.img")
-        os.sync()
-        secs = a.restore(target)
-        same = subprocess.run(["cmp", "-s", image, target]).returncode == 0
-        row("cinderblock", "restore", secs, size, identical=same)
-        os.unlink(target)
         for p in peers:
-            tdir = os.path.join(work, f"restore-{p.name}")
+            warm(image)
+            row(p.name, name, p.backup(image), size)
+
+    print("S0 full", flush=True)
+    full_step()
+    before = native.scan_file(image, 4096, 0)
+    contiguous_change(image, 0.01)
+    print("S1 contiguous 1%", flush=True)
+    step("incr contiguous 1%", tracker_extents(before, image))
+    before = native.scan_file(image, 4096, 0)
+    file_level_change(image, work, max(4 * MiB, size // 100))
+    print("S2 file-level changes", flush=True)
+    step("incr files", tracker_extents(before, image))
+    pre_scatter = os.path.join(work, "pre-scatter.img")
+    subprocess.run(["cp", "--sparse=always", image, pre_scatter], check=True)
+    before = native.scan_file(image, 4096, 0)
+    scattered_change(image, 0.01)
+    print("S3 scattered 4 KiB, 1%", flush=True)
+    step("incr scattered 1%", tracker_extents(before, image))
+
+    print("restore of S3", flush=True)
+    target = os.path.join(work, "restored.img")
+    times, same = [], True
+    for _ in range(args.repeat):
+        os.sync()
+        times.append(a.restore(target))
+        same = same and subprocess.run(["cmp", "-s", image, target]).returncode == 0
+        os.unlink(target)
+    row("cinderblock", "restore", statistics.median(times), size, identical=same, runs=_fmt(times))
+    for p in peers:
+        tdir = os.path.join(work, f"restore-{p.name}")
+        times = []
+        for _ in range(args.repeat):
             os.sync()
-            row(p.name, "restore", p.restore(tdir), size)
+            times.append(p.restore(tdir))
             shutil.rmtree(tdir, ignore_errors=True)
-        stored = {"cinderblock": a.stored()} | {p.name: p.stored() for p in peers}
-        a.close()
-        b.close()
+        row(p.name, "restore", statistics.median(times), size, runs=_fmt(times))
+    stored = {"cinderblock": a.stored()} | {p.name: p.stored() for p in peers}
+    a.close()
+    b.close()
 
-        print("scattered 4 KiB writes over 1% at several block sizes", flush=True)
-        for bs in (64 * 1024, 256 * 1024, 1 << 20):
-            img = os.path.join(work, "study.img")
-            subprocess.run(["cp", "--sparse=always", pre_scatter, img], check=True)
-            c = EngineChain(os.path.join(work, f"cb-{bs}"), img, block_size=bs)
-            warm(img)
-            secs, done = c.backup(False)
-            row(
-                f"cinderblock {bs >> 10}K",
-                "full",
-                secs,
-                size,
-                stored_mb=round(done["stats"]["bytes_stored"] / 1e6, 1),
-            )
-            scattered_change(img, 0.01)
-            warm(img)
-            secs, done = c.backup(True)
-            row(
-                f"cinderblock {bs >> 10}K",
-                "incr scattered 1%",
-                secs,
-                size,
-                stored_mb=round(done["stats"]["bytes_stored"] / 1e6, 1),
-            )
-            c.close()
-            os.unlink(img)
-
-        print("empty 1 TiB sparse image", flush=True)
-        tb = sparse_terabyte(work)
+    print("scattered 4 KiB writes over 1% at several block sizes", flush=True)
+    for bs in (64 * 1024, 256 * 1024, 1 << 20):
+        img = os.path.join(work, "study.img")
+        subprocess.run(["cp", "--sparse=always", pre_scatter, img], check=True)
+        c = EngineChain(os.path.join(repos, f"cb-{bs}"), img, block_size=bs)
+        warm(img)
+        secs, done = c.backup(False)
         row(
-            "cinderblock",
-            "full 1 TiB sparse",
-            tb["seconds"],
-            1 << 40,
-            peak_rss_mb=round(tb["peak_rss_mb"]),
-            manifest_bytes=tb["manifest_bytes"],
+            f"cinderblock {bs >> 10}K",
+            "full",
+            secs,
+            size,
+            stored_mb=round(done["stats"]["bytes_stored"] / 1e6, 1),
         )
+        scattered_change(img, 0.01)
+        warm(img)
+        secs, done = c.backup(True)
+        row(
+            f"cinderblock {bs >> 10}K",
+            "incr scattered 1%",
+            secs,
+            size,
+            stored_mb=round(done["stats"]["bytes_stored"] / 1e6, 1),
+        )
+        c.close()
+        os.unlink(img)
 
-        summary(t_cat, t_zstd["seconds"], t_unzstd["seconds"], t_unzstd_file, stored)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"rows": ROWS, "stored_bytes": stored}, f, indent=1)
-        return 0
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
+    print("empty 1 TiB sparse image", flush=True)
+    tb = sparse_terabyte(work, repos)
+    row(
+        "cinderblock",
+        "full 1 TiB sparse",
+        tb["seconds"],
+        1 << 40,
+        peak_rss_mb=round(tb["peak_rss_mb"]),
+        manifest_bytes=tb["manifest_bytes"],
+    )
+
+    summary(t_cat, t_zstd["seconds"], t_unzstd["seconds"], t_unzstd_file, stored)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": ROWS, "stored_bytes": stored}, f, indent=1)
+    return 0
 
 
 def summary(

@@ -24,6 +24,7 @@ import fcntl
 import os
 import stat
 import struct
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -407,19 +408,22 @@ class BlockReader:
                     )
             longest = int(self._runs[:, 1].max(initial=1)) if self._runs.size else 1
             self._window = min(window, max(longest, 1))
+            self._scanner_args = (
+                fd,
+                self.size,
+                self.block_size,
+                seed,
+                self._window,
+                direct,
+                sparse and _is_regular(fd),
+                True,
+            )
             self._scanners = [
-                _reader.Scanner(
-                    fd,
-                    self.size,
-                    self.block_size,
-                    seed,
-                    self._window,
-                    direct,
-                    sparse and _is_regular(fd),
-                    True,
-                )
+                _reader.Scanner(*self._scanner_args)
                 for _ in range(_check_count(prefetch, "prefetch") + 1)
             ]
+            self._local = threading.local()
+            self._lock = threading.Lock()
             self._pool = (
                 self._stack.enter_context(
                     ThreadPoolExecutor(prefetch, thread_name_prefix="cb-read")
@@ -437,10 +441,43 @@ class BlockReader:
         """Bytes actually read from the source so far (holes are not read)."""
         return sum(sc.bytes_read for sc in self._scanners)
 
-    def _windows(self) -> Iterator[tuple[int, int]]:
+    @property
+    def window_blocks(self) -> int:
+        """The most blocks one window holds."""
+        return self._window
+
+    def spans(self) -> Iterator[tuple[int, int]]:
+        """``(first_block, count)`` of every window, in reading order (for :meth:`read`)."""
         for first, count in self._runs.tolist():
             for start in range(first, first + count, self._window):
                 yield start, min(self._window, first + count - start)
+
+    def read(self, first_block: int, count: int) -> Window:
+        """Read, hash and zero-test one window on the calling thread.
+
+        For callers that run threads of their own: the backup pipeline reads a window,
+        compresses its changed blocks and writes them on one core while the bytes are still
+        in that core's cache, instead of handing them across threads. Each calling thread
+        gets a scanner and buffer of its own; the window's data stays valid until the same
+        thread reads again. Not to be mixed with iterating the reader.
+        """
+        if self._closed:
+            raise ValueError("BlockReader is closed")
+        first = _check_count(first_block, "first_block")
+        n = _check_count(count, "count")
+        if not 1 <= n <= self._window:
+            raise ValueError(f"count must be 1..{self._window} (the window), not {n}")
+        if first + n > self.nblocks:
+            raise ValueError(
+                f"first_block + count ({first} + {n}) is past the end of the volume "
+                f"({self.nblocks} blocks)"
+            )
+        k = getattr(self._local, "k", None)
+        if k is None:
+            with self._lock:
+                self._scanners.append(_reader.Scanner(*self._scanner_args))
+                k = self._local.k = len(self._scanners) - 1
+        return self._read(k, first, n)
 
     def _read(self, k: int, first: int, n: int) -> Window:
         scanner = self._scanners[k]
@@ -455,7 +492,7 @@ class BlockReader:
     def __iter__(self) -> Iterator[Window]:
         if self._closed:
             raise ValueError("BlockReader is closed")
-        windows = self._windows()
+        windows = self.spans()
         if self._pool is None:
             for first, n in windows:
                 if self._closed:

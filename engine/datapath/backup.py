@@ -1,18 +1,19 @@
 """Back up one volume: read windows, keep the blocks that changed, store each once.
 
-Flow per window (``engine.native.BlockReader``): the kernel has already hashed and
+Flow per window (``engine.native.BlockReader.read``): the kernel has already hashed and
 zero-flagged every block; ``diff`` against the parent's manifest picks the changed ones; zero
 blocks cost nothing further; a changed data block whose object the container already holds is
-deduplicated; the rest are compressed and written by a small thread pool (zstd and the file
-writes release the GIL) while the reader moves on. In-flight blocks are bounded, so memory
-depends on the window and queue sizes, never on the volume size.
+deduplicated; the rest are compressed and staged by the same thread, straight from the
+window's buffer (zstd, the reads and the file writes release the GIL). A few such threads
+share the windows, so every core reads, hashes and compresses. Memory is one window buffer
+per thread, never a function of the volume size.
 
 With a ``changed`` mask (from changed extents), only those blocks are read; every other block
-is inherited from the parent's manifest.
-"""
+is inherited from the parent's manifest."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -54,12 +55,17 @@ class BackupJob:
     progress: Callable[[float], None] = field(default=lambda fraction: None)
 
 
-class _Writer:
-    """Compress and stage blocks on a pool, publishing them durably in batches.
+class _Store:
+    """Compress and stage blocks, publishing them durably in batches.
 
-    Blocks in flight are bounded (the submitting reader waits for a slot), and staged bytes
+    ``store`` runs on the pipeline's worker threads: each compresses and stages the blocks
+    of the window it has just read (zstd and the file writes release the GIL). Staged bytes
     are published (one ``syncfs``, then a ``link`` per object) every ``PUBLISH_BYTES``, so
-    memory and unpublished work both stay bounded whatever the volume size.
+    unpublished work stays bounded whatever the volume size.
+
+    Publication runs on a thread of its own, so no core waits for the disk: one batch
+    publishes while the next one stages; a batch that fills before its predecessor is
+    durable waits for it, so at most two batches are ever unpublished.
     """
 
     PUBLISH_BYTES = 256 << 20
@@ -69,52 +75,54 @@ class _Writer:
         self.job = job
         self.stats = stats
         self.batch = repo.object_batch(job.project_id, job.container)
-        self.pool = ThreadPoolExecutor(job.workers, thread_name_prefix="cb-store")
-        self.slots = threading.BoundedSemaphore(job.workers * 4)
+        self.publisher = ThreadPoolExecutor(1, thread_name_prefix="cb-publish")
+        self.publishing: Future | None = None
+        self._publish_lock = threading.Lock()
+        self._seen_lock = threading.Lock()
         self.seen: set[bytes] = set()
-        self.error: BaseException | None = None
 
-    def submit(self, digest: bytes, data: bytes) -> None:
-        if digest in self.seen:
+    def store(self, digest: bytes, data: memoryview) -> None:
+        """Compress and stage one block unless this backup or the container has it."""
+        with self._seen_lock:
+            if digest in self.seen:
+                return
+            self.seen.add(digest)
+        pid, container = self.job.project_id, self.job.container
+        if self.repo.has_object(pid, container, digest):
             return
-        self.seen.add(digest)
-        if self.repo.has_object(self.job.project_id, self.job.container, digest):
-            return
-        if self.error is not None:
-            raise self.error
-        self.slots.acquire()
-        fut = self.pool.submit(self._stage, digest, data)
-        fut.add_done_callback(self._done)
+        parts = self.repo.codec.encode_parts(data, digest)
+        self.batch.stage(self.repo.layout.object(pid, container, digest), parts)
         if self.batch.pending_bytes >= self.PUBLISH_BYTES:
-            self._publish()
-
-    def _stage(self, digest: bytes, data: bytes) -> None:
-        blob = self.repo.codec.encode(data, digest)
-        self.batch.stage(
-            self.repo.layout.object(self.job.project_id, self.job.container, digest), blob
-        )
-
-    def _done(self, fut: Future) -> None:
-        self.slots.release()
-        if fut.cancelled():
-            return
-        exc = fut.exception()
-        if exc is not None and self.error is None:
-            self.error = exc
+            with self._publish_lock:
+                if self.batch.pending_bytes >= self.PUBLISH_BYTES:
+                    self._wait_published()
+                    self.publishing = self.publisher.submit(self._publish)
 
     def _publish(self) -> None:
         for _path, size in self.batch.publish():
             self.stats.bytes_stored += size
             self.stats.objects_written += 1
 
+    def _wait_published(self) -> None:
+        """Wait for the batch being published; its failure fails the backup."""
+        if self.publishing is not None:
+            fut, self.publishing = self.publishing, None
+            fut.result()
+
     def finish(self) -> None:
-        self.pool.shutdown(wait=True)
-        if self.error is not None:
-            raise self.error
+        """Publish everything still staged; the backup's objects are then all durable."""
+        try:
+            self._wait_published()
+        finally:
+            self.publisher.shutdown(wait=True)
         self._publish()
 
     def abort(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        # A batch being published finishes (its objects are durable and useful to a rerun);
+        # whatever is still only staged is removed.
+        with contextlib.suppress(Exception):
+            self._wait_published()
+        self.publisher.shutdown(wait=True)
         self.batch.discard()
 
 
@@ -153,8 +161,7 @@ def run_backup(repo: LocalRepository, job: BackupJob) -> tuple[Manifest, BackupS
         to_read &= ~holes
     total = max(1, native.mask_count(to_read))
 
-    writer = _Writer(repo, job, stats)
-    done = 0
+    store = _Store(repo, job, stats)
     try:
         with native.BlockReader(
             job.source_path,
@@ -162,16 +169,12 @@ def run_backup(repo: LocalRepository, job: BackupJob) -> tuple[Manifest, BackupS
             repo.seed,
             runs=native.mask_to_runs(to_read),
             window_bytes=job.window_bytes,
-            prefetch=job.workers,
         ) as reader:
-            for w in reader:
-                _take_window(w, parent, digests, zero, writer, damaged)
-                done += w.count
-                job.progress(done / total)
+            done = _pipeline(reader, job, total, parent, digests, zero, store, damaged)
             stats.bytes_read = reader.bytes_read
-        writer.finish()
+        store.finish()
     except BaseException:
-        writer.abort()
+        store.abort()
         raise
     stats.blocks_read = int(done)
     stats.blocks_zero = int(np.count_nonzero(zero))
@@ -192,8 +195,66 @@ def run_backup(repo: LocalRepository, job: BackupJob) -> tuple[Manifest, BackupS
     return manifest, stats
 
 
-def _take_window(w, parent, digests, zero, writer: _Writer, damaged: set[bytes]) -> None:
-    """Record a window's digests and hand its changed data blocks to the writer."""
+def _pipeline(
+    reader: native.BlockReader,
+    job: BackupJob,
+    total: int,
+    parent: Manifest | None,
+    digests: np.ndarray,
+    zero: np.ndarray,
+    store: _Store,
+    damaged: set[bytes],
+) -> int:
+    """Run the windows on ``job.workers + 1`` threads; return the number of blocks read.
+
+    Each thread takes the next window, reads and hashes it (native, GIL released), then
+    compresses and stages its changed blocks itself. A window's bytes are compressed on the
+    core that just read them, while they are still in its cache, and are never copied or
+    queued between threads; memory is one window buffer per thread. Windows are handed out
+    in order, so the source is still read front to back. One thread more than ``workers``
+    keeps every core compressing while some thread waits for the source, the disk or the
+    GIL (measured on 2 cores: 2.6 s instead of 2.75 s for a 2 GiB full backup).
+    """
+    spans = reader.spans()
+    lock = threading.Lock()
+    stop = threading.Event()
+    failures: list[tuple[int, BaseException]] = []
+    done = 0
+
+    def work() -> None:
+        nonlocal done
+        while not stop.is_set():
+            with lock:
+                span = next(spans, None)
+            if span is None:
+                return
+            try:
+                w = reader.read(*span)
+                for i in _blocks_to_store(w, parent, digests, zero, damaged):
+                    store.store(bytes(w.digests[i]), w.block(i))
+            except BaseException as e:
+                with lock:
+                    failures.append((span[0], e))
+                stop.set()  # the others finish the window they have, then stop
+                return
+            with lock:
+                done += w.count
+                fraction = done / total
+            job.progress(fraction)
+
+    threads = job.workers + 1
+    with ThreadPoolExecutor(threads, thread_name_prefix="cb-backup") as pool:
+        for _ in range(threads):
+            pool.submit(work)
+    if failures:
+        # Windows are handed out in order, so every window before a failed one has been
+        # attempted: the failure reported is the first in the volume, as a single reader's.
+        raise min(failures, key=lambda f: f[0])[1]
+    return done
+
+
+def _blocks_to_store(w, parent, digests, zero, damaged: set[bytes]) -> list[int]:
+    """Record a window's digests; return the indices of its blocks that must be stored."""
     lo, hi = w.first_block, w.first_block + w.count
     digests[lo:hi] = w.digests
     zero[lo:hi] = w.zero
@@ -207,5 +268,4 @@ def _take_window(w, parent, digests, zero, writer: _Writer, damaged: set[bytes])
     if damaged:
         for i in np.flatnonzero(~store & ~w.zero).tolist():
             store[i] = bytes(w.digests[i]) in damaged
-    for i in np.flatnonzero(store).tolist():
-        writer.submit(bytes(w.digests[i]), bytes(w.block(i)))
+    return np.flatnonzero(store).tolist()

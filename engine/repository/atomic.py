@@ -23,6 +23,7 @@ import errno
 import os
 import threading
 import uuid
+from collections.abc import Sequence
 
 from ..faults import crash_point
 
@@ -55,16 +56,18 @@ def write_atomic(path: str, data: bytes | memoryview, *, kind: str = "file") -> 
     crash_point(f"{kind}-published")
 
 
-def _write_temp(path: str, data: bytes | memoryview, *, fsync: bool) -> str:
-    """Write ``data`` beside ``path`` under a fresh temporary name; return that name."""
+Data = bytes | memoryview | Sequence[bytes | memoryview]
+
+
+def _write_temp(path: str, data: Data, *, fsync: bool) -> str:
+    """Write ``data`` (one buffer, or several written in order) beside ``path`` under a fresh
+    temporary name; return that name."""
     directory = os.path.dirname(path)
     _make_dirs(directory)
     tmp = os.path.join(directory, f"{TMP_PREFIX}{os.path.basename(path)}.{uuid.uuid4().hex}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_all(fd, data)
         if fsync:
             os.fsync(fd)
     except BaseException:
@@ -73,6 +76,26 @@ def _write_temp(path: str, data: bytes | memoryview, *, fsync: bool) -> str:
         raise
     os.close(fd)
     return tmp
+
+
+def _views(data: Data) -> list[memoryview]:
+    parts = [data] if isinstance(data, bytes | bytearray | memoryview) else data
+    return [memoryview(p).cast("B") for p in parts if len(p)]
+
+
+def _write_all(fd: int, data: Data) -> None:
+    """One gathered write in the common case; loops over short writes."""
+    views = _views(data)
+    while views:
+        n = os.writev(fd, views)
+        while views and n >= views[0].nbytes:
+            n -= views.pop(0).nbytes
+        if views and n:
+            views[0] = views[0][n:]
+
+
+def _size(data: Data) -> int:
+    return sum(v.nbytes for v in _views(data))
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -115,12 +138,14 @@ class StagedBatch:
         self._pending: list[tuple[str, str, int]] = []
         self.pending_bytes = 0
 
-    def stage(self, path: str, data: bytes | memoryview) -> None:
+    def stage(self, path: str, data: Data) -> None:
+        """Write ``data`` (one buffer or several, in order) under a temporary name."""
         tmp = _write_temp(path, data, fsync=False)
         crash_point(f"{self.kind}-tmp")
+        size = _size(data)
         with self._lock:
-            self._pending.append((tmp, path, len(data)))
-            self.pending_bytes += len(data)
+            self._pending.append((tmp, path, size))
+            self.pending_bytes += size
 
     def publish(self) -> list[tuple[str, int]]:
         """Make staged files durable, then publish them; return (path, size) of each new one."""

@@ -54,13 +54,25 @@ class BlockCodec:
         return d
 
     def encode(self, block: bytes | memoryview, digest: bytes) -> bytes:
+        """The whole object: header and payload."""
+        header, payload = self.encode_parts(block, digest)
+        return header + payload
+
+    def encode_parts(
+        self, block: bytes | memoryview, digest: bytes
+    ) -> tuple[bytes, bytes | memoryview]:
+        """The object as (header, payload), for a gathered write without joining them.
+
+        A raw payload is ``block`` itself, so the caller must write it before the block's
+        buffer is reused.
+        """
         raw_len = len(block)
         packed = self._compressor().compress(block)
         if len(packed) <= raw_len * (1 - MIN_SAVING):
             codec, payload = CODEC_ZSTD, packed
         else:
-            codec, payload = CODEC_RAW, bytes(block)
-        return HEADER.pack(MAGIC, VERSION, codec, 0, raw_len, len(payload), digest) + payload
+            codec, payload = CODEC_RAW, block
+        return HEADER.pack(MAGIC, VERSION, codec, 0, raw_len, len(payload), digest), payload
 
     def _payload(self, blob: bytes, digest: bytes, what: str) -> tuple[int, int, memoryview]:
         """Check the header; return (codec, raw length, payload)."""

@@ -30,6 +30,8 @@ def test_round_trip_both_ways(data):
     out = memoryview(bytearray(len(data) + 10))
     assert codec.decode_into(blob, d, out) == len(data)
     assert bytes(out[: len(data)]) == data
+    header, payload = codec.encode_parts(memoryview(data), d)
+    assert len(header) == HEADER_SIZE and header + bytes(payload) == blob
 
 
 def test_codec_choice():
@@ -62,3 +64,29 @@ def test_a_flipped_byte_never_yields_other_data(kind):
         codec.decode_into(blob[: HEADER_SIZE - 1], d, memoryview(bytearray(8192)))
     with pytest.raises(CorruptionError, match="larger than its block"):
         codec.decode_into(blob, d, memoryview(bytearray(100)))
+
+
+def test_staged_parts_are_written_in_order(tmp_path):
+    """A staged object given as (header, payload) is published as their concatenation."""
+    import numpy as np
+
+    from engine.repository.atomic import StagedBatch
+
+    batch = StagedBatch(str(tmp_path))
+    arr = np.arange(70_000, dtype=np.uint8)
+    cases = {
+        "a": [b"head", memoryview(arr), b"", bytearray(b"tail")],
+        "b": b"single",
+        "c": [b""],
+        "d": (memoryview(b"x" * 3_000_000),),
+    }
+    for name, parts in cases.items():
+        batch.stage(str(tmp_path / "objs" / name), parts)
+    assert batch.pending_bytes == 4 + 70_000 + 4 + 6 + 0 + 3_000_000
+    published = dict(batch.publish())
+    assert (tmp_path / "objs" / "a").read_bytes() == b"head" + arr.tobytes() + b"tail"
+    assert (tmp_path / "objs" / "b").read_bytes() == b"single"
+    assert (tmp_path / "objs" / "c").read_bytes() == b""
+    assert (tmp_path / "objs" / "d").read_bytes() == b"x" * 3_000_000
+    assert published[str(tmp_path / "objs" / "a")] == 70_008
+    assert not [n for n in os.listdir(tmp_path / "objs") if n.startswith(".tmp.")]

@@ -346,3 +346,72 @@ def test_block_reader_prefetch_and_runs_match_scan_file(tmp_path, prefetch):
     assert seen == [b for first, n in runs for b in range(first, first + n)]
     with pytest.raises(ValueError, match="runs"):
         native.BlockReader(str(path), bs, 5, runs=[(45, 10)])
+
+
+def test_block_reader_read_on_many_threads_matches_scan_file(tmp_path):
+    """``read`` from several threads at once: each thread's windows are exact and its own."""
+    import threading
+
+    rng = np.random.default_rng(11)
+    raw = bytearray(rng.integers(0, 256, 5 * MIB + 777, dtype=np.uint8).tobytes())
+    raw[2 * MIB : 2 * MIB + 300_000] = bytes(300_000)
+    path = tmp_path / "v.img"
+    path.write_bytes(raw)
+    bs = 65536
+    digests, zero = native.scan_file(str(path), bs, 7)
+    runs = [(0, 5), (9, 40), (60, 21)]
+    with native.BlockReader(str(path), bs, 7, window_bytes=3 * bs, runs=runs) as r:
+        assert r.window_blocks == 3
+        spans = list(r.spans())
+        assert sum(n for _f, n in spans) == 5 + 40 + 21 and max(n for _f, n in spans) == 3
+        got: dict[int, tuple] = {}
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+        it = iter(spans)
+
+        def work() -> None:
+            try:
+                while True:
+                    with lock:
+                        span = next(it, None)
+                    if span is None:
+                        return
+                    w = r.read(*span)
+                    # The buffer is this thread's: nobody else overwrites it meanwhile.
+                    data = bytes(w.data)
+                    got[w.first_block] = (w.count, data, w.digests.copy(), w.zero.copy())
+            except BaseException as e:  # noqa: BLE001 - reported by the main thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert sorted(got) == [f for f, _n in spans]
+        for first, (n, data, d, z) in got.items():
+            lo, hi = first * bs, min(len(raw), (first + n) * bs)
+            assert data == bytes(raw[lo:hi])
+            assert (d == digests[first : first + n]).all()
+            assert (z == zero[first : first + n]).all()
+        assert r.bytes_read > 0
+
+
+def test_block_reader_read_checks_its_arguments(tmp_path):
+    path = tmp_path / "v.img"
+    path.write_bytes(os.urandom(10 * 4096))
+    with native.BlockReader(str(path), 4096, 0, window_bytes=4 * 4096) as r:
+        with pytest.raises(ValueError, match=r"count must be 1\.\.4 \(the window\), not 5"):
+            r.read(0, 5)
+        with pytest.raises(ValueError, match=r"count must be 1\.\.4 \(the window\), not 0"):
+            r.read(0, 0)
+        with pytest.raises(ValueError, match=r"past the end of the volume \(10 blocks\)"):
+            r.read(8, 3)
+        with pytest.raises(ValueError, match="first_block"):
+            r.read(-1, 1)
+        with pytest.raises(TypeError, match="count"):
+            r.read(0, 1.5)
+        assert bytes(r.read(9, 1).data) == path.read_bytes()[9 * 4096 :]
+    with pytest.raises(ValueError, match="closed"):
+        r.read(0, 1)
