@@ -90,3 +90,24 @@ def test_staged_parts_are_written_in_order(tmp_path):
     assert (tmp_path / "objs" / "d").read_bytes() == b"x" * 3_000_000
     assert published[str(tmp_path / "objs" / "a")] == 70_008
     assert not [n for n in os.listdir(tmp_path / "objs") if n.startswith(".tmp.")]
+
+
+def test_start_writeback_is_only_a_hint(tmp_path):
+    """Early writeback never fails a write: bad descriptors and pipes are ignored."""
+    from engine.repository.atomic import start_writeback
+
+    start_writeback(-1)
+    r, w = os.pipe()
+    try:
+        start_writeback(w)
+    finally:
+        os.close(r)
+        os.close(w)
+    f = tmp_path / "x"
+    f.write_bytes(b"abc")
+    fd = os.open(f, os.O_RDWR)
+    try:
+        start_writeback(fd)
+    finally:
+        os.close(fd)
+    assert f.read_bytes() == b"abc"
