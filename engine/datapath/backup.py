@@ -9,7 +9,8 @@ share the windows, so every core reads, hashes and compresses. Memory is one win
 per thread, never a function of the volume size.
 
 With a ``changed`` mask (from changed extents), only those blocks are read; every other block
-is inherited from the parent's manifest."""
+is inherited from the parent's manifest.
+"""
 
 from __future__ import annotations
 
