@@ -131,9 +131,11 @@ class BackupEngine:
     ) -> BackupEngine:
         """Open (or create) the repository at ``path`` and its catalog.
 
-        ``workers`` bounds concurrent backups and restores; ``block_size`` is the default for
-        new chains (a power of two, 64 KiB to 16 MiB). ``allowed_paths`` confines every
-        volume, snapshot and restore-target path to those directories (see engine.paths).
+        ``workers`` bounds concurrent backups and restores, and sizes each one's threads (a
+        backup runs ``workers + 1``, a restore ``workers + 2``: set it to the number of cores
+        the engine may use); ``block_size`` is the default for new chains (a power of two,
+        64 KiB to 16 MiB). ``allowed_paths`` confines every volume, snapshot and
+        restore-target path to those directories (see engine.paths).
         A repository of an unknown format version is refused with ``FormatVersionError``.
         """
         check_chain_block_size(block_size)
