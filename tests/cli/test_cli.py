@@ -211,3 +211,30 @@ def test_bench_measures_every_phase_and_never_writes(tmp_path, image):
     assert [r["name"] for r in rows][:3] == ["read (buffered)", "read (O_DIRECT)", "read + hash"]
     assert rows[0]["nbytes"] == 1 << 20
     assert "skipped" in rows[-1]["note"]
+
+
+def test_bench_drops_the_source_from_the_page_cache_without_writing(tmp_path):
+    """Each bench phase starts cold: the source's clean cached pages are forgotten."""
+    from engine.bench import drop_cached
+
+    path = tmp_path / "src.img"
+    data = os.urandom(8 << 20)
+    with open(path, "wb") as f:
+        f.write(data)
+        os.fsync(f.fileno())
+    path.read_bytes()  # now cached, and clean
+
+    def resident() -> int:
+        out = subprocess.run(
+            ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return int(out.strip())
+
+    assert resident() == 8 << 20
+    mtime = path.stat().st_mtime_ns
+    drop_cached(str(path), 8 << 20)
+    assert resident() == 0
+    assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime
