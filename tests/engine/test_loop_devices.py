@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import mmap
 import os
 
 import pytest
@@ -163,3 +166,53 @@ def test_device_of_odd_size_with_zero_tail(eng, tmp_path, loopdev):
     got = device_bytes(target)
     assert_same_bytes(got[:size], data, "restored part of the device")
     assert got[size:] == b"\xee" * (SIZE + MIB - size)
+
+
+def resident_bytes(dev: str, size: int) -> int:
+    """Bytes of ``dev``'s first ``size`` in the page cache (``mincore`` on a mapping; fincore
+    reports nothing for block devices)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    page = os.sysconf("SC_PAGE_SIZE")
+    fd = os.open(dev, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            vec = (ctypes.c_ubyte * (size // page))()
+            assert libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
+            return sum(v & 1 for v in vec) * page
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+def test_a_device_backup_leaves_the_page_cache_alone(eng, source_device):
+    """Block devices are read with O_DIRECT: a backup neither fills the page cache with the
+    device's bytes nor needs them there; a buffered read (the control) does fill it. An fd
+    stays open throughout, as a guest's would: Linux drops a block device's cache when its
+    last opener closes it."""
+    vid, dev, data = source_device
+    holder = os.open(dev, os.O_RDONLY)
+    try:
+        os.posix_fadvise(holder, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert resident_bytes(dev, SIZE) == 0
+        detail = backup(eng, vid)
+        assert detail["status"] == "available"
+        assert detail["stats"]["bytes_read"] == SIZE
+        assert resident_bytes(dev, SIZE) == 0
+        assert_same_bytes(device_bytes(dev), data, "source device")  # buffered: the control
+        assert resident_bytes(dev, SIZE) == SIZE
+    finally:
+        os.close(holder)
