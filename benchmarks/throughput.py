@@ -249,10 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     image = os.path.join(work, "volume.img")
     try:
         with contextlib.ExitStack() as stack:
-            if args.repos == "scratch":
+            repos = work
+            if args.repos == "scratch" and os.geteuid() != 0:
+                print("not root: no scratch filesystem, repositories go in the workdir")
+            elif args.repos == "scratch":
                 repos = stack.enter_context(scratch_filesystem(work, max(8 * size, 4 << 30)))
-            else:
-                repos = work
             return run(args, size, work, image, repos)
     finally:
         if args.workdir is None:
