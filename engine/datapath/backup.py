@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import native
 from ..repository import LocalRepository, Manifest
+from .fanout import fan_out
 
 
 @dataclass
@@ -248,42 +249,20 @@ def _pipeline(
     keeps every core compressing while some thread waits for the source, the disk or the
     GIL (measured on 2 cores: 2.6 s instead of 2.75 s for a 2 GiB full backup).
     """
-    spans = reader.spans()
-    lock = threading.Lock()
-    stop = threading.Event()
-    failures: list[tuple[int, BaseException]] = []
-    done = 0
 
-    def work() -> None:
-        nonlocal done
-        while not stop.is_set():
-            with lock:
-                span = next(spans, None)
-            if span is None:
-                return
-            try:
-                w = reader.read(*span)
-                for i in _blocks_to_store(w, parent, digests, zero, damaged):
-                    store.store(bytes(w.digests[i]), w.block(i))
-            except BaseException as e:
-                with lock:
-                    failures.append((span[0], e))
-                stop.set()  # the others finish the window they have, then stop
-                return
-            with lock:
-                done += w.count
-                fraction = done / total
-            job.progress(fraction)
+    def window(span: tuple[int, int]) -> int:
+        w = reader.read(*span)
+        for i in _blocks_to_store(w, parent, digests, zero, damaged):
+            store.store(bytes(w.digests[i]), w.block(i))
+        return w.count
 
-    threads = job.workers + 1
-    with ThreadPoolExecutor(threads, thread_name_prefix="cb-backup") as pool:
-        for _ in range(threads):
-            pool.submit(work)
-    if failures:
-        # Windows are handed out in order, so every window before a failed one has been
-        # attempted: the failure reported is the first in the volume, as a single reader's.
-        raise min(failures, key=lambda f: f[0])[1]
-    return done
+    return fan_out(
+        reader.spans(),
+        job.workers + 1,
+        window,
+        name="cb-backup",
+        progress=lambda done: job.progress(done / total),
+    )
 
 
 def _blocks_to_store(w, parent, digests, zero, damaged: set[bytes]) -> list[int]:
