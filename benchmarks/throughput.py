@@ -212,7 +212,7 @@ t = time.perf_counter()
 bid = eng.create_backup('p', {{'backup': {{'volume_id': vid}}}})['backup']['id']
 done = eng.wait(bid)
 secs = time.perf_counter() - t
-manifest = os.path.getsize(eng.repo.layout.manifest('p', 'backups', bid))
+manifest = eng.repo.store.stat(eng.repo.container('p', 'backups').keys.manifest(bid)).size
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so it would report the
 # benchmark's own (parent) process when the child was spawned with vfork.
 peak_kib = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))

@@ -7,8 +7,9 @@ in :mod:`engine.native`.
 
 __version__ = "0.1.0"
 
+from .changes import ChangeSet  # noqa: E402
 from .engine import BackupEngine  # noqa: E402
 from .planner import Quotas  # noqa: E402
 from .sources import SnapshotInfo, VolumeInfo  # noqa: E402
 
-__all__ = ["BackupEngine", "Quotas", "SnapshotInfo", "VolumeInfo", "__version__"]
+__all__ = ["BackupEngine", "ChangeSet", "Quotas", "SnapshotInfo", "VolumeInfo", "__version__"]

@@ -394,10 +394,10 @@ def _create(eng, project: str, args: argparse.Namespace, out: Output) -> int:
                 raise SystemExit(f"cinderblock: error: --property {item!r} is not KEY=VALUE")
             meta[k] = v
         body["metadata"] = meta
-    extents = None
+    changes = None
     if args.changed_extents:
         try:
-            extents = load_changed_extents(args.changed_extents).extents()
+            changes = load_changed_extents(args.changed_extents)
         except (OSError, ChangedExtentsError) as e:
             print(
                 f"cinderblock: warning: changed extents ignored ({e}); reading the whole volume",
@@ -407,7 +407,7 @@ def _create(eng, project: str, args: argparse.Namespace, out: Output) -> int:
         project,
         {"backup": body},
         microversion=args.microversion,
-        changed_extents=extents,
+        changes=changes,
         block_size=args.block_size,
     )
     bid = answer["backup"]["id"]
@@ -419,6 +419,13 @@ def _create(eng, project: str, args: argparse.Namespace, out: Output) -> int:
     vol = eng.get_volume(project, args.volume)
     done = _follow(eng, bid, "backup", vol.get("size") or 0)
     stats = done.get("stats") or {}
+    if stats.get("changes_refused"):
+        # The engine only uses a change set measured since the parent it picked.
+        print(
+            f"cinderblock: warning: changed extents refused ({stats['changes_refused']}); "
+            "the whole volume was read",
+            file=sys.stderr,
+        )
     out.emit(
         done,
         [

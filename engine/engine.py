@@ -11,31 +11,36 @@ and errors.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
+import re
+import sqlite3
 import stat
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from . import native
 from .catalog import Catalog, now
+from .changes import ChangeSet, LegacyExtents, canonical_backup_id, plan_masks
 from .datapath.backup import BackupJob, run_backup
 from .datapath.restore import run_restore
 from .errors import (
     ApiError,
     BackupNotFound,
+    BlobNotFound,
     CinderblockError,
     InvalidBackup,
     InvalidInput,
     InvalidVolume,
+    RepositoryError,
     VolumeNotFound,
 )
-from .gc import DEFAULT_GRACE_SECONDS, sweep_container, wait_for_sweeps
-from .gc import gc as collect_garbage
+from .gc import DEFAULT_GRACE_SECONDS, MIN_GRACE_SECONDS, collect, sweep_container
 from .owners import is_alive, me
 from .paths import check_user_path, normalise_roots
 from .planner import (
@@ -47,7 +52,7 @@ from .planner import (
     size_gib,
 )
 from .registry import Registry, canonical_uuid, in_use_or_false, size_or_none
-from .repository import LocalRepository
+from .repository import Repository
 from .repository.layout import check_project_id
 from .requests import (
     create_response,
@@ -61,13 +66,17 @@ from .requests import (
     summary_view,
     update_response,
 )
+from .requests.listing import BACKUP_COLUMNS
 from .runner import Runner
 from .sources import (
     OpenedSource,
     Resolver,
+    SnapshotInfo,
     VolumeInfo,
     open_source,
+    remove_clones,
 )
+from .verify import BackupRef, check_percent
 from .verify import verify as verify_backups
 
 log = logging.getLogger(__name__)
@@ -83,7 +92,7 @@ class BackupEngine:
 
     def __init__(
         self,
-        repo: LocalRepository,
+        repo: Repository,
         catalog: Catalog,
         *,
         workers: int,
@@ -142,8 +151,8 @@ class BackupEngine:
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"workers must be a positive int, got {workers!r}")
         root = os.fspath(path)
-        repo = LocalRepository.open(root, create=create, compression_level=compression_level)
-        catalog = Catalog(repo.layout.catalog)
+        repo = Repository.open(root, create=create, compression_level=compression_level)
+        catalog = Catalog(os.path.join(root, "catalog.sqlite"))
         engine = cls(
             repo,
             catalog,
@@ -175,7 +184,9 @@ class BackupEngine:
 
         ``creating`` backups become ``error`` (their volume or snapshot returns to its
         previous status), ``restoring`` ones ``available`` (their target ``error_restoring``),
-        and interrupted deletions are finished.
+        and interrupted deletions are finished. A deletion that fails again is logged and
+        left ``error_deleting`` with its reason: one damaged backup must not keep the engine
+        from opening. Reflink clones the dead process made for its backups are removed.
         """
         for b in self.catalog.query(
             "SELECT * FROM backups WHERE status IN ('creating', 'restoring', 'deleting')"
@@ -183,6 +194,7 @@ class BackupEngine:
             if is_alive(b.get("owner")):
                 continue
             if b["status"] == "creating":
+                self._remove_clones_of(b)
                 self._recover_creating(b)
             elif b["status"] == "restoring":
                 self.catalog.update_backup(b["id"], status="available")
@@ -193,7 +205,15 @@ class BackupEngine:
                         (b["restore_volume_id"],),
                     )
             else:
-                self._delete_now(b)
+                try:
+                    self._delete_now(b)
+                except (OSError, CinderblockError) as e:
+                    log.warning(
+                        "backup %s: its interrupted deletion failed again (%s); it stays "
+                        "error_deleting",
+                        b["id"],
+                        e,
+                    )
         for sweep in self.catalog.query("SELECT * FROM sweeps"):
             if not is_alive(sweep["owner"]):
                 log.warning(
@@ -207,11 +227,27 @@ class BackupEngine:
                     (sweep["project_id"], sweep["container"], sweep["owner"]),
                 )
 
+    def _remove_clones_of(self, b: dict[str, Any]) -> None:
+        """Remove the reflink clones a dead owner left beside the volume of its backup.
+
+        A clone lives only while its backup reads it, so any clone of a dead process is
+        garbage; clones are named after their owner (``sources.clone_prefix``), so those of
+        live processes sharing the directory are never touched.
+        """
+        if b.get("snapshot_id"):
+            return  # snapshots are read as they are, never cloned
+        volume = self.catalog.volume(b["volume_id"])
+        path = volume.get("path") if volume else None
+        if not path:
+            return  # a volume handed over as an open file is never cloned
+        for clone in remove_clones(os.path.dirname(os.path.abspath(path)), b["owner"]):
+            log.warning("backup %s: removed the leftover reflink clone %s", b["id"], clone)
+
     def _recover_creating(self, b: dict[str, Any]) -> None:
         """A backup whose process died: committed if its record landed, else interrupted."""
         try:
-            record = self.repo.get_record(b["project_id"], b["container"], b["id"])
-        except FileNotFoundError:
+            record = self.repo.container(b["project_id"], b["container"]).get_record(b["id"])
+        except BlobNotFound:
             record = None
         except CinderblockError as e:
             log.warning("backup %s: its record is unreadable (%s)", b["id"], e)
@@ -275,36 +311,54 @@ class BackupEngine:
         body: Any,
         *,
         microversion: str = "3.0",
+        changes: ChangeSet | None = None,
         changed_extents: Iterable[tuple[int, int]] | None = None,
+        changes_base: str | None = None,
         block_size: int | None = None,
         user_id: str | None = None,
     ) -> dict[str, Any]:
         """Accept a Cinder create-backup request and start the backup; return the 202 body.
 
-        ``changed_extents`` are byte extents ``(offset, length)`` changed since the parent:
-        an incremental then reads only the blocks they touch and inherits the rest. The
-        ``self`` link of the answer is what a service puts in its ``Location`` header.
+        ``changes`` says what changed since backup ``changes.base_backup_id``: an
+        incremental whose parent is exactly that backup then reads only the blocks it
+        touches, makes blocks it zeroes whole zero blocks unread, and inherits the rest.
+        ``changed_extents`` (byte extents ``(offset, length)``) with ``changes_base`` (the
+        backup they were measured since) is the older spelling of the same. A change set
+        for any other parent, or without a base, is refused: the volume is read in full and
+        the backup's stats say why (``changes_refused``), because inheriting from a parent
+        the changes are not relative to stores stale blocks. The ``self`` link of the answer
+        is what a service puts in its ``Location`` header.
         """
         check_project_id(project_id)
         version = parse_microversion(microversion)
         request = parse_create_backup(body, version)
-        extents = None if changed_extents is None else _extents(changed_extents)
+        extents = _change_hint(changes, changed_extents, changes_base)
         backup_id = str(uuid.uuid4())
-        with self.catalog.transaction() as db:
-            volume = self.registry.volume(project_id, request.volume_id)
-            snapshot = (
-                self.registry.snapshot(project_id, request.snapshot_id)
-                if request.snapshot_id is not None and volume is not None
-                else None
+        # The driver's resolver, in-use detection (an O_EXCL open) and the size ioctl run
+        # before the transaction: it holds the catalog lock and SQLite's write lock, which
+        # every status and progress write of every process sharing the catalog waits for.
+        volume = self.registry.volume(project_id, request.volume_id)
+        snapshot = (
+            self.registry.snapshot(project_id, request.snapshot_id)
+            if request.snapshot_id is not None and volume is not None
+            else None
+        )
+        in_use = False
+        if volume is not None and request.snapshot_id is None:
+            in_use = volume.status == "in-use" or (
+                bool(volume.attached)
+                if volume.attached is not None
+                else in_use_or_false(volume.source)
             )
-            in_use = False
-            if volume is not None and request.snapshot_id is None:
-                in_use = volume.status == "in-use" or (
-                    bool(volume.attached)
-                    if volume.attached is not None
-                    else in_use_or_false(volume.source)
-                )
-            source = snapshot.path if snapshot is not None else (volume.source if volume else None)
+        source = snapshot.path if snapshot is not None else (volume.source if volume else None)
+        source_size = size_or_none(source)
+        with self.catalog.transaction() as db:
+            # Only catalog state is re-checked inside: the engine's own transient statuses,
+            # which a concurrent request may have set since the lookup.
+            if volume is not None:
+                volume = _with_held_status(db, "volumes", volume)
+            if snapshot is not None:
+                snapshot = _with_held_status(db, "snapshots", snapshot)
             usage = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM backups WHERE project_id = ?",
                 (project_id,),
@@ -319,7 +373,7 @@ class BackupEngine:
                     self.catalog.backups_of_volume(project_id, volume.id) if volume else []
                 ),
                 project_usage=(usage[0], usage[1]),
-                volume_size=size_or_none(source)
+                volume_size=source_size
                 or (volume.size if volume is not None and snapshot is None else None)
                 or 0,
                 quotas=self.quotas,
@@ -340,7 +394,7 @@ class BackupEngine:
                 "availability_zone": request.availability_zone,
                 "status": "creating",
                 "size": size_gib(
-                    size_or_none(plan.source_path)
+                    source_size  # plan.source_path is the source looked up above
                     or (plan.volume.size if plan.snapshot is None else None)
                     or 0
                 ),
@@ -364,7 +418,15 @@ class BackupEngine:
                     "UPDATE volumes SET status = 'backing-up', previous_status = ? WHERE id = ?",
                     (plan.volume.status, plan.volume.id),
                 )
-        self.runner.submit(lambda: self._run_backup(plan, backup_id, extents))
+        try:
+            self.runner.submit(lambda: self._run_backup(plan, backup_id, extents))
+        except BaseException as e:
+            # Nothing will run it (the runner is shut down): fail it now, or it would stay
+            # ``creating`` under a live owner, and its volume ``backing-up``, for good.
+            self._release_source(plan, failed=True)
+            self.catalog.update_backup(backup_id, status="error", fail_reason=_reason(e))
+            self.runner.notify()
+            raise
         return create_response(
             self.catalog.backup(backup_id) or row,
             base_url=self.base_url,
@@ -377,10 +439,16 @@ class BackupEngine:
             self._zero_digests[block_size] = native.zero_digest(block_size, self.repo.seed)
         return self._zero_digests[block_size]
 
-    def _run_backup(self, plan: Plan, backup_id: str, extents: np.ndarray | None) -> None:
+    def _run_backup(
+        self, plan: Plan, backup_id: str, hint: ChangeSet | LegacyExtents | None
+    ) -> None:
         source: OpenedSource | None = None
+        lease = None
         try:
-            wait_for_sweeps(self, plan.project_id, plan.container)
+            container = self.repo.container(plan.project_id, plan.container)
+            # The write lease fences sweeps (delete's, gc's, on any host) from this backup's
+            # objects until its block map is committed (engine.repository.leases).
+            lease = container.write_lease()
             source = open_source(
                 plan.source_path,
                 in_use=plan.in_use,
@@ -389,25 +457,25 @@ class BackupEngine:
             )
             parent_manifest = None
             if plan.parent is not None:
-                parent_manifest = self.repo.get_manifest(
-                    plan.project_id,
-                    plan.container,
-                    plan.parent["id"],
-                    self.zero_digest(plan.block_size),
+                parent_manifest = container.get_blockmap(plan.parent["id"])
+            changed = zeroed = refused = None
+            if hint is not None:
+                masks = plan_masks(
+                    hint,
+                    parent_id=None if plan.parent is None else plan.parent["id"],
+                    parent=parent_manifest,
+                    block_size=plan.block_size,
+                    volume_size=source.size,
                 )
-            changed = None
-            if extents is not None and parent_manifest is not None:
-                nblocks = -(-source.size // plan.block_size)
-                try:
-                    if parent_manifest.volume_size != source.size:
-                        raise ValueError("the volume size changed since the parent")
-                    changed = native.extents_to_blocks(extents, plan.block_size, nblocks)
-                except ValueError as e:
+                if isinstance(masks, str):
+                    refused = masks
                     log.warning(
-                        "backup %s: changed extents not usable (%s); reading the whole volume",
+                        "backup %s: change set refused (%s); reading the whole volume",
                         backup_id,
-                        e,
+                        refused,
                     )
+                else:
+                    changed, zeroed = masks
             job = BackupJob(
                 project_id=plan.project_id,
                 container=plan.container,
@@ -417,11 +485,12 @@ class BackupEngine:
                 block_size=plan.block_size,
                 parent=parent_manifest,
                 changed=changed,
+                zeroed=zeroed,
                 workers=self.workers,
                 window_bytes=self.window_bytes,
                 progress=lambda f: self._progress(backup_id, f),
             )
-            manifest, stats = run_backup(self.repo, job)
+            manifest, stats = run_backup(container, job)
             row = self.catalog.backup(backup_id) or {}
             stats_d = {
                 **stats.as_dict(),
@@ -429,6 +498,7 @@ class BackupEngine:
                 "block_size": plan.block_size,
                 "volume_bytes": source.size,
                 "changed_extents_used": changed is not None,
+                **({} if refused is None else {"changes_refused": refused}),
             }
             record = {
                 **{k: row.get(k) for k in _RECORD_FIELDS},
@@ -439,8 +509,11 @@ class BackupEngine:
                 "stats": stats_d,
                 "completed_at": now(),
             }
-            self.repo.put_manifest(plan.project_id, plan.container, manifest)
-            self.repo.put_record(plan.project_id, plan.container, record)
+            lease.check()
+            container.put_blockmap(manifest)
+            lease.release()
+            lease = None
+            container.put_record(record)
             final = {
                 "status": "available",
                 "size": record["size"],
@@ -454,6 +527,8 @@ class BackupEngine:
             log.warning("backup %s failed: %s", backup_id, e)
             final = {"status": "error", "fail_reason": _reason(e)}
         finally:
+            if lease is not None:
+                lease.release()
             if source is not None:
                 source.close()
         # As Cinder: the source is released before the backup shows its outcome, so a client
@@ -585,20 +660,41 @@ class BackupEngine:
         )
 
     def _select(self, project_id: str, query) -> list[dict[str, Any]]:
-        if query.matches_nothing:
-            return []
+        """The project's backups that match ``query``'s filters, in its sort order.
+
+        Filter and sort keys become SQL text, so they are allow-listed here, where the SQL
+        is built, whoever made the query (``parse_list_query`` does not check an admin's
+        filters): only names in ``_SQL_COLUMNS`` and the two directions reach the SQL. A
+        key that is not a name at all is refused; any other unknown filter matches nothing
+        (as Cinder's), and a Cinder column this catalog does not keep orders nothing.
+        """
         where = ["project_id = ?"]
         args: list[Any] = [project_id]
+        matches_nothing = False
         for key, value in query.filters.items():
-            if key.endswith("~"):
-                where.append(f"{key[:-1]} LIKE ?")
-                args.append(f"%{value}%")
-            else:
-                where.append(f"{key} = ?")
-                args.append(value)
-        order = ", ".join(f"{k} {d.upper()}" for k, d in query.sort)
+            like = key.endswith("~")
+            column = key[:-1] if like else key
+            if column not in _SQL_COLUMNS:
+                if not _NAME.fullmatch(column):
+                    raise InvalidInput(f"filter key {key!r} is not a column name")
+                matches_nothing = True
+                continue
+            where.append(f"{column} LIKE ?" if like else f"{column} = ?")
+            args.append(f"%{value}%" if like else value)
+        order = []
+        for key, direction in query.sort:
+            if direction not in _SORT_DIRECTIONS:
+                raise InvalidInput("Unknown sort direction, must be 'desc' or 'asc'.")
+            if key in _SQL_COLUMNS:
+                order.append(f"{key} {_SORT_DIRECTIONS[direction]}")
+            elif key not in BACKUP_COLUMNS:
+                raise InvalidInput("Invalid sort key")
+        if matches_nothing:
+            return []
         return self.catalog.query(
-            f"SELECT * FROM backups WHERE {' AND '.join(where)} ORDER BY {order}", args
+            f"SELECT * FROM backups WHERE {' AND '.join(where)} "
+            f"ORDER BY {', '.join(order) or 'id DESC'}",
+            args,
         )
 
     def wait(
@@ -606,6 +702,8 @@ class BackupEngine:
     ) -> dict[str, Any]:
         """Block until the backup leaves ``creating``/``restoring``; return its detail view.
 
+        Also for work another process sharing the catalog runs: the wait re-reads the
+        catalog every ``runner.POLL_SECONDS`` besides waking on this process's changes.
         Raises ``TimeoutError`` when ``timeout`` seconds pass first.
         """
         bid = canonical_uuid(backup_id)
@@ -629,24 +727,31 @@ class BackupEngine:
     def update_backup(
         self, project_id: str, backup_id: str, body: Any, *, microversion: str = "3.9"
     ) -> dict[str, Any]:
+        """Change a backup's name, description or metadata (Cinder's update).
+
+        The record, the source of truth, is written first and the catalog after it: when
+        the record cannot be written the call fails with nothing changed, and the catalog
+        never shows what the repository does not hold.
+        """
         row = self._backup_row(project_id, backup_id)
         request = parse_update_backup(body, microversion)
         changes = request.changes()
         if changes:
-            self.catalog.update_backup(row["id"], **changes)
             self._rewrite_record(row, changes)
+            self.catalog.update_backup(row["id"], **changes)
         return update_response(
             self.catalog.backup(row["id"]) or row, base_url=self.base_url, project_id=project_id
         )
 
     def _rewrite_record(self, row: dict[str, Any], changes: dict[str, Any]) -> None:
         """Carry an update into the committed record, the source of truth, when there is one."""
+        container = self.repo.container(row["project_id"], row["container"])
         try:
-            record = self.repo.get_record(row["project_id"], row["container"], row["id"])
-        except FileNotFoundError:
+            record = container.get_record(row["id"])
+        except BlobNotFound:
             return  # not committed yet (or failed): the catalog row is all there is
         record.update({k: v for k, v in changes.items() if k in _RECORD_FIELDS})
-        self.repo.put_record(row["project_id"], row["container"], record)
+        container.put_record(record)
 
     def delete_backup(self, project_id: str, backup_id: str, *, force: bool = False) -> None:
         """Delete a backup and the objects no other backup needs (Cinder's rules apply).
@@ -670,9 +775,19 @@ class BackupEngine:
 
     def _delete_now(self, row: dict[str, Any]) -> None:
         try:
-            self.repo.remove_backup(row["project_id"], row["container"], row["id"])
+            container = self.repo.container(row["project_id"], row["container"])
+            try:
+                released = container.get_blockmap(row["id"]).referenced()
+            except RepositoryError:
+                released = set()  # unreadable or gone: its objects wait for gc's grace
+            container.remove_backup(row["id"])
             self.catalog.execute("DELETE FROM backups WHERE id = ?", (row["id"],))
-            sweep_container(self, row["project_id"], row["container"])
+            sweep_container(
+                container,
+                live=self._live_refs(row["project_id"], row["container"]),
+                grace_seconds=MIN_GRACE_SECONDS,
+                released=released,
+            )
         except (OSError, CinderblockError) as e:
             self.catalog.update_backup(row["id"], status="error_deleting", fail_reason=_reason(e))
             raise
@@ -702,25 +817,39 @@ class BackupEngine:
         """
         row = self._backup_row(project_id, backup_id)
         target_volume, target_path = self._restore_target(project_id, target)
+        # The target's facts are gathered before the transaction (see create_backup: no
+        # device I/O under the catalog's write lock); they are checked inside, in Cinder's
+        # order, after the catalog state.
+        exists = os.path.exists(target_path)
+        in_use = False
+        have = 0
+        size_error: OSError | None = None
+        if exists:
+            in_use = (
+                bool(target_volume.attached)
+                if target_volume is not None and target_volume.attached is not None
+                else in_use_or_false(target_path)
+            )
+            try:
+                have = native.volume_size(target_path)
+            except OSError as e:
+                size_error = e
         with self.catalog.transaction() as db:
             row = self.catalog.backup(row["id"]) or row
             if row["status"] != "available":
                 raise InvalidBackup("Backup status must be available")
             volume_bytes = int(row["volume_size"] or 0)
+            if target_volume is not None:
+                target_volume = _with_held_status(db, "volumes", target_volume)
             if target_volume is not None and target_volume.status != "available":
                 raise InvalidVolume("Volume to be restored to must be available")
-            exists = os.path.exists(target_path)
             if exists:
-                in_use = (
-                    bool(target_volume.attached)
-                    if target_volume is not None and target_volume.attached is not None
-                    else in_use_or_false(target_path)
-                )
                 if in_use and not force:
                     raise InvalidVolume(
                         "Volume to be restored to is in use; restore with force to overwrite it"
                     )
-                have = native.volume_size(target_path)
+                if size_error is not None:
+                    raise size_error
                 if have < volume_bytes:
                     if size_gib(have) < size_gib(volume_bytes):
                         raise InvalidVolume(
@@ -752,15 +881,34 @@ class BackupEngine:
                 row, target_volume, target_path, fresh=not exists, allow_damaged=allow_damaged
             )
 
-        if not wait:
-            self.runner.submit(job)
-            return body
-        error, lost = job()
+        if wait and self.runner.in_worker():
+            error, lost = job()  # already counted against the bound; queueing would deadlock
+        else:
+            # A waited-for restore runs on the pool too, so ``workers`` bounds all of them.
+            try:
+                future = self.runner.submit(job)
+            except BaseException:
+                self._abandon_restore(row, target_volume)
+                raise
+            if not wait:
+                return body
+            error, lost = future.result()
         if error is not None:
             raise error
         if allow_damaged:
             body["restore"]["lost_blocks"] = lost
         return body
+
+    def _abandon_restore(self, row: dict[str, Any], volume: VolumeInfo | None) -> None:
+        """Undo ``restoring`` for a restore that will never run (the runner is shut down)."""
+        self.catalog.update_backup(row["id"], status="available")
+        if volume is not None:
+            self.catalog.execute(
+                "UPDATE volumes SET status = 'available' WHERE id = ? "
+                "AND status = 'restoring-backup'",
+                (volume.id,),
+            )
+        self.runner.notify()
 
     def _restore_target(self, project_id: str, target: Any) -> tuple[VolumeInfo | None, str]:
         if isinstance(target, str) and canonical_uuid(target) and not os.path.exists(target):
@@ -774,9 +922,8 @@ class BackupEngine:
         if not os.path.isdir(os.path.dirname(path)):
             raise InvalidInput(f"restore target {path!r}: its directory does not exist")
         real = os.path.realpath(path)
-        if os.path.commonpath([real, os.path.realpath(self.repo.root)]) == os.path.realpath(
-            self.repo.root
-        ):
+        root = self.repo.local_root
+        if root and os.path.commonpath([real, os.path.realpath(root)]) == os.path.realpath(root):
             raise InvalidInput("restore target must not lie inside the repository")
         if os.path.exists(path):
             mode = os.stat(path).st_mode
@@ -797,10 +944,8 @@ class BackupEngine:
         error: BaseException | None = None
         lost: list[int] = []
         try:
-            bs = int(row["block_size"])
-            manifest = self.repo.get_manifest(
-                row["project_id"], row["container"], row["id"], self.zero_digest(bs)
-            )
+            container = self.repo.container(row["project_id"], row["container"])
+            manifest = container.get_blockmap(row["id"])
             if fresh:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
                 created = True
@@ -809,9 +954,7 @@ class BackupEngine:
                 finally:
                     os.close(fd)
             _written, lost = run_restore(
-                self.repo,
-                row["project_id"],
-                row["container"],
+                container,
                 manifest,
                 path,
                 fresh=fresh,
@@ -858,11 +1001,39 @@ class BackupEngine:
         percent: float | None = None,
     ) -> dict[str, Any]:
         """Check backups' blocks (quick, ``deep`` or a ``percent`` sample); see engine.verify."""
-        return verify_backups(self, project_id, backup_id, deep=deep, percent=percent)
+        check_percent(deep, percent)
+        if backup_id is not None:
+            rows = [self._backup_row(project_id, backup_id)]
+        else:
+            rows = self.catalog.query(
+                "SELECT * FROM backups WHERE project_id = ? AND status IN "
+                "('available', 'restoring') ORDER BY created_at",
+                (project_id,),
+            )
+        refs = [BackupRef(r["id"], r["container"]) for r in rows]
+        return verify_backups(self.repo, project_id, refs, deep=deep, percent=percent)
 
-    def gc(self, *, dry_run: bool = False, grace_seconds: float = DEFAULT_GRACE_SECONDS):
-        """Remove unreferenced objects and leftovers older than the grace; see engine.gc."""
-        return collect_garbage(self, dry_run=dry_run, grace_seconds=grace_seconds).as_dict()
+    def gc(
+        self, *, dry_run: bool = False, grace_seconds: float = DEFAULT_GRACE_SECONDS
+    ) -> dict[str, Any]:
+        """Remove unreferenced objects and leftovers older than the grace; see engine.gc.
+
+        Every backup the catalog knows of counts as a live reference, besides the records
+        in the repository: when the two disagree, the container is skipped.
+        """
+        return collect(
+            self.repo, live=self._live_refs, dry_run=dry_run, grace_seconds=grace_seconds
+        ).as_dict()
+
+    def _live_refs(self, project_id: str, container: str) -> dict[str, str]:
+        """{backup id: status} of the catalog's backups in one container."""
+        return {
+            r["id"]: r["status"]
+            for r in self.catalog.query(
+                "SELECT id, status FROM backups WHERE project_id = ? AND container = ?",
+                (project_id, container),
+            )
+        }
 
 
 _RECORD_FIELDS = (
@@ -881,6 +1052,20 @@ _RECORD_FIELDS = (
     "created_at",
     "data_timestamp",
 )
+
+
+#: The catalog columns a listing may filter or sort on: Cinder's backup columns that this
+#: catalog keeps. Nothing else is ever put into the SQL text of ``_select``.
+_SQL_COLUMNS: frozenset[str] = frozenset(
+    {
+        "id", "created_at", "updated_at", "user_id", "project_id", "volume_id",
+        "availability_zone", "display_name", "display_description", "container", "parent_id",
+        "status", "fail_reason", "size", "object_count", "snapshot_id", "data_timestamp",
+        "restore_volume_id",
+    }
+)  # fmt: skip
+_SORT_DIRECTIONS = {"asc": "ASC", "desc": "DESC"}
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _sorts_after(row: dict[str, Any], marker: dict[str, Any], sort) -> bool:
@@ -913,6 +1098,23 @@ def _row_from_record(rec: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+_HELD_STATUSES = ("backing-up", "restoring-backup")
+_Held = TypeVar("_Held", VolumeInfo, SnapshotInfo)
+
+
+def _with_held_status(db: sqlite3.Connection, table: str, info: _Held) -> _Held:
+    """``info`` (a volume or snapshot looked up before the transaction) with the engine's
+    transient status, when the catalog holds one for it now.
+
+    Those statuses are set by this engine's own transactions, so re-reading them inside
+    one is what keeps two concurrent requests for one volume from both passing.
+    """
+    found = db.execute(f"SELECT status FROM {table} WHERE id = ?", (info.id,)).fetchone()
+    if found is not None and found[0] in _HELD_STATUSES and found[0] != info.status:
+        return dataclasses.replace(info, status=found[0])  # never alter a driver's object
+    return info
+
+
 def _reason(e: BaseException) -> str:
     if isinstance(e, ApiError):
         return e.message
@@ -920,6 +1122,32 @@ def _reason(e: BaseException) -> str:
         return f"repository is full: {e.strerror or e}"
     text = str(e) or type(e).__name__
     return text if isinstance(e, CinderblockError | OSError) else f"{type(e).__name__}: {text}"
+
+
+def _change_hint(
+    changes: Any, changed_extents: Any, changes_base: Any
+) -> ChangeSet | LegacyExtents | None:
+    """What the caller says changed, checked now so that a bad argument is a 400 before any
+    backup exists; whether it fits the parent is decided when the backup runs."""
+    if changes is not None:
+        if changed_extents is not None:
+            raise InvalidInput("changes and changed_extents cannot both be given")
+        if changes_base is not None:
+            raise InvalidInput("changes_base goes with changed_extents; changes has its base")
+        if not isinstance(changes, ChangeSet):
+            raise InvalidInput("changes must be a ChangeSet")
+        return changes
+    if changed_extents is None:
+        if changes_base is not None:
+            raise InvalidInput("changes_base needs changed_extents")
+        return None
+    base = None
+    if changes_base is not None:
+        base = canonical_backup_id(changes_base)
+        if base is None:
+            raise InvalidInput("changes_base must be a backup id (a UUID)")
+    rows = _extents(changed_extents)
+    return LegacyExtents(base, tuple((int(o), int(n)) for o, n in rows.tolist()))
 
 
 def _extents(extents: Iterable[tuple[int, int]]) -> np.ndarray:

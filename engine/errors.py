@@ -21,6 +21,10 @@ import os
 from typing import Any
 
 __all__ = [
+    "BlobConflict",
+    "BlobNotFound",
+    "StoreError",
+    "TransientStoreError",
     "FAULT_NAMES",
     "ApiError",
     "BackupLimitExceeded",
@@ -414,3 +418,33 @@ class FormatVersionError(RepositoryError):
     Kept distinct from :class:`CorruptionError` because the remedy differs: upgrade the
     engine rather than restore from another copy.
     """
+
+
+# --------------------------------------------------------------------------------------------
+# Store-level error kinds (engine.store): neutral, so every store maps its own failures onto
+# the same few and the layers above never see an ``OSError`` or an HTTP status of a backend.
+# --------------------------------------------------------------------------------------------
+
+
+class StoreError(RepositoryError):
+    """A blob store could not do what was asked (the base of the store's error kinds)."""
+
+
+class BlobNotFound(StoreError):
+    """The key does not exist (or no longer does)."""
+
+    def __init__(self, key: str, *, path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(f"{key} does not exist", path=path)
+        self.key = key
+
+
+class BlobConflict(StoreError):
+    """An exclusive put found the key already there."""
+
+    def __init__(self, key: str, *, path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(f"{key} already exists", path=path)
+        self.key = key
+
+
+class TransientStoreError(StoreError):
+    """A failure that may pass (a timeout, a 5xx, a reset connection): worth retrying."""

@@ -1,24 +1,21 @@
-"""Garbage collection: remove what no backup needs, and never what a running backup needs.
+"""Garbage collection: remove what no backup needs, and never what a backup may still need.
 
-What goes: block objects that no manifest of their container references, leftovers of
-interrupted writers (``.tmp.*`` files), and manifests whose record never landed (a backup that
-died between its manifest and its record). What stays: everything referenced, everything in a
-container whose manifests cannot all be read (they might reference anything), and anything
-younger than the grace period.
+It works on a repository and the *live references* its caller knows of (a service passes its
+catalog's backups; a driver passes the backups in its own database), never on a façade.
 
-Running backups are protected by the *sweep mark* protocol, through the shared catalog:
+What goes: block objects that no block map of their container references, leftovers of
+interrupted writers (``BlobStore.purge_incomplete``), and block maps that no record and no
+live reference names (a backup that died between its block map and its record). What stays:
+everything referenced, everything younger than the grace, and every container where the
+caller's references and the store disagree (a live backup without its block map or record)
+or where a block map cannot be read (it might reference anything) — such a container is
+skipped and the report says why.
 
-* a sweep of a container starts only inside a transaction that finds no running
-  (``creating``) backup in that container, and marks the container as being swept;
-* a backup job, after its ``creating`` row is committed, waits until no live sweep mark is on
-  its container before it reads or dedups anything.
-
-Either the sweep sees the backup and skips the container, or the backup sees the mark and
-waits. A mark left by a dead process is broken (with a log line). The grace period is a second
-line of defence for writers that do not share this catalog.
-
-Repository-wide, one ``gc`` runs at a time: it holds ``<root>/gc.lock`` with ``flock``, which
-the kernel releases when the holder dies; a lock file naming a dead holder is reported.
+Writers are fenced by leases in the repository (``engine.repository.leases``): a sweep runs
+in a container only while no write lease is live there, and a writer waits for a running
+sweep before it loads its dedup index. The grace period (never less than
+``MIN_GRACE_SECONDS``) is a second line of defence: an object published moments ago may
+belong to a writer whose lease another host's listing does not show yet.
 """
 
 from __future__ import annotations
@@ -29,20 +26,32 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .errors import RepositoryError
+from .errors import InvalidInput, RepositoryError
 from .owners import is_alive, me
-from .repository.atomic import TMP_PREFIX
-
-if TYPE_CHECKING:
-    from .engine import BackupEngine
+from .repository import Container, Repository
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GRACE_SECONDS = 15 * 60
+MIN_GRACE_SECONDS = 60.0
+# Statuses of a live reference whose block map must be kept. ``error`` and ``deleting``
+# backups never committed, or are on their way out; their block maps are orphans.
+PROTECTED_STATUSES = frozenset(
+    {"creating", "available", "restoring", "error_deleting", "error_restoring"}
+)
+# Statuses that promise a committed backup: its block map and record must be there.
+COMMITTED_STATUSES = frozenset({"available", "restoring"})
+
+# (project, container) -> {backup id: status} of the backups the caller knows of there.
+LiveRefs = Callable[[str, str], Mapping[str, str]]
+
+
+def no_live_refs(project_id: str, container: str) -> Mapping[str, str]:
+    return {}
 
 
 @dataclass
@@ -59,10 +68,34 @@ class GcReport:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def skip(self, container: Container, reason: str) -> None:
+        log.warning("gc: %s/%s skipped: %s", container.project_id, container.name, reason)
+        self.containers_skipped.append(
+            {"project_id": container.project_id, "container": container.name, "reason": reason}
+        )
+
+
+def check_grace(grace_seconds: object) -> float:
+    if (
+        isinstance(grace_seconds, bool)
+        or not isinstance(grace_seconds, int | float)
+        or not grace_seconds >= MIN_GRACE_SECONDS
+    ):
+        raise InvalidInput(
+            f"grace must be at least {MIN_GRACE_SECONDS:.0f} seconds, got {grace_seconds!r}: "
+            "a sweep never removes what is younger, since a writer on another host may be "
+            "about to reference it"
+        )
+    return float(grace_seconds)
+
 
 @contextlib.contextmanager
 def repository_lock(root: str, name: str = "gc.lock") -> Iterator[None]:
-    """Hold the repository-wide lock ``name``; RepositoryError if a live process holds it."""
+    """Hold a local repository's lock ``name``; RepositoryError if a live process holds it.
+
+    On an object store the sweep leases alone keep sweeps apart; in a directory this lock
+    also keeps two whole-repository collections from interleaving.
+    """
     path = os.path.join(root, name)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:
@@ -95,168 +128,123 @@ def _read_holder(fd: int) -> str | None:
         return None
 
 
-# ------------------------------------------------------------------ the sweep mark
-
-
-def begin_sweep(engine: BackupEngine, project_id: str, container: str) -> str | None:
-    """Mark the container as being swept; return why not when it cannot be (else None)."""
-    owner = me()
-    with engine.catalog.transaction() as db:
-        running = [
-            r["owner"]
-            for r in db.execute(
-                "SELECT owner FROM backups WHERE project_id = ? AND container = ? "
-                "AND status = 'creating'",
-                (project_id, container),
-            ).fetchall()
-        ]
-        if any(is_alive(o) for o in running):
-            return "a backup is running in this container"
-        mark = db.execute(
-            "SELECT owner FROM sweeps WHERE project_id = ? AND container = ?",
-            (project_id, container),
-        ).fetchone()
-        if mark is not None:
-            if is_alive(mark["owner"]) and mark["owner"] != owner:
-                return "another sweep is running in this container"
-            if mark["owner"] != owner:
-                log.warning(
-                    "breaking the stale sweep mark of %s/%s left by dead process %s",
-                    project_id,
-                    container,
-                    mark["owner"],
-                )
-        db.execute(
-            "INSERT OR REPLACE INTO sweeps VALUES (?, ?, ?, ?)",
-            (project_id, container, owner, str(time.time())),
-        )
-    return None
-
-
-def end_sweep(engine: BackupEngine, project_id: str, container: str) -> None:
-    engine.catalog.execute(
-        "DELETE FROM sweeps WHERE project_id = ? AND container = ? AND owner = ?",
-        (project_id, container, me()),
-    )
-
-
-def wait_for_sweeps(engine: BackupEngine, project_id: str, container: str) -> None:
-    """Block a backup job while a live sweep holds its container (sweeps are short)."""
-    while True:
-        rows = engine.catalog.query(
-            "SELECT owner FROM sweeps WHERE project_id = ? AND container = ?",
-            (project_id, container),
-        )
-        if not rows or not is_alive(rows[0]["owner"]):
-            return
-        time.sleep(0.05)
-
-
-# ------------------------------------------------------------------ sweeping
-
-
 def sweep_container(
-    engine: BackupEngine,
-    project_id: str,
-    container: str,
+    container: Container,
     *,
+    live: Mapping[str, str] | None = None,
     dry_run: bool = False,
-    grace_seconds: float = 0.0,
+    grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    released: set[bytes] | None = None,
     report: GcReport | None = None,
 ) -> GcReport:
-    """Remove the container's unreferenced objects and leftovers older than the grace."""
+    """Remove the container's unreferenced objects and leftovers older than the grace.
+
+    ``live`` maps the ids of the backups the caller knows of in this container to their
+    status (see the module docstring). ``released`` are the digests of a block map the
+    caller has just unpublished (a delete): the grace exists for blobs of unknown
+    provenance, and these are not — they were published before that block map, and any
+    writer that could reference them holds a lease, which keeps the sweep out. So on a
+    store whose listings show every lease at once, those of them that nothing else
+    references go at once, whatever their age; on any other store they wait for the grace
+    like everything else.
+    """
+    grace = check_grace(grace_seconds)
     report = report or GcReport(dry_run=dry_run)
-    why = begin_sweep(engine, project_id, container)
-    if why is not None:
-        report.containers_skipped.append(
-            {"project_id": project_id, "container": container, "reason": why}
-        )
+    if not container.store.caps.list_after_write:
+        released = None
+    lease, why = container.sweep_lease()
+    if lease is None:
+        report.skip(container, why or "")
         return report
-    try:
-        _sweep_marked(engine, project_id, container, dry_run, grace_seconds, report)
-    finally:
-        end_sweep(engine, project_id, container)
+    with lease:
+        _sweep(container, dict(live or {}), dry_run, time.time() - grace, released or set(), report)
     return report
 
 
-def _sweep_marked(engine, project_id, container, dry_run, grace_seconds, report) -> None:
-    repo = engine.repo
-    cutoff = time.time() - grace_seconds
-    records = set(repo.record_ids(project_id, container))
-    referenced: set[bytes] = set()
-    for bid in repo.manifest_ids(project_id, container):
-        path = repo.layout.manifest(project_id, container, bid)
-        if bid not in records and os.stat(path).st_mtime < cutoff:
-            # A manifest whose record never landed: the backup did not commit.
-            report.orphan_manifests_removed += 1
-            if not dry_run:
-                _unlink(path)
-            continue
-        try:
-            m = repo.get_manifest(project_id, container, bid, engine.zero_digest(4096))
-        except RepositoryError as e:
-            report.containers_skipped.append(
-                {
-                    "project_id": project_id,
-                    "container": container,
-                    "reason": f"manifest {bid} is unreadable ({e}); nothing removed",
-                }
+def _sweep(
+    container: Container,
+    live: dict[str, str],
+    dry_run: bool,
+    cutoff: float,
+    released: set[bytes],
+    report: GcReport,
+) -> None:
+    store = container.store
+    records = set(container.record_ids())
+    blockmaps = {info.key.rsplit("/", 1)[-1]: info for info in container.blockmaps()}
+    for bid, status in sorted(live.items()):
+        if status in COMMITTED_STATUSES and bid not in blockmaps:
+            report.skip(container, f"backup {bid} is {status} but its block map is missing")
+            return
+        if status in COMMITTED_STATUSES and bid not in records:
+            report.skip(
+                container,
+                f"backup {bid} is {status} but its record is missing (the catalog and the "
+                "repository disagree); nothing removed — run verify",
             )
             return
-        referenced |= m.referenced()
-    for path, st in repo.iter_container_files(project_id, container):
-        name = os.path.basename(path)
-        if st.st_mtime >= cutoff:
+    referenced: set[bytes] = set()
+    orphans = []
+    for bid, info in sorted(blockmaps.items()):
+        if bid not in records and live.get(bid) not in PROTECTED_STATUSES and info.mtime < cutoff:
+            orphans.append(info.key)  # its backup never committed
             continue
-        if name.startswith(TMP_PREFIX):
-            report.temporary_files_removed += 1
-        elif os.path.basename(os.path.dirname(os.path.dirname(path))) == "objects":
-            try:
-                digest = bytes.fromhex(name)
-            except ValueError:
-                continue
-            if digest in referenced:
-                continue
-            report.objects_removed += 1
-        else:
+        try:
+            referenced |= container.get_blockmap(bid).referenced()
+        except RepositoryError as e:
+            report.skip(container, f"manifest {bid} is unreadable ({e}); nothing removed")
+            return
+    garbage = []
+    for digest, info in container.iter_objects():
+        if digest not in referenced and (info.mtime < cutoff or digest in released):
+            garbage.append(info)
+    quarantine = []
+    known = None
+    for digest, info in container.iter_quarantine():
+        if info.mtime >= cutoff:
             continue
-        report.bytes_reclaimed += st.st_size
-        if not dry_run:
-            _unlink(path)
-    # Quarantined copies are evidence for as long as the block is still damaged somewhere;
-    # once it is stored afresh, or nothing references it, they go too.
-    for path, st in repo.iter_quarantine(project_id, container):
-        digest = bytes.fromhex(os.path.basename(path).split(".", 1)[0])
-        if st.st_mtime < cutoff and (
-            digest not in referenced or repo.has_object(project_id, container, digest)
-        ):
-            report.quarantine_removed += 1
-            report.bytes_reclaimed += st.st_size
-            if not dry_run:
-                _unlink(path)
+        # Quarantined copies are evidence for as long as the block is still damaged
+        # somewhere; once it is stored afresh, or nothing references it, they go too.
+        if digest in referenced:
+            known = container.known() if known is None else known
+            if digest not in known:
+                continue
+        quarantine.append(info)
+    report.orphan_manifests_removed += len(orphans)
+    report.objects_removed += len(garbage)
+    report.quarantine_removed += len(quarantine)
+    report.bytes_reclaimed += sum(i.size for i in garbage) + sum(i.size for i in quarantine)
+    if not dry_run:
+        store.delete_many(orphans)
+        store.delete_many([i.key for i in garbage] + [i.key for i in quarantine])
+    n, size = store.purge_incomplete(container.keys.prefix, cutoff, dry_run=dry_run)
+    report.temporary_files_removed += n
+    report.bytes_reclaimed += size
     report.containers_swept += 1
 
 
-def gc(
-    engine: BackupEngine, *, dry_run: bool = False, grace_seconds: float = DEFAULT_GRACE_SECONDS
+def collect(
+    repo: Repository,
+    *,
+    live: LiveRefs = no_live_refs,
+    dry_run: bool = False,
+    grace_seconds: float = DEFAULT_GRACE_SECONDS,
 ) -> GcReport:
     """Garbage-collect every container of every project (see the module docstring)."""
-    if grace_seconds < 0:
-        raise ValueError("grace_seconds must not be negative")
+    check_grace(grace_seconds)
     report = GcReport(dry_run=dry_run)
-    with repository_lock(engine.repo.root):
-        for project_id, container in engine.repo.containers():
+    lock = repository_lock(repo.local_root) if repo.local_root else contextlib.nullcontext()
+    with lock:
+        for project_id, name in repo.containers():
+            try:
+                container = repo.container(project_id, name)
+            except InvalidInput:
+                continue  # not a name of ours
             sweep_container(
-                engine,
-                project_id,
                 container,
+                live=live(project_id, name),
                 dry_run=dry_run,
                 grace_seconds=grace_seconds,
                 report=report,
             )
     return report
-
-
-def _unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import stat
 import struct
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .native import volume_size
+from .owners import me
 
 _FICLONE = 0x40049409  # <linux/fs.h>: _IOW(0x94, 9, int)
 _F_OFD_GETLK = getattr(fcntl, "F_OFD_GETLK", 36)
@@ -128,16 +130,51 @@ def file_is_locked(path: str) -> bool:
         os.close(fd)
 
 
+CLONE_PREFIX = ".cinderblock-clone-"
+
+
+def clone_prefix(owner: str) -> str:
+    """The name prefix of the clones ``owner`` (an ``engine.owners`` string) makes.
+
+    The owner is hashed into the name so that recovery can find exactly the clones of a
+    dead process, also in a directory where live processes are cloning too.
+    """
+    tag = hashlib.sha256(owner.encode()).hexdigest()[:16]
+    return f"{CLONE_PREFIX}{tag}-"
+
+
+def remove_clones(directory: str, owner: str | None) -> list[str]:
+    """Remove the clones ``owner`` left in ``directory``; return their paths.
+
+    Only for an owner that is gone: a clone of a killed backup is referenced by nothing.
+    """
+    if not owner:
+        return []
+    prefix = clone_prefix(owner)
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(prefix)]
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        clone = os.path.join(directory, name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(clone)
+            removed.append(clone)
+    return removed
+
+
 def reflink_clone(path: str) -> str | None:
     """A point-in-time reflink copy of an image file beside it, or None if impossible.
 
     The clone lives in the source's directory (reflinks cannot cross filesystems) under a
-    hidden name; the caller removes it when the backup is done.
+    hidden name carrying its owner (``clone_prefix``); the caller removes it when the backup
+    is done, and recovery removes those of a process that was killed.
     """
     if is_block_device(path):
         return None
     directory = os.path.dirname(os.path.abspath(path))
-    clone = os.path.join(directory, f".cinderblock-clone-{uuid.uuid4().hex}")
+    clone = os.path.join(directory, f"{clone_prefix(me())}{uuid.uuid4().hex}")
     try:
         src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:

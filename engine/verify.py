@@ -10,22 +10,20 @@ Three depths, per backup:
   each backup's objects, a different sample on every run.
 
 Objects shared by several backups are checked once per run. A damaged object is moved to the
-container's ``quarantine/`` so that the next backup of any volume holding that block stores it
+container's quarantine so that the next backup of any volume holding that block stores it
 afresh (objects are named by content: re-storing heals every backup that references it).
 """
 
 from __future__ import annotations
 
-import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .errors import CorruptionError, InvalidInput, RepositoryError
+from .errors import BlobNotFound, CorruptionError, InvalidInput, RepositoryError
+from .repository import Container, Repository
 from .repository.objects import HEADER_SIZE, parse_header
-
-if TYPE_CHECKING:
-    from .engine import BackupEngine
 
 
 @dataclass
@@ -38,14 +36,12 @@ class BackupVerdict:
     errors: list[str] = field(default_factory=list)
 
 
-def _quick_check(path: str, digest: bytes, block_size: int) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(HEADER_SIZE)
-            size = os.fstat(f.fileno()).st_size
-    except FileNotFoundError:
+def _quick_check(container: Container, digest: bytes, block_size: int) -> str | None:
+    head = container.object_head(digest)
+    if head is None:
         return "object is missing"
-    header = parse_header(head)
+    blob, size = head
+    header = parse_header(blob)
     if header is None:
         return "object header is damaged"
     _codec, raw_len, stored_len, stored_digest = header
@@ -56,42 +52,44 @@ def _quick_check(path: str, digest: bytes, block_size: int) -> str | None:
     return None
 
 
-def verify(
-    engine: BackupEngine,
-    project_id: str,
-    backup_id: str | None = None,
-    *,
-    deep: bool = False,
-    percent: float | None = None,
-) -> dict[str, Any]:
-    """Check one backup or every backup of the project; see the module docstring."""
+@dataclass(frozen=True)
+class BackupRef:
+    """What verify needs to know of a backup: where it lives."""
+
+    id: str
+    container: str
+
+
+def check_percent(deep: bool, percent: float | None) -> None:
     if percent is not None and (
         isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 < percent <= 100
     ):
         raise InvalidInput("percent must be a number greater than 0 and at most 100")
     if deep and percent is not None:
         raise InvalidInput("choose deep or percent, not both")
-    if backup_id is not None:
-        rows = [engine._backup_row(project_id, backup_id)]
-    else:
-        rows = engine.catalog.query(
-            "SELECT * FROM backups WHERE project_id = ? AND status IN "
-            "('available', 'restoring') ORDER BY created_at",
-            (project_id,),
-        )
+
+
+def verify(
+    repo: Repository,
+    project_id: str,
+    backups: Sequence[BackupRef],
+    *,
+    deep: bool = False,
+    percent: float | None = None,
+) -> dict[str, Any]:
+    """Check the given backups of ``project_id``; see the module docstring."""
+    check_percent(deep, percent)
     rng = random.SystemRandom()
     checked: dict[tuple[str, bytes], str | None] = {}  # (container, digest) -> error
     verdicts = []
-    for row in rows:
-        v = BackupVerdict(row["id"])
+    for ref in backups:
+        v = BackupVerdict(ref.id)
         verdicts.append(v)
-        container = row["container"]
+        container = repo.container(project_id, ref.container)
         try:
-            engine.repo.get_record(project_id, container, row["id"])
-            m = engine.repo.get_manifest(
-                project_id, container, row["id"], engine.zero_digest(int(row["block_size"]))
-            )
-        except FileNotFoundError:
+            container.get_record(ref.id)
+            m = container.get_blockmap(ref.id)
+        except BlobNotFound:
             v.ok = False
             v.errors.append("backup record is missing")
             continue
@@ -109,11 +107,11 @@ def verify(
         for i in blocks.tolist():
             digest = bytes(m.digests[i])
             thorough = i in sample
-            key = (container, digest)
+            key = (ref.container, digest)
             if key in checked and (checked[key] is not None or not thorough):
                 error = checked[key]
             else:
-                error = _check_object(engine, project_id, container, digest, m.block_size, thorough)
+                error = _check_object(container, digest, m.block_size, thorough)
                 checked[key] = error
                 v.objects_checked += 1
             v.blocks_checked += 1
@@ -129,20 +127,14 @@ def verify(
 
 
 def _check_object(
-    engine: BackupEngine,
-    project_id: str,
-    container: str,
-    digest: bytes,
-    block_size: int,
-    thorough: bool,
+    container: Container, digest: bytes, block_size: int, thorough: bool
 ) -> str | None:
-    path = engine.repo.layout.object(project_id, container, digest)
-    error = _quick_check(path, digest, block_size)
+    error = _quick_check(container, digest, block_size)
     if error is None and thorough:
         try:
-            engine.repo.codec.decode(engine.repo.get_object(project_id, container, digest), digest)
+            container.codec.decode(container.get_object(digest), digest)
         except CorruptionError as e:
             error = e.message
     if error is not None:
-        engine.repo.quarantine_object(project_id, container, digest)
+        container.quarantine(digest)
     return error

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import native
-from ..repository import LocalRepository, Manifest
+from ..repository import BlockMap, Container
 from .fanout import fan_out
 
 
@@ -52,8 +52,9 @@ class BackupJob:
     source_path: str | int
     volume_size: int
     block_size: int
-    parent: Manifest | None = None
+    parent: BlockMap | None = None
     changed: np.ndarray | None = None  # blocks to read; None reads every block
+    zeroed: np.ndarray | None = None  # blocks known to be zeros: never read
     workers: int = 2
     window_bytes: int = native.DEFAULT_WINDOW_BYTES
     progress: Callable[[float], None] = field(default=lambda fraction: None)
@@ -74,11 +75,14 @@ class _Store:
 
     PUBLISH_BYTES = 256 << 20
 
-    def __init__(self, repo: LocalRepository, job: BackupJob, stats: BackupStats) -> None:
-        self.repo = repo
+    def __init__(
+        self, container: Container, known: set[bytes], job: BackupJob, stats: BackupStats
+    ) -> None:
+        self.container = container
+        self.known = known
         self.job = job
         self.stats = stats
-        self.batch = repo.object_batch(job.project_id, job.container)
+        self.batch = container.batch()
         self.publisher = ThreadPoolExecutor(1, thread_name_prefix="cb-publish")
         self.publishing: Future | None = None
         self._publish_lock = threading.Lock()
@@ -91,11 +95,10 @@ class _Store:
             if digest in self.seen:
                 return
             self.seen.add(digest)
-        pid, container = self.job.project_id, self.job.container
-        if self.repo.has_object(pid, container, digest):
+        if digest in self.known:
             return
-        parts = self.repo.codec.encode_parts(data, digest)
-        self.batch.stage(self.repo.layout.object(pid, container, digest), parts)
+        parts = self.container.codec.encode_parts(data, digest)
+        self.batch.stage(self.container.object_key(digest), parts)
         if self.batch.pending_bytes >= self.PUBLISH_BYTES:
             with self._publish_lock:
                 if self.batch.pending_bytes >= self.PUBLISH_BYTES:
@@ -103,7 +106,7 @@ class _Store:
                     self.publishing = self.publisher.submit(self._publish)
 
     def _publish(self) -> None:
-        for _path, size in self.batch.publish():
+        for _key, size in self.batch.commit():
             self.stats.bytes_stored += size
             self.stats.objects_written += 1
 
@@ -130,24 +133,27 @@ class _Store:
         self.batch.discard()
 
 
-def run_backup(repo: LocalRepository, job: BackupJob) -> tuple[Manifest, BackupStats]:
+def run_backup(container: Container, job: BackupJob) -> tuple[BlockMap, BackupStats]:
     """Store the volume's changed blocks and return its complete manifest (not yet written).
 
     Which blocks are read, cheapest knowledge first: a changed-extents hint limits reading to
-    the hinted blocks (the rest is inherited from the parent); the sparse map of a regular
-    file removes holes (they are zero blocks, never read); everything else is read, hashed
-    and compared with the parent.
+    the hinted blocks (the rest is inherited from the parent); blocks the hint says are
+    zeros are zero blocks, never read; the sparse map of a regular file removes holes (they
+    are zero blocks, never read); everything else is read, hashed and compared with the
+    parent.
     """
     bs = job.block_size
     nblocks = -(-job.volume_size // bs)
     stats = BackupStats(blocks_total=nblocks)
     digests = np.empty((nblocks, native.DIGEST_SIZE), np.uint8)
-    digests[:] = np.frombuffer(native.zero_digest(bs, repo.seed), np.uint8)
+    digests[:] = np.frombuffer(native.zero_digest(bs, container.seed), np.uint8)
     zero = np.ones(nblocks, np.bool_)
     parent = job.parent
     # Blocks whose object was found damaged or missing (verify, restore) must not be
     # inherited: they are read and stored again, which heals every backup sharing them.
-    damaged = repo.quarantined_digests(job.project_id, job.container) if parent else set()
+    # The container's objects, listed once for the whole job: dedup never asks per block.
+    known = container.known()
+    damaged = container.quarantined(known) if parent else set()
     if job.changed is not None and parent is not None:
         # Inherit everything, then read what the hint says changed.
         common = min(nblocks, parent.nblocks)
@@ -159,15 +165,20 @@ def run_backup(repo: LocalRepository, job: BackupJob) -> tuple[Manifest, BackupS
             to_read[:common] |= hit & ~parent.zero[:common]
     else:
         to_read = np.ones(nblocks, np.bool_)
+    if job.zeroed is not None:
+        # The source says these blocks are zeros now (zeroed extents covering them whole):
+        # they are zero blocks without a read, and nothing of the parent's is inherited.
+        zero[job.zeroed] = True
+        to_read &= ~job.zeroed
     if os.path.isfile(job.source_path):
         holes = to_read & ~native.data_blocks(job.source_path, bs)
         zero[holes] = True
         to_read &= ~holes
     total = max(1, native.mask_count(to_read))
 
-    store = _Store(repo, job, stats)
+    store = _Store(container, known, job, stats)
     try:
-        with _open_reader(job, repo.seed, native.mask_to_runs(to_read)) as reader:
+        with _open_reader(job, container.seed, native.mask_to_runs(to_read)) as reader:
             done = _pipeline(reader, job, total, parent, digests, zero, store, damaged)
             stats.bytes_read = reader.bytes_read
         store.finish()
@@ -182,7 +193,7 @@ def run_backup(repo: LocalRepository, job: BackupJob) -> tuple[Manifest, BackupS
         )
     else:
         stats.blocks_changed = nblocks - stats.blocks_zero
-    manifest = Manifest(
+    manifest = BlockMap(
         backup_id=job.backup_id,
         parent_id=None if parent is None else parent.backup_id,
         block_size=bs,
@@ -233,7 +244,7 @@ def _pipeline(
     reader: native.BlockReader,
     job: BackupJob,
     total: int,
-    parent: Manifest | None,
+    parent: BlockMap | None,
     digests: np.ndarray,
     zero: np.ndarray,
     store: _Store,

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import native
 from ..errors import CorruptionError
-from ..repository import LocalRepository, Manifest
+from ..repository import BlockMap, Container
 from .fanout import fan_out
 
 RUN_BYTES = 16 << 20  # largest single write of a restore
@@ -135,10 +135,8 @@ def _mask(blocks: np.ndarray) -> np.ndarray:
 
 
 def run_restore(
-    repo: LocalRepository,
-    project_id: str,
-    container: str,
-    manifest: Manifest,
+    container: Container,
+    manifest: BlockMap,
     target: str,
     *,
     fresh: bool,
@@ -172,15 +170,17 @@ def run_restore(
             digest = bytes(manifest.digests[i])
             expected = min(bs, manifest.volume_size - i * bs)
             try:
-                blob = repo.get_object(project_id, container, digest)
-                n = repo.codec.decode_into(blob, digest, out, what=f"block object {digest.hex()}")
+                blob = container.get_object(digest)
+                n = container.codec.decode_into(
+                    blob, digest, out, what=f"block object {digest.hex()}"
+                )
                 if n != expected:
                     raise CorruptionError(
                         f"block object {digest.hex()} has {n} bytes, expected {expected}"
                     )
                 return n
             except CorruptionError as e:
-                repo.quarantine_object(project_id, container, digest)
+                container.quarantine(digest)
                 if not allow_damaged:
                     raise CorruptionError(
                         e.message, path=e.path, backup_id=manifest.backup_id, block=i
@@ -200,7 +200,10 @@ def run_restore(
             out.write(first * bs, buf[:n])
             with lock:
                 done += count
-                progress(done / total)
+                so_far = done
+            # Outside the lock (fan_out's contract): progress may be a catalog commit, and
+            # the other workers must not queue behind it.
+            progress(so_far / total)
             return n
 
         # Runs of consecutive blocks become single writes of up to 16 MiB (measured: 4 MiB

@@ -1,20 +1,22 @@
-"""Where things live in a local repository, and the rules for every name a user can influence.
+"""Where things live in a repository (store keys), and the rules for every name a user can
+influence.
 
-    <root>/config.json
-    <root>/catalog.sqlite                    (the index; rebuilt from the records if lost)
-    <root>/projects/<project>/<container>/objects/<d[0:2]>/<digest hex>
-    <root>/projects/<project>/<container>/manifests/<backup id>
-    <root>/projects/<project>/<container>/records/<backup id>.json
-    <root>/projects/<project>/<container>/quarantine/<digest hex>.<ns>   (damaged, set aside)
+    config.json
+    projects/<project>/<container>/objects/<d[0:2]>/<digest hex>
+    projects/<project>/<container>/manifests/<backup id>          (block maps)
+    projects/<project>/<container>/records/<backup id>.json
+    projects/<project>/<container>/quarantine/<digest hex>.<ns>   (damaged, set aside)
+    projects/<project>/<container>/leases/<kind>-<uuid>.json      (running writers, sweeps)
 
-Project ids and container names become path components, so they are checked here, once, before
-any path is built: no separators, no dot-names, no NUL, bounded length. A name that fails is a
-400 with a message saying what is allowed.
+In a local repository the key is the path below the root (where the embedded default also
+keeps its ``catalog.sqlite``, which is no part of the repository). Project ids and container
+names become key components, so they are checked here, once, before any key is built: no
+separators, no dot-names, no NUL, bounded length. A name that fails is a 400 with a message
+saying what is allowed.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 
@@ -23,6 +25,13 @@ from ..errors import InvalidInput
 PROJECT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CONTAINER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._:@+=-]{0,254}$")
 DEFAULT_CONTAINER = "backups"
+CONFIG = "config.json"
+PROJECTS = "projects"
+OBJECTS = "objects"
+MANIFESTS = "manifests"
+RECORDS = "records"
+QUARANTINE = "quarantine"
+LEASES = "leases"
 
 
 def check_project_id(project_id: object) -> str:
@@ -49,41 +58,57 @@ def check_uuid(value: str, what: str) -> str:
         raise InvalidInput(f"{what} {value!r} is not a UUID") from None
 
 
-class Layout:
-    """Path arithmetic for one repository root; every public input is checked first."""
+class ContainerKeys:
+    """Key arithmetic for one (project, container); the names are checked once, here."""
 
-    def __init__(self, root: str) -> None:
-        self.root = os.path.abspath(root)
+    def __init__(self, project_id: str, container: str) -> None:
+        self.project_id = check_project_id(project_id)
+        self.container = check_container(container)
+        self.prefix = f"{PROJECTS}/{self.project_id}/{self.container}/"
 
-    @property
-    def config(self) -> str:
-        return os.path.join(self.root, "config.json")
-
-    @property
-    def catalog(self) -> str:
-        return os.path.join(self.root, "catalog.sqlite")
-
-    @property
-    def projects(self) -> str:
-        return os.path.join(self.root, "projects")
-
-    def container(self, project_id: str, container: str) -> str:
-        return os.path.join(self.projects, check_project_id(project_id), check_container(container))
-
-    def object(self, project_id: str, container: str, digest: bytes) -> str:
+    def object(self, digest: bytes) -> str:
         h = digest.hex()
-        return os.path.join(self.container(project_id, container), "objects", h[:2], h)
+        return f"{self.prefix}{OBJECTS}/{h[:2]}/{h}"
 
-    def manifest(self, project_id: str, container: str, backup_id: str) -> str:
-        return os.path.join(
-            self.container(project_id, container),
-            "manifests",
-            check_uuid(backup_id, "backup id"),
-        )
+    @property
+    def objects(self) -> str:
+        return f"{self.prefix}{OBJECTS}/"
 
-    def record(self, project_id: str, container: str, backup_id: str) -> str:
-        return os.path.join(
-            self.container(project_id, container),
-            "records",
-            check_uuid(backup_id, "backup id") + ".json",
-        )
+    def manifest(self, backup_id: str) -> str:
+        return f"{self.prefix}{MANIFESTS}/{check_uuid(backup_id, 'backup id')}"
+
+    @property
+    def manifests(self) -> str:
+        return f"{self.prefix}{MANIFESTS}/"
+
+    def record(self, backup_id: str) -> str:
+        return f"{self.prefix}{RECORDS}/{check_uuid(backup_id, 'backup id')}.json"
+
+    @property
+    def records(self) -> str:
+        return f"{self.prefix}{RECORDS}/"
+
+    def quarantine(self, digest: bytes, stamp: int) -> str:
+        return f"{self.prefix}{QUARANTINE}/{digest.hex()}.{stamp}"
+
+    @property
+    def quarantined(self) -> str:
+        return f"{self.prefix}{QUARANTINE}/"
+
+    def lease(self, kind: str, lease_id: str) -> str:
+        return f"{self.prefix}{LEASES}/{kind}-{lease_id}.json"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.prefix}{LEASES}/"
+
+
+def digest_of_key(key: str) -> bytes | None:
+    """The digest an object key names (``None`` for anything that is not one)."""
+    name = key.rsplit("/", 1)[-1]
+    if len(name) != 32:
+        return None
+    try:
+        return bytes.fromhex(name)
+    except ValueError:
+        return None

@@ -117,7 +117,7 @@ def test_repo_from_environment_and_missing_repo(tmp_path, image):
 def test_changed_extents_file(tmp_path, image):
     repo = tmp_path / "repo"
     vol = cbj(repo, "volume", "add", str(image))
-    cbj(repo, "backup", "create", vol["id"], "--wait", "--block-size", "64K")
+    full = cbj(repo, "backup", "create", vol["id"], "--wait", "--block-size", "64K")
     with open(image, "r+b") as f:
         f.seek(70000)
         f.write(os.urandom(10))
@@ -126,7 +126,8 @@ def test_changed_extents_file(tmp_path, image):
         json.dumps(
             {
                 "format": "cinderblock-changed-extents",
-                "version": 1,
+                "version": 2,
+                "base_backup_id": full["id"],
                 "volume_size": image.stat().st_size,
                 "granularity": 4096,
                 "changed": [[70000, 10]],
@@ -164,6 +165,65 @@ def test_changed_extents_file(tmp_path, image):
     )
     assert "changed extents ignored" in proc.stderr
     assert json.loads(proc.stdout)["stats"]["changed_extents_used"] is False
+
+
+def _hint_file(path, image, **fields):
+    doc = {
+        "format": "cinderblock-changed-extents",
+        "version": 2,
+        "volume_size": image.stat().st_size,
+        "granularity": 4096,
+        "changed": [[70000, 10]],
+        "zeroed": [],
+        **fields,
+    }
+    path.write_text(json.dumps({k: v for k, v in doc.items() if v is not None}))
+    return str(path)
+
+
+def _create_with_hint(repo, vol_id, hint):
+    proc = cb(
+        repo, "--json", "backup", "create", vol_id, "--incremental", "--wait",
+        "--changed-extents", hint,
+    )  # fmt: skip
+    return proc, json.loads(proc.stdout)
+
+
+def test_changed_extents_file_for_another_base_is_refused(tmp_path, image):
+    """A change set measured since a backup that was deleted: the planner picks the one
+    before it, so the hint is refused with a warning and the restore is still exact."""
+    repo = tmp_path / "repo"
+    vol = cbj(repo, "volume", "add", str(image))
+    full = cbj(repo, "backup", "create", vol["id"], "--wait", "--block-size", "64K")
+    with open(image, "r+b") as f:
+        f.seek(5000)
+        f.write(os.urandom(10))
+    lost = cbj(repo, "backup", "create", vol["id"], "--incremental", "--wait")
+    cb(repo, "backup", "delete", lost["id"])
+    with open(image, "r+b") as f:
+        f.seek(70000)
+        f.write(os.urandom(10))
+    hint = _hint_file(tmp_path / "since-lost.json", image, base_backup_id=lost["id"])
+    proc, incr = _create_with_hint(repo, vol["id"], hint)
+    reason = f"change set is relative to backup {lost['id']} but the parent is {full['id']}"
+    assert incr["stats"]["changes_refused"] == reason
+    assert incr["stats"]["changed_extents_used"] is False
+    assert f"cinderblock: warning: changed extents refused ({reason}); " in proc.stderr
+    target = tmp_path / "r.img"
+    cbj(repo, "backup", "restore", incr["id"], str(target))
+    assert target.read_bytes() == image.read_bytes()
+
+
+def test_changed_extents_version_1_file_is_refused(tmp_path, image):
+    repo = tmp_path / "repo"
+    vol = cbj(repo, "volume", "add", str(image))
+    cbj(repo, "backup", "create", vol["id"], "--wait", "--block-size", "64K")
+    hint = _hint_file(tmp_path / "v1.json", image, version=1)
+    proc, incr = _create_with_hint(repo, vol["id"], hint)
+    reason = "change set has no base backup (changed-extents version 1)"
+    assert incr["stats"]["changes_refused"] == reason
+    assert incr["stats"]["bytes_read"] == image.stat().st_size
+    assert "changed extents refused (" + reason + ")" in proc.stderr
 
 
 def test_bench_measures_every_phase_and_never_writes(tmp_path, image):

@@ -223,8 +223,10 @@ class Model:
 
 def create(eng, volume_id: str, *, project: str = PROJECT, microversion: str = MV, **kw) -> str:
     """Start a backup; return its id. ``kw`` are ``backup`` body fields, except
-    ``changed_extents`` and ``block_size`` which are engine arguments."""
-    extra = {k: kw.pop(k) for k in ("changed_extents", "block_size") if k in kw}
+    ``changes``, ``changed_extents``, ``changes_base`` and ``block_size`` which are engine
+    arguments."""
+    engine_args = ("changes", "changed_extents", "changes_base", "block_size")
+    extra = {k: kw.pop(k) for k in engine_args if k in kw}
     body = {"backup": {"volume_id": volume_id, **kw}}
     answer = eng.create_backup(project, body, microversion=microversion, **extra)
     return answer["backup"]["id"]

@@ -209,7 +209,7 @@ def _dense_volume(volume, size=4 * MIB + 1000):
 def test_changed_extents_read_only_the_hinted_blocks(eng, volume, tmp_path):
     size = 4 * MIB + 1000  # 65 blocks, the last one 1000 bytes
     vid, path, _v0 = _dense_volume(volume, size)
-    backup(eng, vid)
+    full = backup(eng, vid)
     last = 64
     v1 = mutate(path, {2: "random", 7: "random", 8: "random", last: "random"}, seed=3)
     extents = [
@@ -217,7 +217,7 @@ def test_changed_extents_read_only_the_hinted_blocks(eng, volume, tmp_path):
         (8 * BS - 5, 10),  # straddles blocks 7 and 8
         (last * BS + 999, 1),  # the last byte of the volume
     ]
-    inc = backup(eng, vid, incremental=True, changed_extents=extents)
+    inc = backup(eng, vid, incremental=True, changed_extents=extents, changes_base=full["id"])
     stats = inc["stats"]
     assert stats["changed_extents_used"] is True
     assert stats["blocks_read"] == 4
@@ -230,9 +230,10 @@ def test_changed_extents_read_only_the_hinted_blocks(eng, volume, tmp_path):
 def test_changed_extents_hint_with_unchanged_blocks(eng, volume, tmp_path):
     """Hinted blocks whose content did not change are read but not stored."""
     vid, path, _v0 = _dense_volume(volume)
-    backup(eng, vid)
+    full = backup(eng, vid)
     v1 = mutate(path, {10: "random"}, seed=4)
-    inc = backup(eng, vid, incremental=True, changed_extents=[(10 * BS, BS), (20 * BS, 2 * BS)])
+    hint = [(10 * BS, BS), (20 * BS, 2 * BS)]
+    inc = backup(eng, vid, incremental=True, changed_extents=hint, changes_base=full["id"])
     assert inc["stats"]["bytes_read"] == 3 * BS
     assert inc["stats"]["blocks_changed"] == 1
     assert inc["stats"]["objects_written"] == 1
@@ -241,8 +242,8 @@ def test_changed_extents_hint_with_unchanged_blocks(eng, volume, tmp_path):
 
 def test_empty_changed_extents_read_nothing(eng, volume, tmp_path):
     vid, _path, v0 = _dense_volume(volume)
-    backup(eng, vid)
-    inc = backup(eng, vid, incremental=True, changed_extents=[])
+    full = backup(eng, vid)
+    inc = backup(eng, vid, incremental=True, changed_extents=[], changes_base=full["id"])
     assert inc["stats"]["bytes_read"] == 0
     assert inc["stats"]["blocks_changed"] == 0
     assert inc["stats"]["objects_written"] == 0
@@ -251,13 +252,15 @@ def test_empty_changed_extents_read_nothing(eng, volume, tmp_path):
 
 def test_changed_extents_chain(eng, volume, tmp_path):
     vid, path, v0 = _dense_volume(volume, 2 * MIB)
-    backup(eng, vid)
+    base = backup(eng, vid)["id"]
     expected = [v0]
     ids = []
     for step, blocks in enumerate([[0], [31], [5, 6, 7], [0, 31]]):
         data = mutate(path, dict.fromkeys(blocks, "random"), seed=100 + step)
-        inc = backup(eng, vid, incremental=True, changed_extents=[(b * BS, BS) for b in blocks])
+        hint = [(b * BS, BS) for b in blocks]
+        inc = backup(eng, vid, incremental=True, changed_extents=hint, changes_base=base)
         assert inc["stats"]["bytes_read"] == len(blocks) * BS
+        base = inc["id"]
         expected.append(data)
         ids.append(inc["id"])
     for i, bid in enumerate(ids):
@@ -267,9 +270,10 @@ def test_changed_extents_chain(eng, volume, tmp_path):
 def test_changed_extents_past_the_end_fall_back_to_a_full_read(eng, volume, tmp_path):
     size = 4 * MIB + 1000
     vid, path, _v0 = _dense_volume(volume, size)
-    backup(eng, vid)
+    full = backup(eng, vid)
     v1 = mutate(path, {1: "random", 30: "random"}, seed=5)
-    inc = backup(eng, vid, incremental=True, changed_extents=[(BS, BS), (size + BS, BS)])
+    hint = [(BS, BS), (size + BS, BS)]
+    inc = backup(eng, vid, incremental=True, changed_extents=hint, changes_base=full["id"])
     stats = inc["stats"]
     assert stats["changed_extents_used"] is False
     assert stats["bytes_read"] == size
@@ -280,12 +284,12 @@ def test_changed_extents_past_the_end_fall_back_to_a_full_read(eng, volume, tmp_
 def test_changed_extents_after_the_volume_grew_fall_back(eng, volume, tmp_path):
     size = 2 * MIB
     vid, path, _v0 = _dense_volume(volume, size)
-    backup(eng, vid)
+    full = backup(eng, vid)
     with open(path, "r+b") as f:
         f.seek(size)
         f.write(os.urandom(BS + 10))
     v1 = read_bytes(path)
-    inc = backup(eng, vid, incremental=True, changed_extents=[(0, 1)])
+    inc = backup(eng, vid, incremental=True, changed_extents=[(0, 1)], changes_base=full["id"])
     assert inc["stats"]["changed_extents_used"] is False
     assert inc["stats"]["volume_bytes"] == size + BS + 10
     assert inc["stats"]["blocks_changed"] == 2
@@ -294,7 +298,7 @@ def test_changed_extents_after_the_volume_grew_fall_back(eng, volume, tmp_path):
 
 def test_changed_extents_ignored_for_a_full_backup(eng, volume, tmp_path):
     vid, _path, v0 = _dense_volume(volume, MIB)
-    full = backup(eng, vid, changed_extents=[(0, BS)])
+    full = backup(eng, vid, changed_extents=[(0, BS)], changes_base=new_id())
     assert full["stats"]["changed_extents_used"] is False
     assert full["stats"]["bytes_read"] == MIB
     assert_same_bytes(restore_new(eng, full["id"], tmp_path / "r.img"), v0)

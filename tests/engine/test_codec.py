@@ -70,7 +70,7 @@ def test_staged_parts_are_written_in_order(tmp_path):
     """A staged object given as (header, payload) is published as their concatenation."""
     import numpy as np
 
-    from engine.repository.atomic import StagedBatch
+    from engine.store.files import StagedBatch
 
     batch = StagedBatch(str(tmp_path))
     arr = np.arange(70_000, dtype=np.uint8)
@@ -94,7 +94,7 @@ def test_staged_parts_are_written_in_order(tmp_path):
 
 def test_start_writeback_is_only_a_hint(tmp_path):
     """Early writeback never fails a write: bad descriptors and pipes are ignored."""
-    from engine.repository.atomic import start_writeback
+    from engine.store.files import start_writeback
 
     start_writeback(-1)
     r, w = os.pipe()

@@ -135,10 +135,10 @@ def record_path(repo, bid: str, project: str = PROJECT, container: str = "backup
 def block_objects(eng, bid: str, project: str = PROJECT) -> dict[int, Path]:
     """{block index: object path} for every data block of a backup, from its manifest."""
     row = eng.catalog.backup(bid)
-    bs = int(row["block_size"])
-    m = eng.repo.get_manifest(project, row["container"], bid, eng.zero_digest(bs))
+    container = eng.repo.container(project, row["container"])
+    m = container.get_blockmap(bid)
     return {
-        int(i): Path(eng.repo.layout.object(project, row["container"], bytes(m.digests[i])))
+        int(i): Path(eng.repo.store.path_of(container.object_key(bytes(m.digests[i]))))
         for i in m.data_blocks().tolist()
     }
 
@@ -328,3 +328,52 @@ def _unmount_command(lazy: bool = False) -> list[str]:
         if shutil.which(tool):
             return [tool, "-uz" if lazy else "-u"]
     return ["umount", "-l"] if lazy else ["umount"]
+
+
+def plant_lease(
+    repo,
+    kind: str,
+    *,
+    owner: str = "other-host:4242",
+    age_seconds: float = 0.0,
+    ttl: float = 300.0,
+    project: str = PROJECT,
+    container: str = "backups",
+) -> Path:
+    """Write a lease as another host's engine would hold it, ``age_seconds`` since its last
+    refresh (its publication time too); return its path."""
+    import json
+    import uuid
+
+    lease_id = str(uuid.uuid4())
+    path = container_dir(repo, project, container) / "leases" / f"{kind}-{lease_id}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = time.time() - age_seconds
+    doc = {"id": lease_id, "kind": kind, "owner": owner, "refreshed": t, "ttl": ttl}
+    path.write_text(json.dumps(doc))
+    os.utime(path, (t, t))
+    return path
+
+
+def age_repository(repo, seconds: float = 3600) -> None:
+    """Make every blob of the repository look ``seconds`` old: time passing, for the grace
+    of a sweep (which is never below ``engine.gc.MIN_GRACE_SECONDS``) and for leases (whose
+    last refresh moves back as well, as if their holders had stopped refreshing)."""
+    for dirpath, _dirs, files in os.walk(Path(repo) / "projects"):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if os.path.basename(dirpath) == "leases" and not name.startswith(".tmp."):
+                with open(path) as f:
+                    doc = json.load(f)
+                doc["refreshed"] -= seconds
+                with open(path, "w") as f:
+                    json.dump(doc, f)
+            age(path, seconds)
+
+
+def gc_aged(eng, seconds: float = 3600, **kw) -> dict:
+    """``eng.gc`` at the smallest grace allowed, after ``seconds`` have (seemingly) passed."""
+    from engine.gc import MIN_GRACE_SECONDS
+
+    age_repository(eng.repo.local_root, seconds)
+    return eng.gc(grace_seconds=MIN_GRACE_SECONDS, **kw)

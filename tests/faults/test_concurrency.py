@@ -32,14 +32,16 @@ from backup_helpers import (
 from fault_helpers import (
     age,
     container_dir,
-    dead_owner,
     live_process,
     object_files,
+    plant_lease,
     tmp_files,
 )
 
 from engine import native
 from engine.errors import ApiError, InvalidVolume, RepositoryError
+from engine.gc import MIN_GRACE_SECONDS
+from engine.repository.leases import CLOCK_SKEW
 
 BUSY = (
     "Invalid volume: Volume to be backed up must be available or in-use, but the current "
@@ -140,7 +142,7 @@ def test_backups_of_different_volumes_run_in_parallel(open_engine, tmp_path, fus
 def _plant_object(eng, block: bytes) -> str:
     """Store ``block`` as an (unreferenced, old) object, as a dead backup would leave it."""
     digest = native.digest(block, eng.repo.seed)
-    path = eng.repo.layout.object(PROJECT, "backups", digest)
+    path = eng.repo.store.path_of(eng.repo.container(PROJECT, "backups").object_key(digest))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
         f.write(eng.repo.codec.encode(block, digest))
@@ -180,14 +182,17 @@ def test_gc_skips_a_container_with_a_running_backup(open_engine, tmp_path, fuse_
     files_before = set(object_files(repo_root)) | {str(p) for p in tmp_files(repo_root)}
     assert eng.get_backup(PROJECT, bid)["status"] == "creating"
 
-    report = eng.gc(grace_seconds=0)
+    report = eng.gc(grace_seconds=MIN_GRACE_SECONDS)
     assert report["containers_skipped"] == [
         {
             "project_id": PROJECT,
             "container": "backups",
-            "reason": "a backup is running in this container",
+            "reason": report["containers_skipped"][0]["reason"],
         }
     ]
+    assert report["containers_skipped"][0]["reason"].startswith(
+        "a backup is running in this container (held by "
+    )
     assert report["objects_removed"] == 0
     assert report["temporary_files_removed"] == 0
     files_after = set(object_files(repo_root)) | {str(p) for p in tmp_files(repo_root)}
@@ -201,7 +206,7 @@ def test_gc_skips_a_container_with_a_running_backup(open_engine, tmp_path, fuse_
     assert_same_bytes(restore_new(eng, earlier["id"], tmp_path / "plain-restored.img"), plain_data)
 
     # Now nothing runs: the sweep happens and takes exactly the garbage.
-    report = eng.gc(grace_seconds=0)
+    report = eng.gc(grace_seconds=MIN_GRACE_SECONDS)
     assert report["containers_skipped"] == []
     assert report["objects_removed"] == 1
     assert junk not in object_files(repo_root)
@@ -216,13 +221,13 @@ def test_gc_lock_held_by_a_live_process_then_by_a_killed_one(eng, repo_root, cap
     lock = os.path.join(repo_root, "gc.lock")
     with live_process(_GC_LOCKER, lock) as (proc, owner):
         with pytest.raises(RepositoryError) as info:
-            eng.gc(grace_seconds=0)
+            eng.gc(grace_seconds=MIN_GRACE_SECONDS)
         assert "another garbage collection is running" in str(info.value)
         assert owner in str(info.value)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     with caplog.at_level(logging.WARNING, logger="engine"):
-        report = eng.gc(grace_seconds=0)
+        report = eng.gc(grace_seconds=MIN_GRACE_SECONDS)
     assert report["dry_run"] is False
     assert f"broke the stale gc lock of dead process {owner}" in caplog.text
     # The lock is free again for anyone.
@@ -236,80 +241,72 @@ def test_gc_lock_held_by_a_live_process_then_by_a_killed_one(eng, repo_root, cap
         assert f.read() == ""
 
 
-# --------------------------------------------------------------------------- sweep marks
+# --------------------------------------------------------------------------- leases
 
 
-def _mark(eng, owner: str, container: str = "backups") -> None:
-    eng.catalog.execute(
-        "INSERT OR REPLACE INTO sweeps VALUES (?, ?, ?, ?)",
-        (PROJECT, container, owner, str(time.time())),
-    )
-
-
-def _marks(eng) -> list[dict]:
-    return eng.catalog.query("SELECT * FROM sweeps")
-
-
-def test_stale_sweep_mark_is_broken_on_open(eng, open_engine, volume, caplog):
+def test_expired_sweep_lease_holds_nothing(eng, volume, repo_root):
+    """A sweeper that crashed (on any host) stops refreshing its lease; once it is older than
+    its TTL plus the clock-skew allowance, backups and sweeps go past it."""
     vid, _path, _data = volume(MIB)
     backup(eng, vid)
-    owner = dead_owner()
-    _mark(eng, owner)
-    eng.close()
-    with caplog.at_level(logging.WARNING, logger="engine"):
-        eng = open_engine()
-    assert _marks(eng) == []
-    assert "breaking the stale sweep mark" in caplog.text
-    assert owner in caplog.text
-    backup(eng, vid, incremental=True)
-
-
-def test_stale_sweep_mark_is_broken_by_the_next_sweep(eng, volume, repo_root, caplog):
-    vid, _path, data = volume(MIB)
-    backup(eng, vid)
-    owner = dead_owner()
-    _mark(eng, owner)
-    # A backup does not wait for a dead sweeper...
+    stale = plant_lease(repo_root, "sweep", age_seconds=300 + CLOCK_SKEW + 5, ttl=300)
     inc = backup(eng, vid, incremental=True)
     assert inc["status"] == "available"
-    # ... and the next sweep breaks the mark, says so, and sweeps.
     junk = container_dir(repo_root) / "objects" / "ee" / ("ee" + "2" * 30)
     junk.parent.mkdir(exist_ok=True)
     junk.write_bytes(b"junk")
     age(junk)
-    with caplog.at_level(logging.WARNING, logger="engine"):
-        report = eng.gc(grace_seconds=0)
+    report = eng.gc(grace_seconds=MIN_GRACE_SECONDS)
     assert report["containers_skipped"] == []
     assert report["objects_removed"] == 1
-    assert "breaking the stale sweep mark" in caplog.text and owner in caplog.text
-    assert _marks(eng) == []
+    assert stale.exists()  # an expired lease is ignored, not deleted: its holder may return
 
 
-def test_live_sweep_mark_holds_backups_until_its_owner_dies(eng, volume, repo_root, tmp_path):
+def test_live_sweep_lease_holds_backups_and_sweeps_until_it_expires(
+    eng, volume, repo_root, tmp_path
+):
+    """Another host's sweep is running (its lease is fresh): a gc here leaves the container
+    alone and a backup waits before it reads or stores anything. The other host dies: its
+    lease expires by time, never by a pid check, and the backup goes on."""
     vid, path, _data = volume(MIB)
     first = backup(eng, vid)
     data = mutate(path, {2: "random", 9: "random"}, seed=4)
     objects = object_files(repo_root)
-    with live_process(_OWNER) as (proc, owner):
-        _mark(eng, owner)
-        # Another live process is sweeping this container: this gc leaves it alone...
-        report = eng.gc(grace_seconds=0)
-        assert report["containers_skipped"] == [
-            {
-                "project_id": PROJECT,
-                "container": "backups",
-                "reason": "another sweep is running in this container",
-            }
-        ]
-        # ... and a backup waits before it reads or stores anything.
-        bid = create(eng, vid, incremental=True)
-        time.sleep(0.5)
-        assert eng.catalog.backup(bid)["status"] == "creating"
-        assert object_files(repo_root) == objects and tmp_files(repo_root) == []
-        assert _marks(eng)[0]["owner"] == owner
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
+    # Refreshed long enough ago that it expires about 1.5 s from now.
+    lease = plant_lease(repo_root, "sweep", owner="far-host:77", age_seconds=300 + CLOCK_SKEW - 1.5)
+    report = eng.gc(grace_seconds=MIN_GRACE_SECONDS)
+    assert report["containers_skipped"] == [
+        {
+            "project_id": PROJECT,
+            "container": "backups",
+            "reason": "another sweep is running in this container (held by far-host:77)",
+        }
+    ]
+    bid = create(eng, vid, incremental=True)
+    time.sleep(0.5)
+    assert eng.catalog.backup(bid)["status"] == "creating"
+    assert object_files(repo_root) == objects and tmp_files(repo_root) == []
     done = wait_ok(eng, bid)
     assert done["stats"]["objects_written"] == 2
     assert_same_bytes(restore_new(eng, bid, tmp_path / "r.img"), data)
     assert eng.catalog.backup(bid)["parent_id"] == first["id"]
+    assert lease.exists()
+
+
+def test_live_write_lease_of_another_host_keeps_sweeps_out(eng, volume, repo_root):
+    """A writer on another host (another catalog) holds a lease: no sweep, not even a
+    delete's, removes anything in that container while it is live."""
+    vid, _path, _data = volume(MIB)
+    keep = backup(eng, vid)
+    gone = backup(eng, vid)
+    planted = _plant_object(eng, os.urandom(BS))
+    plant_lease(repo_root, "write", owner="far-host:78")
+    before = set(object_files(repo_root))
+    eng.delete_backup(PROJECT, gone["id"])
+    report = eng.gc(grace_seconds=MIN_GRACE_SECONDS)
+    assert report["containers_swept"] == 0
+    assert report["containers_skipped"][0]["reason"] == (
+        "a backup is running in this container (held by far-host:78)"
+    )
+    assert set(object_files(repo_root)) == before and planted in before
+    assert eng.verify(PROJECT, keep["id"], deep=True)["ok"]

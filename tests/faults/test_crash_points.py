@@ -35,6 +35,7 @@ from backup_helpers import (
 )
 from fault_helpers import (
     drop_catalog,
+    gc_aged,
     manifest_path,
     object_files,
     record_path,
@@ -181,7 +182,7 @@ def test_killed_mid_backup(point, history, open_engine, repo_root, tmp_path):
     assert (young["temporary_files_removed"], young["orphan_manifests_removed"]) == (0, 0)
     assert young["objects_removed"] == 0
     assert len(tmp_files(repo_root)) == n_tmp
-    swept = eng.gc(grace_seconds=0)
+    swept = gc_aged(eng)
     assert swept["temporary_files_removed"] == n_tmp
     assert swept["orphan_manifests_removed"] == int(has_manifest and not has_record)
     assert swept["objects_removed"] == 0  # every object is referenced by "again"

@@ -38,6 +38,7 @@ from backup_helpers import (
 )
 from fault_helpers import (
     age,
+    age_repository,
     block_objects,
     blocks_sharing,
     cli,
@@ -54,6 +55,7 @@ from fault_helpers import (
 
 from engine import BackupEngine
 from engine.errors import CorruptionError, FormatVersionError
+from engine.gc import MIN_GRACE_SECONDS
 from engine.repository.objects import HEADER_SIZE
 
 SHARED, UNIQUE = 3, 9
@@ -229,7 +231,9 @@ def _heal_and_check(chain, hint: str, tmp_path) -> None:
         # The volume changes in block 28 only, and the hint says so: it does not cover the
         # damaged blocks, which must be read and stored again anyway.
         mutate(chain.path, {28: "random"}, seed=11)
-        heal = backup(eng, chain.vid, incremental=True, changed_extents=[(28 * BS, BS)])
+        heal = backup(
+            eng, chain.vid, incremental=True, changed_extents=[(28 * BS, BS)], changes_base=chain.i
+        )
         assert heal["stats"]["changed_extents_used"] is True
         changed_new = 1
     assert heal["stats"]["objects_written"] == 2 + changed_new
@@ -287,9 +291,9 @@ def test_damaged_manifest(chain, kind, tmp_path):
     junk = container_dir(chain.repo) / "objects" / "ab" / ("ab" + "0" * 30)
     junk.parent.mkdir(exist_ok=True)
     junk.write_bytes(b"unreferenced")
-    age(junk)
+    age_repository(chain.repo)
     before = repo_files(chain.repo)
-    report = eng.gc(grace_seconds=0)
+    report = eng.gc(grace_seconds=MIN_GRACE_SECONDS)
     assert report["objects_removed"] == 0
     assert [s["container"] for s in report["containers_skipped"]] == ["backups"]
     assert "unreadable" in report["containers_skipped"][0]["reason"]
@@ -397,7 +401,7 @@ def test_cli_gc_dry_run_removes_nothing(chain):
     age(junk)
     age(leftover)
     before = repo_files(repo)
-    proc = cli(repo, "--json", "gc", "--dry-run", "--grace", "0")
+    proc = cli(repo, "--json", "gc", "--dry-run", "--grace", "60")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["dry_run"] is True

@@ -31,14 +31,14 @@ from engine import native
 from engine.changed_extents import ChangedExtentsError
 from engine.changed_extents import parse as parse_extents
 from engine.errors import CorruptionError, FormatVersionError, RepositoryError
-from engine.repository import LocalRepository
-from engine.repository.manifest import HEADER as MHEADER
-from engine.repository.manifest import MAGIC as MMAGIC
-from engine.repository.manifest import Manifest
+from engine.repository.blockmap import HEADER as MHEADER
+from engine.repository.blockmap import MAGIC as MMAGIC
+from engine.repository.blockmap import Manifest
 from engine.repository.objects import HEADER as OHEADER
 from engine.repository.objects import MAGIC as OMAGIC
 from engine.repository.objects import BlockCodec
 from engine.repository.records import decode_record, encode_record
+from engine.repository.repository import parse_config
 
 PEAK_LIMIT = 64 << 20
 TIME_LIMIT = 5.0
@@ -316,6 +316,9 @@ def extents_docs(draw) -> bytes:
     doc = {
         "format": draw(st.sampled_from(["cinderblock-changed-extents", "x"])),
         "version": draw(st.sampled_from([1, 2, True, "1", None])),
+        "base_backup_id": draw(
+            st.one_of(st.uuids().map(str), st.uuids().map(lambda u: u.hex), json_values)
+        ),
         "volume_size": draw(st.one_of(st.integers(-5, 2**70), json_scalars)),
         "granularity": draw(st.one_of(st.integers(-5, 2**70), json_scalars)),
         "changed": draw(st.one_of(st.lists(pair, max_size=6), json_values)),
@@ -409,11 +412,6 @@ def test_object_decoder(blob):
 # --------------------------------------------------------------------------- config
 
 
-@pytest.fixture(scope="module")
-def config_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("configs")
-
-
 @FUZZ
 @given(
     blob=st.one_of(
@@ -423,10 +421,8 @@ def config_dir(tmp_path_factory):
         nested_json(),
     )
 )
-def test_config_reader(config_dir, blob):
-    path = config_dir / "config.json"
-    path.write_bytes(blob)
-    refuses_cleanly(LocalRepository._read_config, str(path))
+def test_config_reader(blob):
+    refuses_cleanly(parse_config, blob)
 
 
 # --------------------------------------------------------------------------- changed extents
@@ -462,6 +458,4 @@ def test_deeply_nested_json_is_refused(parser, allowed):
 
 
 def test_deeply_nested_config_is_refused(tmp_path):
-    path = tmp_path / "config.json"
-    path.write_bytes(b"[" * 30_000 + b"]" * 30_000)
-    refuses_cleanly(LocalRepository._read_config, str(path))
+    refuses_cleanly(parse_config, b"[" * 30_000 + b"]" * 30_000)

@@ -24,7 +24,7 @@ from backup_helpers import (
     restore_new,
     settle_sources,
 )
-from fault_helpers import object_files, tmp_files
+from fault_helpers import gc_aged, object_files, tmp_files
 
 pytestmark = pytest.mark.root
 
@@ -75,7 +75,7 @@ def test_backup_larger_than_the_free_space(open_engine, small_repo, tmp_path):
     # objects may have removed them already; one that publishes early leaves them to gc).
     left = object_files(small_repo)
     assert set(kept) <= set(left)
-    report = eng.gc(grace_seconds=0)
+    report = gc_aged(eng)
     assert report["objects_removed"] == len(left) - len(kept)
     assert report["containers_skipped"] == []
     assert object_files(small_repo) == kept

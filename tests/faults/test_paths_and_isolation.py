@@ -25,7 +25,7 @@ from backup_helpers import (
     read_bytes,
     restore_new,
 )
-from fault_helpers import block_objects, object_files
+from fault_helpers import block_objects, gc_aged, object_files
 
 from engine.errors import (
     BackupNotFound,
@@ -332,7 +332,7 @@ def test_projects_never_share_objects(eng, tmp_path, repo_root):
         assert not os.path.samefile(pa, pb)
     # Deleting B's backup (and sweeping) leaves A's objects and backup intact.
     eng.delete_backup(OTHER_PROJECT, done[OTHER_PROJECT]["id"])
-    eng.gc(grace_seconds=0)
+    gc_aged(eng)
     assert object_files(repo_root, OTHER_PROJECT) == {}
     assert object_files(repo_root, PROJECT) == a_objects
     assert_same_bytes(restore_new(eng, done[PROJECT]["id"], tmp_path / "a.img"), data)

@@ -22,7 +22,7 @@ from backup_helpers import (
     restore_new,
     settle_sources,
 )
-from fault_helpers import drop_catalog, manifest_path, object_files, record_path, tmp_files
+from fault_helpers import drop_catalog, gc_aged, manifest_path, object_files, record_path, tmp_files
 
 pytestmark = pytest.mark.root
 
@@ -74,7 +74,7 @@ def test_eio_fails_a_full_backup_with_the_offset(eng, repo_root, fuse_volume, op
     # backup (the engine may also have removed it already).
     left = object_files(repo_root)
     assert len(left) <= BAD // BS
-    report = eng.gc(grace_seconds=0)
+    report = gc_aged(eng)
     assert report["objects_removed"] == len(left)
     assert object_files(repo_root) == {}
 

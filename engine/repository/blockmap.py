@@ -1,4 +1,6 @@
-"""Manifests: the complete block map of one backup, so a restore never replays a chain.
+"""Block maps: the complete map of one backup's blocks, so a restore never replays a chain.
+
+Stored under ``manifests/<backup id>`` (the file name predates the type's name).
 
 Binary format (docs/repository-format.md), little endian:
 
@@ -24,6 +26,7 @@ import numpy as np
 import xxhash
 import zstandard
 
+from .. import native
 from ..errors import CorruptionError, FormatVersionError
 from ..native import BLOCK_SIZE_MAX, BLOCK_SIZE_MIN, DIGEST_SIZE
 
@@ -60,8 +63,14 @@ def _bounded_decompress(body: memoryview, expected: int, what: str) -> bytes:
 
 
 @dataclass
-class Manifest:
-    """A backup's block map. ``digests`` holds the zero digest for zero blocks."""
+class BlockMap:
+    """A backup's block map: which blocks are zeros, and the digest of every data block.
+
+    Consumers ask it questions (``data_blocks``, ``data_runs``, ``digest``, ``referenced``,
+    ``checksum``) instead of indexing its arrays; the arrays stay available to the data
+    path's kernels (``digests``/``zero``, one row per block). Zero blocks' rows in
+    ``digests`` carry no meaning: the kernels never compare them.
+    """
 
     backup_id: str
     parent_id: str | None
@@ -77,6 +86,21 @@ class Manifest:
     def data_blocks(self) -> np.ndarray:
         """Indices of the blocks that have an object."""
         return np.flatnonzero(~self.zero)
+
+    def data_runs(self) -> np.ndarray:
+        """(first, count) runs of consecutive data blocks, in block order."""
+        return native.mask_to_runs(~self.zero)
+
+    def is_zero(self, i: int) -> bool:
+        return bool(self.zero[i])
+
+    def digest(self, i: int) -> bytes | None:
+        """Block ``i``'s digest, or None for a zero block (it has no object)."""
+        return None if self.zero[i] else bytes(self.digests[i])
+
+    def checksum(self) -> bytes:
+        """A digest of the whole map (its encoded form): what a change set can bind to."""
+        return xxhash.xxh3_128_digest(self.encode())
 
     def referenced(self) -> set[bytes]:
         """Digests of every object this manifest needs."""
@@ -104,7 +128,9 @@ class Manifest:
         return blob + xxhash.xxh3_128_digest(blob)
 
     @classmethod
-    def decode(cls, blob: bytes, zero_digest: bytes, *, what: str = "manifest") -> Manifest:
+    def decode(
+        cls, blob: bytes, zero_digest: bytes | None = None, *, what: str = "manifest"
+    ) -> BlockMap:
         if len(blob) < HEADER.size + TRAILER_SIZE:
             raise CorruptionError(f"{what} is truncated ({len(blob)} bytes)")
         (magic, version, algo, _r, bs, volume_size, nblocks, ndata, body_len, bid, pid) = (
@@ -138,8 +164,9 @@ class Manifest:
         zero = kinds == KIND_ZERO
         if int(np.count_nonzero(~zero)) != ndata:
             raise CorruptionError(f"{what} block count does not match its digests")
-        digests = np.empty((nblocks, DIGEST_SIZE), np.uint8)
-        digests[zero] = np.frombuffer(zero_digest, np.uint8)
+        digests = np.zeros((nblocks, DIGEST_SIZE), np.uint8)
+        if zero_digest is not None:
+            digests[zero] = np.frombuffer(zero_digest, np.uint8)
         digests[~zero] = np.frombuffer(raw, np.uint8, ndata * DIGEST_SIZE, nblocks).reshape(
             ndata, DIGEST_SIZE
         )
@@ -151,3 +178,6 @@ class Manifest:
             digests=digests,
             zero=zero,
         )
+
+
+Manifest = BlockMap  # the type's earlier name

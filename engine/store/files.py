@@ -1,4 +1,5 @@
-"""Crash-safe file publication: write to a temporary name, make it durable, then publish.
+"""Crash-safe file publication for the local store: write under a temporary name, make it
+durable, then publish.
 
 A reader therefore sees either the old state or the whole new file, never a torn one. Temporary
 names start with ``.tmp.`` so garbage collection can recognise and remove the leftovers of a
@@ -7,11 +8,12 @@ writer that died.
 Two ways to publish:
 
 * :func:`write_atomic` — one file: write, fsync, rename (or link, for no-clobber), fsync the
-  directory. Used for manifests, records and the config.
-* :class:`StagedBatch` — many files (block objects): write each under its temporary name
-  without fsync, then make the whole batch durable with one ``syncfs`` and publish every file
-  with ``link``. One journal commit per batch instead of one per object; and since nothing is
-  published before it is durable, a crash can never leave a published object with lost data.
+  directory. ``LocalBlobStore.put``: block maps, records, leases and the config.
+* :class:`StagedBatch` — many files (``LocalBlobStore.batch``: block objects): write each
+  under its temporary name without fsync, then make the whole batch durable with one
+  ``syncfs`` and publish every file with ``link``. One journal commit per batch instead of
+  one per object; and since nothing is published before it is durable, a crash can never
+  leave a published object with lost data.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ import errno
 import os
 import threading
 import uuid
-from collections.abc import Sequence
 
 from ..faults import crash_point
+from .blob import Data, size_of, views
 
 TMP_PREFIX = ".tmp."
 
@@ -38,25 +40,29 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str, data: bytes | memoryview, *, kind: str = "file") -> None:
+def write_atomic(path: str, data: Data, *, kind: str = "file", exclusive: bool = False) -> bool:
     """Publish ``data`` at ``path``, replacing what was there.
 
     Parent directories are created (and fsynced, so the new entry survives a crash).
-    ``kind`` names the crash points (``engine.faults``) around publication.
+    ``kind`` names the crash points (``engine.faults``) around publication. With
+    ``exclusive`` an existing file is kept and False returned (``link`` publishes only if
+    the name is free).
     """
     directory = os.path.dirname(path)
     tmp = _write_temp(path, data, fsync=True)
     crash_point(f"{kind}-tmp")
     try:
-        os.rename(tmp, path)
+        if exclusive:
+            if not _publish_link(tmp, path):
+                return False
+        else:
+            os.rename(tmp, path)
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
     fsync_dir(directory)
     crash_point(f"{kind}-published")
-
-
-Data = bytes | memoryview | Sequence[bytes | memoryview]
+    return True
 
 
 def _write_temp(path: str, data: Data, *, fsync: bool) -> str:
@@ -74,30 +80,21 @@ def _write_temp(path: str, data: Data, *, fsync: bool) -> str:
             start_writeback(fd)
     except BaseException:
         os.close(fd)
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
     os.close(fd)
     return tmp
 
 
-def _views(data: Data) -> list[memoryview]:
-    parts = [data] if isinstance(data, bytes | bytearray | memoryview) else data
-    return [memoryview(p).cast("B") for p in parts if len(p)]
-
-
 def _write_all(fd: int, data: Data) -> None:
     """One gathered write in the common case; loops over short writes."""
-    views = _views(data)
-    while views:
-        n = os.writev(fd, views)
-        while views and n >= views[0].nbytes:
-            n -= views.pop(0).nbytes
-        if views and n:
-            views[0] = views[0][n:]
-
-
-def _size(data: Data) -> int:
-    return sum(v.nbytes for v in _views(data))
+    parts = views(data)
+    while parts:
+        n = os.writev(fd, parts)
+        while parts and n >= parts[0].nbytes:
+            n -= parts.pop(0).nbytes
+        if parts and n:
+            parts[0] = parts[0][n:]
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -138,7 +135,7 @@ def _publish_link(tmp: str, path: str) -> bool:
         os.rename(tmp, path)  # no hard links here: last writer wins, with the same bytes
         return True
     finally:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
     return True
 
 
@@ -156,7 +153,7 @@ class StagedBatch:
         """Write ``data`` (one buffer or several, in order) under a temporary name."""
         tmp = _write_temp(path, data, fsync=False)
         crash_point(f"{self.kind}-tmp")
-        size = _size(data)
+        size = size_of(data)
         with self._lock:
             self._pending.append((tmp, path, size))
             self.pending_bytes += size
@@ -186,7 +183,7 @@ class StagedBatch:
             batch, self._pending = self._pending, []
             self.pending_bytes = 0
         for tmp, _path, _size in batch:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
 
 
 def _make_dirs(directory: str) -> None:
@@ -202,6 +199,6 @@ def _make_dirs(directory: str) -> None:
     fsync_dir(parent or ".")
 
 
-def _unlink_quietly(path: str) -> None:
+def unlink_quietly(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)

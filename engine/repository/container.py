@@ -1,0 +1,227 @@
+"""One container of one project: its block objects, block maps, records, quarantine and leases.
+
+This is what the data path, ``verify`` and ``gc`` work with. Everything goes through the
+store's primitives with keys from ``layout.ContainerKeys``; nothing here knows whether the
+store is a directory or an object store. Two rules that matter on object stores:
+
+* the dedup index is loaded once per job (:meth:`Container.known`: one listing), never one
+  request per block;
+* a missing key surfaces as the repository's own errors (``CorruptionError`` for a block
+  or a block map that should be there, ``BlobNotFound`` for a record, which may simply not
+  exist yet), never as an ``OSError`` of a path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from ..errors import BlobNotFound, CorruptionError, FormatVersionError, InvalidInput
+from ..store.blob import BlobBatch, BlobInfo, BlobStore
+from .blockmap import BlockMap
+from .layout import ContainerKeys, check_uuid, digest_of_key
+from .leases import DEFAULT_TTL, HeldLease, hold_write_lease, try_sweep_lease
+from .objects import HEADER_SIZE, BlockCodec
+from .records import decode_record, encode_record
+
+MAX_RECORD_READ = 1 << 21
+
+
+class Container:
+    """A (project, container) of a repository (see the module docstring)."""
+
+    def __init__(self, store: BlobStore, keys: ContainerKeys, codec: BlockCodec) -> None:
+        self.store = store
+        self.keys = keys
+        self.codec = codec
+        self.seed = codec.seed
+
+    @property
+    def project_id(self) -> str:
+        return self.keys.project_id
+
+    @property
+    def name(self) -> str:
+        return self.keys.container
+
+    def where(self, key: str) -> str:
+        """Where a key is, for messages: the file's path in a local repository."""
+        return f"{self.store.url}/{key}"
+
+    def __repr__(self) -> str:
+        return f"Container({self.store.url}, {self.project_id}/{self.name})"
+
+    # ------------------------------------------------------------------ block objects
+
+    def object_key(self, digest: bytes) -> str:
+        return self.keys.object(digest)
+
+    def known(self) -> set[bytes]:
+        """Digests of every object the container holds: one listing, for a whole job."""
+        return {d for d in (digest_of_key(i.key) for i in self.store.list(self.keys.objects)) if d}
+
+    def iter_objects(self) -> Iterator[tuple[bytes, BlobInfo]]:
+        for info in self.store.list(self.keys.objects):
+            digest = digest_of_key(info.key)
+            if digest is not None:
+                yield digest, info
+
+    def has_object(self, digest: bytes) -> bool:
+        try:
+            self.store.stat(self.keys.object(digest))
+        except BlobNotFound:
+            return False
+        return True
+
+    def batch(self) -> BlobBatch:
+        """A batch for this container's new objects (``BlobStore.batch``)."""
+        return self.store.batch()
+
+    def get_object(self, digest: bytes) -> bytes:
+        try:
+            return self.store.get(self.keys.object(digest))
+        except BlobNotFound:
+            raise CorruptionError(f"block object {digest.hex()} is missing") from None
+
+    def object_head(self, digest: bytes) -> tuple[bytes, int] | None:
+        """The object's header bytes and its stored size, or None when it is missing."""
+        key = self.keys.object(digest)
+        try:
+            info = self.store.stat(key)
+            return self.store.get(key, 0, HEADER_SIZE), info.size
+        except BlobNotFound:
+            return None
+
+    # ------------------------------------------------------------------ quarantine
+
+    def quarantine(self, digest: bytes) -> str:
+        """Set a damaged object aside so the next backup stores the block afresh.
+
+        The damaged bytes are kept as evidence under ``quarantine/`` (an empty marker when
+        the object is missing altogether), then the object is removed. Either way the digest
+        is listed by :meth:`quarantined` until a backup stores the block again.
+        """
+        key = self.keys.object(digest)
+        try:
+            evidence = self.store.get(key)
+        except BlobNotFound:
+            evidence = b""
+        qkey = self.keys.quarantine(digest, time.time_ns())
+        self.store.put(qkey, evidence)
+        self.store.delete(key)
+        return qkey
+
+    def iter_quarantine(self) -> Iterator[tuple[bytes, BlobInfo]]:
+        for info in self.store.list(self.keys.quarantined):
+            name = info.key.rsplit("/", 1)[-1]
+            try:
+                digest = bytes.fromhex(name.split(".", 1)[0])
+            except ValueError:
+                continue
+            yield digest, info
+
+    def quarantined(self, known: set[bytes] | None = None) -> set[bytes]:
+        """Digests found damaged or missing whose object has not been stored again."""
+        marks = {d for d, _info in self.iter_quarantine()}
+        if not marks:
+            return set()
+        known = self.known() if known is None else known
+        return marks - known
+
+    # ------------------------------------------------------------------ block maps
+
+    def put_blockmap(self, blockmap: BlockMap) -> None:
+        self.store.put(self.keys.manifest(blockmap.backup_id), blockmap.encode())
+
+    def get_blockmap(self, backup_id: str) -> BlockMap:
+        key = self.keys.manifest(backup_id)
+        try:
+            blob = self.store.get(key)
+        except BlobNotFound:
+            raise CorruptionError(
+                "manifest is missing", path=self.where(key), backup_id=backup_id
+            ) from None
+        try:
+            bm = BlockMap.decode(blob)
+        except FormatVersionError as e:
+            raise FormatVersionError(
+                f"{e.message} (backup {backup_id})", path=self.where(key)
+            ) from None
+        except CorruptionError as e:
+            raise CorruptionError(e.message, path=self.where(key), backup_id=backup_id) from None
+        if bm.backup_id != backup_id:
+            raise CorruptionError(
+                "manifest belongs to another backup", path=self.where(key), backup_id=backup_id
+            )
+        return bm
+
+    def blockmaps(self) -> list[BlobInfo]:
+        """Every block map's blob (key, size, publication time)."""
+        return [i for i in self.store.list(self.keys.manifests) if _uuid_name(i.key)]
+
+    def blockmap_ids(self) -> list[str]:
+        return [_uuid_name(i.key) for i in self.blockmaps()]  # type: ignore[misc]
+
+    # ------------------------------------------------------------------ records
+
+    def put_record(self, backup: dict) -> None:
+        self.store.put(self.keys.record(backup["id"]), encode_record(backup))
+
+    def get_record(self, backup_id: str) -> dict:
+        """The committed record; ``BlobNotFound`` when the backup never committed one."""
+        key = self.keys.record(backup_id)
+        blob = self.store.get(key, 0, MAX_RECORD_READ)
+        try:
+            return decode_record(blob)
+        except CorruptionError as e:
+            raise CorruptionError(e.message, path=self.where(key), backup_id=backup_id) from None
+
+    def record_ids(self) -> list[str]:
+        out = []
+        for info in self.store.list(self.keys.records):
+            name = info.key.rsplit("/", 1)[-1]
+            if name.endswith(".json") and _uuid_name(name[: -len(".json")]):
+                out.append(name[: -len(".json")])
+        return out
+
+    def iter_records(self) -> Iterator[tuple[str, dict | Exception]]:
+        """(where, record or the error reading it) of every record in the container."""
+        for bid in self.record_ids():
+            key = self.keys.record(bid)
+            try:
+                yield self.where(key), decode_record(self.store.get(key, 0, MAX_RECORD_READ))
+            except BlobNotFound:
+                continue
+            except (OSError, CorruptionError, FormatVersionError) as e:
+                yield self.where(key), e
+
+    def remove_backup(self, backup_id: str) -> None:
+        """Unpublish a backup durably: its record (so it stops existing), then its block map.
+
+        Durable before it returns: the sweep that follows may remove the objects, and a
+        record that came back after a crash would name a backup whose data is gone.
+        """
+        self.store.delete_many([self.keys.record(backup_id), self.keys.manifest(backup_id)])
+
+    # ------------------------------------------------------------------ leases
+
+    def write_lease(self, *, owner: str | None = None, ttl: float = DEFAULT_TTL, cancelled=None):
+        """Hold a write lease for a running backup (``leases.py``); use as a context."""
+        return hold_write_lease(
+            self.store, self.keys, owner=owner, ttl=ttl, cancelled=cancelled or (lambda: False)
+        )
+
+    def sweep_lease(
+        self, *, owner: str | None = None, ttl: float = DEFAULT_TTL
+    ) -> tuple[HeldLease | None, str | None]:
+        return try_sweep_lease(self.store, self.keys, owner=owner, ttl=ttl)
+
+
+def _uuid_name(key: str) -> str | None:
+    name = key.rsplit("/", 1)[-1]
+    if len(name) != 36:
+        return None
+    try:
+        return name if check_uuid(name, "backup id") == name else None
+    except InvalidInput:
+        return None

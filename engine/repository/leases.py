@@ -1,0 +1,214 @@
+"""Leases: the fence between writers and sweeps, kept in the repository itself.
+
+A running backup holds a *write* lease in its container; a sweep (a delete's object sweep,
+``gc``) holds a *sweep* lease. Both are small JSON blobs under ``leases/`` that their holder
+refreshes every ``ttl / 4`` seconds and deletes when done. Nothing here asks whether a
+process is alive: a lease whose holder crashed simply stops being refreshed and *expires by
+time* (``refreshed + ttl + CLOCK_SKEW``, measured by the store's publication time and the
+holder's own clock, whichever is later), so the rule holds across hosts that share nothing
+but the store (restic's stale-lock rule).
+
+The protocol (each side writes its own lease first, then looks for the other's, so at least
+one of two racing parties sees the other):
+
+* a writer puts its lease, then waits while a live sweep lease is in the container (a sweep
+  that started first finishes first), and only then loads the container's dedup index;
+* a sweep puts its lease, then gives up (removing it) if any live write lease or another
+  sweep lease is there; otherwise it sweeps, keeping everything younger than the grace.
+
+So no sweep ever removes an object that a writer which started before it could reference,
+and a writer never dedups against an object a running sweep may remove. A writer that
+could not refresh its lease for longer than its TTL may have been overtaken by a sweep:
+``WriteLease.check`` then fails the backup instead of committing it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import BlobNotFound, RepositoryError, StoreError
+from ..store.blob import BlobStore
+from .layout import ContainerKeys
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL = 300.0  # seconds a lease lives without a refresh
+CLOCK_SKEW = 60.0  # tolerated difference between hosts' clocks
+POLL_SECONDS = 0.1
+MAX_LEASE_BYTES = 1 << 16
+WRITE = "write"
+SWEEP = "sweep"
+
+
+@dataclass(frozen=True)
+class Lease:
+    kind: str
+    id: str
+    owner: str
+    refreshed: float  # the holder's clock
+    published: float  # the store's clock (publication time of the blob)
+    ttl: float
+
+    def expired(self, now: float) -> bool:
+        return max(self.refreshed, self.published) + self.ttl + CLOCK_SKEW < now
+
+
+def default_owner() -> str:
+    """Who holds a lease, for messages: host and pid (information only, never checked)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def live_leases(
+    store: BlobStore, keys: ContainerKeys, kind: str, *, now: float | None = None
+) -> list[Lease]:
+    """The container's unexpired leases of ``kind``.
+
+    A lease that cannot be read or parsed counts as live until its publication time plus
+    the default TTL: treating a damaged lease as absent could let a sweep overtake a writer.
+    """
+    now = time.time() if now is None else now
+    out = []
+    for info in store.list(keys.leases):
+        name = info.key.rsplit("/", 1)[-1]
+        if not name.startswith(f"{kind}-"):
+            continue
+        try:
+            doc = json.loads(store.get(info.key, 0, MAX_LEASE_BYTES))
+            lease = Lease(
+                kind=kind,
+                id=str(doc["id"]),
+                owner=str(doc["owner"]),
+                refreshed=float(doc["refreshed"]),
+                published=info.mtime,
+                ttl=float(doc["ttl"]),
+            )
+        except BlobNotFound:
+            continue  # released while listed
+        except (ValueError, KeyError, TypeError, RecursionError):
+            lease = Lease(kind, name, "unknown (unreadable lease)", 0.0, info.mtime, DEFAULT_TTL)
+        if not lease.expired(now):
+            out.append(lease)
+    return out
+
+
+class HeldLease:
+    """A lease this process holds: published, refreshed on a thread, deleted on release."""
+
+    def __init__(
+        self,
+        store: BlobStore,
+        keys: ContainerKeys,
+        kind: str,
+        *,
+        owner: str | None = None,
+        ttl: float = DEFAULT_TTL,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.kind = kind
+        self.id = str(uuid.uuid4())
+        self.owner = owner or default_owner()
+        self.ttl = ttl
+        self.clock = clock
+        self.key = keys.lease(kind, self.id)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_refresh = 0.0
+
+    def _write(self, *, exclusive: bool) -> None:
+        t = self.clock()
+        body = {"id": self.id, "kind": self.kind, "owner": self.owner, "refreshed": t}
+        body["ttl"] = self.ttl
+        self.store.put(self.key, json.dumps(body).encode(), exclusive=exclusive)
+        self.last_refresh = t
+
+    def acquire(self) -> HeldLease:
+        self._write(exclusive=True)
+        self._thread = threading.Thread(
+            target=self._refresh_loop, name=f"cb-lease-{self.kind}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.ttl / 4):
+            try:
+                self._write(exclusive=False)
+            except (OSError, StoreError) as e:
+                log.warning("could not refresh %s lease %s: %s", self.kind, self.key, e)
+
+    def check(self) -> None:
+        """Fail if the lease may have expired (a sweep could have overtaken its holder)."""
+        if self.clock() - self.last_refresh > self.ttl:
+            raise RepositoryError(
+                f"the {self.kind} lease could not be refreshed for {self.ttl:.0f} s (the store "
+                "was unreachable); the backup is abandoned so that a garbage collection that "
+                "ran meanwhile cannot have removed what it references. Run it again."
+            )
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            self.store.delete(self.key)
+        except (OSError, StoreError) as e:  # it expires by itself
+            log.warning(
+                "could not remove %s lease %s (it expires by time): %s", self.kind, self.key, e
+            )
+
+    def __enter__(self) -> HeldLease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def hold_write_lease(
+    store: BlobStore,
+    keys: ContainerKeys,
+    *,
+    owner: str | None = None,
+    ttl: float = DEFAULT_TTL,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> HeldLease:
+    """Take a write lease, then wait until no live sweep runs in the container."""
+    lease = HeldLease(store, keys, WRITE, owner=owner, ttl=ttl).acquire()
+    try:
+        warned = False
+        while sweeps := live_leases(store, keys, SWEEP):
+            if cancelled():
+                raise InterruptedError("cancelled while waiting for a sweep to finish")
+            if not warned:
+                log.info("%s: waiting for the sweep of %s to finish", keys.prefix, sweeps[0].owner)
+                warned = True
+            time.sleep(POLL_SECONDS)
+    except BaseException:
+        lease.release()
+        raise
+    return lease
+
+
+def try_sweep_lease(
+    store: BlobStore, keys: ContainerKeys, *, owner: str | None = None, ttl: float = DEFAULT_TTL
+) -> tuple[HeldLease | None, str | None]:
+    """Take a sweep lease unless a writer or another sweep is live; (lease, None) or
+    (None, why not)."""
+    lease = HeldLease(store, keys, SWEEP, owner=owner, ttl=ttl).acquire()
+    writers = live_leases(store, keys, WRITE)
+    others = [s for s in live_leases(store, keys, SWEEP) if s.id != lease.id]
+    if writers or others:
+        lease.release()
+        if writers:
+            return None, f"a backup is running in this container (held by {writers[0].owner})"
+        return None, f"another sweep is running in this container (held by {others[0].owner})"
+    return lease, None

@@ -1,0 +1,156 @@
+"""A repository over any store: its config (format, hash, seed) and its containers.
+
+Formats live in this package (``blockmap.py``, ``objects.py``, ``records.py``, ``leases.py``),
+keys in ``layout.py``; the bytes go through a ``BlobStore`` (``engine.store``). The
+repository is the source of truth: a service's catalog is only an index of its records.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import (
+    BlobConflict,
+    BlobNotFound,
+    CinderblockError,
+    CorruptionError,
+    FormatVersionError,
+    RepositoryError,
+)
+from ..store import BlobStore, LocalBlobStore, open_store
+from .container import Container
+from .layout import CONFIG, PROJECTS, ContainerKeys
+from .objects import BlockCodec
+
+CONFIG_FORMAT = "cinderblock-repository"
+CONFIG_VERSION = 1
+HASH_NAME = "xxh3-128-keyed"
+MAX_CONFIG_BYTES = 1 << 16
+# What may already sit in a directory that becomes a local repository: the embedded
+# default's catalog (it is created first) and nothing else.
+_CATALOG_FILES = ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm")
+
+
+class Repository:
+    """Config and containers of one repository (see the module docstring)."""
+
+    def __init__(self, store: BlobStore, config: dict[str, Any], *, compression_level: int = 3):
+        self.store = store
+        self.config = config
+        self.seed: int = config["seed"]
+        self.codec = BlockCodec(self.seed, compression_level)
+
+    @classmethod
+    def open(
+        cls,
+        location: str | os.PathLike[str] | BlobStore,
+        *,
+        create: bool = True,
+        compression_level: int = 3,
+    ) -> Repository:
+        """Open the repository at ``location`` (a directory path or a store).
+
+        With ``create``, a missing repository is made (with a fresh random seed); a
+        directory that holds other files is never turned into one. A config of another
+        format or version is refused: reading data laid out by a newer engine could
+        misinterpret it.
+        """
+        if not isinstance(location, BlobStore):
+            root = os.fspath(location)
+            if os.path.exists(root) and not os.path.isdir(root):
+                raise RepositoryError("repository path is not a directory", path=root)
+        store = open_store(location)
+        try:
+            raw = store.get(CONFIG, 0, MAX_CONFIG_BYTES)
+        except BlobNotFound:
+            if not create:
+                raise RepositoryError(
+                    "no repository here (config.json missing)", path=store.url
+                ) from None
+            raw = cls._create(store)
+        config = parse_config(raw, where=f"{store.url}/{CONFIG}")
+        return cls(store, config, compression_level=compression_level)
+
+    @staticmethod
+    def _create(store: BlobStore) -> bytes:
+        if (
+            isinstance(store, LocalBlobStore)
+            and os.path.isdir(store.root)
+            and any(n not in _CATALOG_FILES for n in os.listdir(store.root))
+        ):
+            raise RepositoryError(
+                "directory is not empty and holds no repository; refusing to create one inside it",
+                path=store.root,
+            )
+        config = {
+            "format": CONFIG_FORMAT,
+            "version": CONFIG_VERSION,
+            "hash": HASH_NAME,
+            "seed": secrets.randbits(64),
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        }
+        raw = json.dumps(config, indent=1).encode() + b"\n"
+        try:
+            store.put(CONFIG, raw, exclusive=True)
+        except BlobConflict:
+            raw = store.get(CONFIG, 0, MAX_CONFIG_BYTES)  # another process created it first
+        return raw
+
+    @property
+    def url(self) -> str:
+        return self.store.url
+
+    @property
+    def local_root(self) -> str | None:
+        """The directory of a local repository (None on an object store)."""
+        return self.store.root if isinstance(self.store, LocalBlobStore) else None
+
+    def container(self, project_id: str, container: str) -> Container:
+        """One container's view (names are checked here)."""
+        return Container(self.store, ContainerKeys(project_id, container), self.codec)
+
+    def containers(self) -> list[tuple[str, str]]:
+        """Every (project, container) pair that holds anything."""
+        out = []
+        for project in self.store.list_dirs(f"{PROJECTS}/"):
+            for name in self.store.list_dirs(f"{PROJECTS}/{project}/"):
+                out.append((project, name))
+        return out
+
+    def iter_records(self) -> Iterator[tuple[str, dict[str, Any] | Exception]]:
+        """(key, record or the error reading it) of every record in the repository."""
+        for project, name in self.containers():
+            try:
+                c = self.container(project, name)
+            except CinderblockError:
+                continue  # a name no container of ours could have: not ours
+            yield from c.iter_records()
+
+
+def parse_config(raw: bytes, *, where: str = CONFIG) -> dict[str, Any]:
+    """Check a repository config: format, version, hash and seed."""
+    try:
+        if len(raw) >= MAX_CONFIG_BYTES:
+            raise ValueError("too large")
+        config = json.loads(raw)
+    except (ValueError, RecursionError, UnicodeDecodeError) as e:
+        raise CorruptionError(
+            f"repository config is unreadable: {type(e).__name__}", path=where
+        ) from None
+    if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
+        raise CorruptionError("not a cinderblock repository config", path=where)
+    if config.get("version") != CONFIG_VERSION:
+        raise FormatVersionError(
+            f"repository format version {config.get('version')!r} is not supported "
+            f"(this engine reads version {CONFIG_VERSION})",
+            path=where,
+        )
+    seed = config.get("seed")
+    if config.get("hash") != HASH_NAME or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise CorruptionError("repository config has an unknown hash or a bad seed", path=where)
+    return config

@@ -1,0 +1,70 @@
+"""The store contract against the local directory and the in-memory store, and what only the
+local directory does (temporaries of writers that died, crash-safe layout on disk)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from store_contract import BlobStoreContract
+
+from engine.store import LocalBlobStore, MemoryBlobStore
+from engine.store.files import TMP_PREFIX
+
+
+class TestLocalBlobStore(BlobStoreContract):
+    @pytest.fixture
+    def store(self, tmp_path):
+        return LocalBlobStore(tmp_path / "store")
+
+
+class TestMemoryBlobStore(BlobStoreContract):
+    @pytest.fixture
+    def store(self):
+        return MemoryBlobStore()
+
+
+def test_local_keys_are_paths_below_the_root(tmp_path):
+    store = LocalBlobStore(tmp_path)
+    store.put("a/b/c", b"xyz")
+    assert (tmp_path / "a" / "b" / "c").read_bytes() == b"xyz"
+    assert store.path_of("a/b/c") == str(tmp_path / "a" / "b" / "c")
+
+
+def test_local_listing_hides_temporaries_and_purge_removes_only_old_ones(tmp_path):
+    store = LocalBlobStore(tmp_path)
+    store.put("c/objects/aa/k", b"published")
+    d = tmp_path / "c" / "objects" / "aa"
+    old = d / f"{TMP_PREFIX}k.dead"
+    young = d / f"{TMP_PREFIX}k.running"
+    old.write_bytes(b"x" * 100)
+    young.write_bytes(b"y" * 7)
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert [i.key for i in store.list("c/")] == ["c/objects/aa/k"]
+    assert store.purge_incomplete("c/", time.time() - 3600) == (1, 100)
+    assert not old.exists() and young.exists()
+    assert store.purge_incomplete("other/", time.time() + 10) == (0, 0)
+    assert young.exists()
+
+
+def test_local_batch_publishes_only_after_syncfs(tmp_path):
+    """Staged objects sit under temporary names (invisible) until the batch commits."""
+    store = LocalBlobStore(tmp_path)
+    batch = store.batch()
+    batch.stage("o/ab/k", b"data")
+    names = os.listdir(tmp_path / "o" / "ab")
+    assert len(names) == 1 and names[0].startswith(TMP_PREFIX)
+    assert batch.commit() == [("o/ab/k", 4)]
+    assert os.listdir(tmp_path / "o" / "ab") == ["k"]
+
+
+def test_memory_store_counts_requests_and_moves_time():
+    now = [1000.0]
+    store = MemoryBlobStore(clock=lambda: now[0])
+    store.put("k", b"v")
+    assert store.stat("k").mtime == 1000.0
+    store.set_mtime("k", 5.0)
+    assert store.stat("k").mtime == 5.0
+    list(store.list(""))
+    assert store.calls["put"] == 1 and store.calls["stat"] == 2 and store.calls["list"] == 1
