@@ -9,9 +9,14 @@ stderr is a terminal.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shlex
+import signal
+import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -20,12 +25,16 @@ from typing import Any
 from .changed_extents import ChangedExtentsError
 from .changed_extents import load as load_changed_extents
 from .errors import ApiError, CinderblockError
+from .repository.layout import CONFIG
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 DEFAULT_PROJECT = "default"
 CLI_MICROVERSION = "3.64"  # show every field, metadata included
+# Set in the environment of the process that runs a ``backup create`` without ``--wait`` in
+# the background: the fd on which it reports that the backup started (see _start_detached).
+DETACH_ENV = "_CINDERBLOCK_DETACH_FD"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("--workers", type=int, default=2, help="concurrent jobs (default 2)")
     groups = p.add_subparsers(
-        dest="group", required=True, metavar="{volume,snapshot,backup,verify,gc,bench}"
+        dest="group", required=True, metavar="{init,volume,snapshot,backup,verify,gc,bench}"
+    )
+
+    ini = groups.add_parser(
+        "init",
+        help="create the repository at --repo",
+        description="Create an empty repository at --repo (or $CINDERBLOCK_REPO). Every "
+        "other command needs one and never creates it. Its parent directory must exist "
+        "unless --parents is given; an existing repository is left as it is.",
+    )
+    ini.add_argument(
+        "--parents", action="store_true", help="also create missing parent directories"
     )
 
     vol = groups.add_parser("volume", help="register and inspect volumes").add_subparsers(
@@ -75,7 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     bk = groups.add_parser("backup", help="create, list, restore and delete backups")
     b = bk.add_subparsers(dest="cmd", required=True)
-    c = b.add_parser("create", help="back up a volume")
+    c = b.add_parser(
+        "create",
+        help="back up a volume",
+        description="Start a backup of VOLUME. Without --wait the command returns at once "
+        "with the backup's id and status 'creating' while the backup goes on in a background "
+        "process (follow it with 'backup wait ID'); with --wait it returns when the backup "
+        "has finished, and exits 1 when it failed.",
+    )
     c.add_argument("volume")
     c.add_argument("--name")
     c.add_argument("--description")
@@ -86,7 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--property", action="append", default=[], metavar="KEY=VALUE")
     c.add_argument("--changed-extents", metavar="FILE", help="changed-extents JSON (docs/)")
     c.add_argument("--block-size", type=_size_arg, help="block size of a new chain, e.g. 1M")
-    c.add_argument("--wait", action="store_true", help="wait until the backup finishes")
+    c.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the backup finishes; exit 1 if it failed (default: return at once)",
+    )
     c.add_argument("--microversion", default="3.43")
     ls = b.add_parser("list", help="list backups")
     ls.add_argument("--name")
@@ -221,8 +252,18 @@ def run(args: argparse.Namespace, out: Output) -> int:
         raise SystemExit(
             "cinderblock: error: no repository: pass --repo PATH or set CINDERBLOCK_REPO"
         )
+    if args.group == "init":
+        return _init(args, out)
+    if not os.path.isfile(os.path.join(args.repo, CONFIG)):
+        # Never create one here: a mistyped --repo must not become an empty repository.
+        print(
+            f"cinderblock: error: no repository at {args.repo} "
+            f"(create one with: {_command(args, 'init', project=False)})",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     project = args.project
-    with BackupEngine.open(args.repo, workers=args.workers) as eng:
+    with BackupEngine.open(args.repo, workers=args.workers, create=False) as eng:
         if args.group == "verify":
             return _verify(eng, project, args, out)
         if args.group == "gc":
@@ -354,7 +395,41 @@ def run(args: argparse.Namespace, out: Output) -> int:
                     ("fail_reason", done["fail_reason"] or ""),
                 ],
             )
-            return EXIT_OK if done["status"] == "available" else EXIT_ERROR
+            return _outcome(done)
+    return EXIT_OK
+
+
+def _command(args: argparse.Namespace, *words: str, project: bool = True) -> str:
+    """The cinderblock command line that runs ``words`` on this repository and project."""
+    parts = ["cinderblock"]
+    if args.repo != os.environ.get("CINDERBLOCK_REPO"):
+        parts += ["--repo", args.repo]
+    if project and args.project != os.environ.get("CINDERBLOCK_PROJECT", DEFAULT_PROJECT):
+        parts += ["--project", args.project]
+    return shlex.join([*parts, *words])
+
+
+def _init(args: argparse.Namespace, out: Output) -> int:
+    """Create the repository at ``--repo`` (its parent only with ``--parents``)."""
+    from .engine import BackupEngine
+
+    root = os.path.abspath(args.repo)
+    existed = os.path.isfile(os.path.join(root, CONFIG))
+    parent = os.path.dirname(root)
+    if not existed and not args.parents and not os.path.isdir(parent):
+        what = "is not a directory" if os.path.exists(parent) else "does not exist"
+        print(
+            f"cinderblock: error: cannot create a repository at {args.repo}: its parent "
+            f"directory {parent} {what} (pass --parents to create it)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    with BackupEngine.open(root, workers=args.workers, create=not existed):
+        pass
+    out.emit(
+        {"repository": root, "created": not existed},
+        [("repository", root), ("status", "already existed" if existed else "created")],
+    )
     return EXIT_OK
 
 
@@ -412,9 +487,16 @@ def _create(eng, project: str, args: argparse.Namespace, out: Output) -> int:
     )
     bid = answer["backup"]["id"]
     if not args.wait:
+        shown = {"backup": {**answer["backup"], "status": "creating"}}
         out.emit(
-            answer, [("id", bid), ("name", answer["backup"]["name"] or ""), ("status", "creating")]
+            shown, [("id", bid), ("name", answer["backup"]["name"] or ""), ("status", "creating")]
         )
+        print(
+            f"cinderblock: started backup {bid}; it has not finished: follow it with: "
+            f"{_command(args, 'backup', 'wait', bid)}",
+            file=sys.stderr,
+        )
+        _detach()
         return EXIT_OK
     vol = eng.get_volume(project, args.volume)
     done = _follow(eng, bid, "backup", vol.get("size") or 0)
@@ -438,13 +520,88 @@ def _create(eng, project: str, args: argparse.Namespace, out: Output) -> int:
             ("fail_reason", done["fail_reason"] or ""),
         ],
     )
-    return EXIT_OK if done["status"] == "available" else EXIT_ERROR
+    return _outcome(done)
+
+
+def _outcome(done: dict) -> int:
+    """Exit status of a finished backup; a failure is also said on stderr, with its reason."""
+    if done["status"] == "available":
+        return EXIT_OK
+    why = done.get("fail_reason") or f"it ended {done['status']}"
+    print(f"cinderblock: error: backup {done['id']} failed: {why}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+# ---------------------------------------------------------------------- background backups
+#
+# The engine is embedded: a backup runs in the process that started it. So that ``backup
+# create`` without ``--wait`` can return at once, the command runs itself again in a new
+# session (no terminal signals reach it), relays that process's output until the backup has
+# been accepted, and exits; the other process runs the backup to its end, then exits.
+
+_detach_fd: int | None = None
+
+
+def _start_detached(argv: Sequence[str]) -> int:
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(write_end,),
+            env={**os.environ, DETACH_ENV: str(write_end)},
+            start_new_session=True,
+        )
+    finally:
+        os.close(write_end)
+    with os.fdopen(read_end, "rb") as status:
+        # Both pipes reach end-of-file when the child detaches (or exits).
+        err = threading.Thread(target=_copy, args=(proc.stderr, sys.stderr), daemon=True)
+        err.start()
+        _copy(proc.stdout, sys.stdout)
+        err.join()
+        started = status.read() == b"started"
+    if started:
+        return EXIT_OK  # the backup goes on in the child
+    return proc.wait()
+
+
+def _copy(src, dst) -> None:
+    with src:
+        for chunk in iter(lambda: src.read1(1 << 16), b""):
+            dst.buffer.write(chunk)
+            dst.buffer.flush()
+
+
+def _detach() -> None:
+    """In the background process: report that the backup started and let go of the output."""
+    global _detach_fd
+    if _detach_fd is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    with contextlib.suppress(OSError):
+        os.write(_detach_fd, b"started")
+    os.close(_detach_fd)
+    _detach_fd = None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global _detach_fd
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     out = Output(args.json)
+    if DETACH_ENV in os.environ:
+        _detach_fd = int(os.environ.pop(DETACH_ENV))
+    elif args.group == "backup" and args.cmd == "create" and not args.wait:
+        return _start_detached(argv)
     try:
         return run(args, out)
     except ApiError as e:

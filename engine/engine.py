@@ -26,9 +26,8 @@ import numpy as np
 
 from . import native
 from .catalog import Catalog, now
-from .changes import ChangeSet, LegacyExtents, canonical_backup_id, plan_masks
-from .datapath.backup import BackupJob, run_backup
-from .datapath.restore import run_restore
+from .changes import ChangeSet, LegacyExtents, canonical_backup_id
+from .datapath import backup_volume, restore_volume
 from .errors import (
     ApiError,
     BackupNotFound,
@@ -137,6 +136,7 @@ class BackupEngine:
         window_bytes: int = native.DEFAULT_WINDOW_BYTES,
         allowed_paths: Sequence[str | os.PathLike] | None = None,
         create: bool = True,
+        catalog_path: str | os.PathLike | None = None,
     ) -> BackupEngine:
         """Open (or create) the repository at ``path`` and its catalog.
 
@@ -146,13 +146,20 @@ class BackupEngine:
         64 KiB to 16 MiB). ``allowed_paths`` confines every volume, snapshot and
         restore-target path to those directories (see engine.paths).
         A repository of an unknown format version is refused with ``FormatVersionError``.
+        ``catalog_path`` puts the catalog elsewhere than ``<path>/catalog.sqlite``: engines
+        on several hosts share a repository, each with its own catalog (the repository's
+        leases, not the catalog, keep their writers and sweeps apart).
         """
         check_chain_block_size(block_size)
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"workers must be a positive int, got {workers!r}")
         root = os.fspath(path)
         repo = Repository.open(root, create=create, compression_level=compression_level)
-        catalog = Catalog(os.path.join(root, "catalog.sqlite"))
+        catalog = Catalog(
+            os.fspath(catalog_path)
+            if catalog_path is not None
+            else os.path.join(root, "catalog.sqlite")
+        )
         engine = cls(
             repo,
             catalog,
@@ -443,12 +450,8 @@ class BackupEngine:
         self, plan: Plan, backup_id: str, hint: ChangeSet | LegacyExtents | None
     ) -> None:
         source: OpenedSource | None = None
-        lease = None
         try:
             container = self.repo.container(plan.project_id, plan.container)
-            # The write lease fences sweeps (delete's, gc's, on any host) from this backup's
-            # objects until its block map is committed (engine.repository.leases).
-            lease = container.write_lease()
             source = open_source(
                 plan.source_path,
                 in_use=plan.in_use,
@@ -458,47 +461,30 @@ class BackupEngine:
             parent_manifest = None
             if plan.parent is not None:
                 parent_manifest = container.get_blockmap(plan.parent["id"])
-            changed = zeroed = refused = None
-            if hint is not None:
-                masks = plan_masks(
-                    hint,
-                    parent_id=None if plan.parent is None else plan.parent["id"],
-                    parent=parent_manifest,
-                    block_size=plan.block_size,
-                    volume_size=source.size,
-                )
-                if isinstance(masks, str):
-                    refused = masks
-                    log.warning(
-                        "backup %s: change set refused (%s); reading the whole volume",
-                        backup_id,
-                        refused,
-                    )
-                else:
-                    changed, zeroed = masks
-            job = BackupJob(
-                project_id=plan.project_id,
-                container=plan.container,
+            manifest, stats = backup_volume(
+                source.path,
+                container,
                 backup_id=backup_id,
-                source_path=source.path,
-                volume_size=source.size,
-                block_size=plan.block_size,
                 parent=parent_manifest,
-                changed=changed,
-                zeroed=zeroed,
+                changes=hint,
+                block_size=plan.block_size,
+                progress=lambda f: self._progress(backup_id, f),
                 workers=self.workers,
                 window_bytes=self.window_bytes,
-                progress=lambda f: self._progress(backup_id, f),
+                lease_owner=me(),
             )
-            manifest, stats = run_backup(container, job)
+            if stats.changes_refused is not None:
+                log.warning(
+                    "backup %s: change set refused (%s); the whole volume was read",
+                    backup_id,
+                    stats.changes_refused,
+                )
             row = self.catalog.backup(backup_id) or {}
             stats_d = {
                 **stats.as_dict(),
                 "consistency": source.consistency,
                 "block_size": plan.block_size,
                 "volume_bytes": source.size,
-                "changed_extents_used": changed is not None,
-                **({} if refused is None else {"changes_refused": refused}),
             }
             record = {
                 **{k: row.get(k) for k in _RECORD_FIELDS},
@@ -509,10 +495,6 @@ class BackupEngine:
                 "stats": stats_d,
                 "completed_at": now(),
             }
-            lease.check()
-            container.put_blockmap(manifest)
-            lease.release()
-            lease = None
             container.put_record(record)
             final = {
                 "status": "available",
@@ -527,8 +509,6 @@ class BackupEngine:
             log.warning("backup %s failed: %s", backup_id, e)
             final = {"status": "error", "fail_reason": _reason(e)}
         finally:
-            if lease is not None:
-                lease.release()
             if source is not None:
                 source.close()
         # As Cinder: the source is released before the backup shows its outcome, so a client
@@ -940,30 +920,24 @@ class BackupEngine:
         fresh: bool,
         allow_damaged: bool,
     ) -> tuple[BaseException | None, list[int]]:
-        created = False
         error: BaseException | None = None
         lost: list[int] = []
         try:
             container = self.repo.container(row["project_id"], row["container"])
             manifest = container.get_blockmap(row["id"])
-            if fresh:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-                created = True
-                try:
-                    os.ftruncate(fd, manifest.volume_size)
-                finally:
-                    os.close(fd)
-            _written, lost = run_restore(
+            # A new image file is written under a temporary name and renamed when complete
+            # (restore_volume), so a failed restore leaves nothing at ``path``.
+            result = restore_volume(
                 container,
                 manifest,
                 path,
-                fresh=fresh,
                 # More workers than cores: while some wait on the device, others decompress
-                # (measured best at workers + 2 here; see docs/performance.md).
+                # (docs/performance.md).
                 workers=self.workers + 2,
                 allow_damaged=allow_damaged,
                 progress=lambda f: self._progress(row["id"], f),
             )
+            lost = result.lost_blocks
             outcome = {"status": "available", "target": path, "completed_at": now()}
             if lost:
                 outcome["lost_blocks"] = lost
@@ -971,8 +945,6 @@ class BackupEngine:
             log.warning("restore of backup %s failed: %s", row["id"], e)
             error = e
             outcome = {"status": "error", "target": path, "error": _reason(e)}
-            if created:
-                _unlink_quietly(path)
         stats = dict((self.catalog.backup(row["id"]) or row).get("stats") or {})
         stats["last_restore"] = outcome
         self._progress_at.pop(row["id"], None)

@@ -21,6 +21,7 @@ import os
 from typing import Any
 
 __all__ = [
+    "Cancelled",
     "BlobConflict",
     "BlobNotFound",
     "StoreError",
@@ -360,6 +361,14 @@ class BackupLimitExceeded(OverLimit):
 # --------------------------------------------------------------------------------------------
 # Storage-level errors
 # --------------------------------------------------------------------------------------------
+
+
+class Cancelled(CinderblockError):
+    """A backup or restore was cancelled by its caller (nothing of it became visible)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class RepositoryError(CinderblockError):

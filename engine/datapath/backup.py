@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import native
+from ..errors import Cancelled
 from ..repository import BlockMap, Container
 from .fanout import fan_out
 
@@ -39,9 +40,11 @@ class BackupStats:
     blocks_changed: int = 0
     blocks_zero: int = 0
     objects_written: int = 0
+    changed_extents_used: bool = False  # a change set limited what was read
+    changes_refused: str | None = None  # why a change set given was not used
 
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+    def as_dict(self) -> dict[str, int | bool | str]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 @dataclass
@@ -58,6 +61,7 @@ class BackupJob:
     workers: int = 2
     window_bytes: int = native.DEFAULT_WINDOW_BYTES
     progress: Callable[[float], None] = field(default=lambda fraction: None)
+    cancel: threading.Event | None = None  # set: stop at the next window (Cancelled)
 
 
 class _Store:
@@ -262,6 +266,8 @@ def _pipeline(
     """
 
     def window(span: tuple[int, int]) -> int:
+        if job.cancel is not None and job.cancel.is_set():
+            raise Cancelled("the backup was cancelled")
         w = reader.read(*span)
         for i in _blocks_to_store(w, parent, digests, zero, damaged):
             store.store(bytes(w.digests[i]), w.block(i))

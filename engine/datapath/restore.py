@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .. import native
-from ..errors import CorruptionError
+from ..errors import Cancelled, CorruptionError
 from ..repository import BlockMap, Container
 from .fanout import fan_out
 
@@ -71,8 +71,10 @@ class _Target:
 
     ALIGN = 4096
 
-    def __init__(self, path: str, block_size: int) -> None:
+    def __init__(self, target: str | int, block_size: int) -> None:
         self.block_size = block_size
+        # A borrowed fd is reopened (its own flags and offset stay as the caller set them).
+        path = f"/proc/self/fd/{target}" if isinstance(target, int) else target
         self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         self.is_device = stat.S_ISBLK(os.fstat(self.fd).st_mode)
         try:
@@ -137,12 +139,13 @@ def _mask(blocks: np.ndarray) -> np.ndarray:
 def run_restore(
     container: Container,
     manifest: BlockMap,
-    target: str,
+    target: str | int,
     *,
     fresh: bool,
     workers: int = 2,
     allow_damaged: bool = False,
     progress: Callable[[float], None] = lambda fraction: None,
+    cancel: threading.Event | None = None,
 ) -> tuple[int, list[int]]:
     """Write the manifest's volume to ``target``; return (bytes written, lost blocks).
 
@@ -192,6 +195,8 @@ def run_restore(
 
         def restore_run(run: tuple[int, int]) -> int:
             nonlocal done
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("the restore was cancelled")
             first, count = run
             buf = out.buffer(count * bs)
             n = 0

@@ -355,14 +355,17 @@ def plant_lease(
     return path
 
 
-def age_repository(repo, seconds: float = 3600) -> None:
+def age_repository(repo, seconds: float = 3600, *, leases: bool = True) -> None:
     """Make every blob of the repository look ``seconds`` old: time passing, for the grace
     of a sweep (which is never below ``engine.gc.MIN_GRACE_SECONDS``) and for leases (whose
-    last refresh moves back as well, as if their holders had stopped refreshing)."""
+    last refresh moves back as well, as if their holders had stopped refreshing; with
+    ``leases=False`` they are left as a live holder keeps them: fresh)."""
     for dirpath, _dirs, files in os.walk(Path(repo) / "projects"):
         for name in files:
             path = os.path.join(dirpath, name)
-            if os.path.basename(dirpath) == "leases" and not name.startswith(".tmp."):
+            if os.path.basename(dirpath) == "leases":
+                if not leases or name.startswith(".tmp."):
+                    continue
                 with open(path) as f:
                     doc = json.load(f)
                 doc["refreshed"] -= seconds

@@ -1,0 +1,308 @@
+"""The data-path API: back up one volume into a container, restore one block map onto a
+target. Public, and all a backup driver needs: no catalog, registry or request layer under it.
+
+``backup_volume`` and ``restore_volume`` are what the embedded default's jobs, the CLI, the
+benchmarks and a Cinder driver all call. Sources and targets are a path, an open fd or a file
+object with a ``fileno()``; each is opened (or reopened) once, so a path swapped or resized
+halfway cannot mix two files into one backup. Both take ``progress`` (a callable given the
+fraction done) and ``cancel`` (a ``threading.Event``: set, the job stops at its next window
+or run with ``Cancelled``, and nothing of it becomes visible).
+
+Commit order: when ``backup_volume`` returns, the block objects and the block map are
+durable, published under the container's write lease (which fences every sweep, on any host,
+from what the backup references). A caller that keeps records (the embedded default's
+``records/``, a driver's database) writes its own after that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import stat
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from .. import native
+from ..changes import ChangeSet, LegacyExtents, plan_masks
+from ..errors import CinderblockError, InvalidInput
+from ..repository import BlockMap, Container
+from ..store.files import fsync_dir
+from .backup import BackupJob, BackupStats, run_backup
+from .restore import run_restore
+
+DEFAULT_BLOCK_SIZE = 1 << 20
+
+Volume = str | os.PathLike | int | io.IOBase
+
+
+class SourceChanged(CinderblockError):
+    """The source changed size or identity while it was read: the backup would be torn."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass
+class RestoreResult:
+    bytes_written: int
+    lost_blocks: list[int] = field(default_factory=list)  # zeros written (allow_damaged)
+    created: bool = False  # the target was a new image file
+
+
+@dataclass(frozen=True)
+class _Opened:
+    fd: int
+    label: str
+    size: int
+    identity: tuple[int, int]  # (st_dev, st_ino) when opened
+
+
+def _fd_of(volume: object, what: str) -> tuple[int | None, str | None]:
+    """(borrowed fd, None) or (None, path) for a path / fd / file object; InvalidInput else."""
+    if isinstance(volume, bool):
+        raise InvalidInput(f"{what} must be a path, an open fd or a file object")
+    if isinstance(volume, int):
+        if volume < 0:
+            raise InvalidInput(f"{what} fd must not be negative, got {volume}")
+        return volume, None
+    if isinstance(volume, str | bytes | os.PathLike):
+        path = os.fsdecode(volume)
+        if not path or "\0" in path:
+            raise InvalidInput(f"{what} path must be non-empty and hold no NUL byte")
+        return None, path
+    fileno = getattr(volume, "fileno", None)
+    if callable(fileno):
+        try:
+            return int(fileno()), None
+        except (OSError, io.UnsupportedOperation, ValueError):
+            pass
+        raise InvalidInput(
+            f"{what} is a file object without a file descriptor; pass a path, an fd, or a "
+            "file object whose fileno() works"
+        )
+    raise InvalidInput(
+        f"{what} must be a path, an open fd or a file object, not {type(volume).__name__}"
+    )
+
+
+def _check_kind(st: os.stat_result, label: str, what: str) -> None:
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        raise InvalidInput(f"{what} {label} is not a regular file or a block device")
+
+
+@contextlib.contextmanager
+def _open_source(source: Volume) -> Iterator[_Opened]:
+    """Open the source once (non-blocking, so a FIFO can never hang the open)."""
+    fd, path = _fd_of(source, "source")
+    owned = fd is None
+    if fd is None:
+        assert path is not None
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    label = path or f"fd {fd}"
+    try:
+        st = os.fstat(fd)
+        _check_kind(st, label, "source")
+        yield _Opened(fd, label, native.volume_size(fd), (st.st_dev, st.st_ino))
+    finally:
+        if owned:
+            os.close(fd)
+
+
+def _check_unchanged(src: _Opened, source: Volume) -> None:
+    """The source must end the backup as it began: same size, and a path still naming it."""
+    size = native.volume_size(src.fd)
+    if size != src.size:
+        raise SourceChanged(
+            f"the source {src.label} changed size during the backup ({src.size} bytes at the "
+            f"start, {size} at the end); back it up again, from a snapshot if it is in use"
+        )
+    if isinstance(source, str | bytes | os.PathLike):
+        try:
+            st = os.stat(source)
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != src.identity:
+            raise SourceChanged(
+                f"the source {src.label} was replaced during the backup; back it up again"
+            )
+
+
+def backup_volume(
+    source: Volume,
+    container: Container,
+    *,
+    backup_id: str | None = None,
+    parent: BlockMap | None = None,
+    changes: ChangeSet | LegacyExtents | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    progress: Callable[[float], None] | None = None,
+    cancel: threading.Event | None = None,
+    workers: int = 2,
+    window_bytes: int = native.DEFAULT_WINDOW_BYTES,
+    lease_owner: str | None = None,
+) -> tuple[BlockMap, BackupStats]:
+    """Back up ``source`` into ``container``; return its committed block map and stats.
+
+    ``parent`` (a block map of the same container) makes it incremental: unchanged blocks
+    cost a digest comparison. ``changes`` — a change set measured since exactly ``parent``
+    (``engine.changes``) — limits reading to what it names; a change set for any other base,
+    size or layout is refused (the whole volume is read, and ``stats.changes_refused`` says
+    why). The source must not change size or identity while it is read
+    (``SourceChanged``).
+    """
+    if not isinstance(container, Container):
+        raise InvalidInput("container must be an engine.repository.Container")
+    bs = native.check_block_size(block_size)
+    if parent is not None:
+        if not isinstance(parent, BlockMap):
+            raise InvalidInput("parent must be a BlockMap (or None for a full backup)")
+        if parent.block_size != bs:
+            raise InvalidInput(
+                f"block_size {bs} differs from the parent's {parent.block_size}: an "
+                "incremental keeps its chain's block size"
+            )
+    if changes is not None and not isinstance(changes, ChangeSet | LegacyExtents):
+        raise InvalidInput("changes must be an engine.changes.ChangeSet")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise InvalidInput(f"workers must be a positive int, got {workers!r}")
+    backup_id = str(uuid.UUID(backup_id)) if backup_id else str(uuid.uuid4())
+    with _open_source(source) as src:
+        changed = zeroed = None
+        refused = None
+        if changes is not None:
+            masks = plan_masks(
+                changes,
+                parent_id=None if parent is None else parent.backup_id,
+                parent=parent,
+                block_size=bs,
+                volume_size=src.size,
+            )
+            if isinstance(masks, str):
+                refused = masks
+            else:
+                changed, zeroed = masks
+        job = BackupJob(
+            project_id=container.project_id,
+            container=container.name,
+            backup_id=backup_id,
+            source_path=src.fd,
+            volume_size=src.size,
+            block_size=bs,
+            parent=parent,
+            changed=changed,
+            zeroed=zeroed,
+            workers=workers,
+            window_bytes=window_bytes,
+            progress=progress or (lambda fraction: None),
+            cancel=cancel,
+        )
+        cancelled = cancel.is_set if cancel is not None else (lambda: False)
+        with container.write_lease(owner=lease_owner, cancelled=cancelled) as lease:
+            blockmap, stats = run_backup(container, job)
+            _check_unchanged(src, source)
+            stats.changed_extents_used = changed is not None
+            stats.changes_refused = refused
+            lease.check()
+            container.put_blockmap(blockmap)
+    return blockmap, stats
+
+
+def restore_volume(
+    container: Container,
+    blockmap: BlockMap,
+    target: Volume,
+    *,
+    progress: Callable[[float], None] | None = None,
+    cancel: threading.Event | None = None,
+    allow_damaged: bool = False,
+    workers: int = 4,
+) -> RestoreResult:
+    """Write ``blockmap``'s volume onto ``target``, bit-exact; every block is re-hashed.
+
+    A path that does not exist becomes a new sparse image file, written under a temporary
+    name beside it and renamed only when complete (a failed or killed restore never leaves
+    something that looks like a good image). An existing file, a block device or an fd is
+    written in place and must hold at least the volume's size. A damaged block stops the
+    restore with ``CorruptionError`` naming backup and block, unless ``allow_damaged``: then
+    zeros are written there and the block is listed in ``lost_blocks``.
+    """
+    if not isinstance(container, Container):
+        raise InvalidInput("container must be an engine.repository.Container")
+    if not isinstance(blockmap, BlockMap):
+        raise InvalidInput("blockmap must be an engine.repository.BlockMap")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise InvalidInput(f"workers must be a positive int, got {workers!r}")
+    fd, path = _fd_of(target, "target")
+    report = progress or (lambda fraction: None)
+    if fd is not None or (path is not None and os.path.exists(path)):
+        where: str | int = fd if fd is not None else path  # type: ignore[assignment]
+        st = os.stat(where)
+        label = path or f"fd {fd}"
+        _check_kind(st, label, "target")
+        have = native.volume_size(where)
+        if have < blockmap.volume_size:
+            raise InvalidInput(
+                f"target {label} holds {have} bytes, less than the volume's {blockmap.volume_size}"
+            )
+        written, lost = run_restore(
+            container,
+            blockmap,
+            where,
+            fresh=False,
+            workers=workers,
+            allow_damaged=allow_damaged,
+            progress=report,
+            cancel=cancel,
+        )
+        return RestoreResult(written, lost)
+    assert path is not None
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise InvalidInput(f"target {path!r}: its directory does not exist")
+    partial = os.path.join(
+        directory, f".{os.path.basename(path)}.cinderblock-partial-{uuid.uuid4().hex}"
+    )
+    fd_new = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    try:
+        try:
+            os.ftruncate(fd_new, blockmap.volume_size)
+        finally:
+            os.close(fd_new)
+        written, lost = run_restore(
+            container,
+            blockmap,
+            partial,
+            fresh=True,
+            workers=workers,
+            allow_damaged=allow_damaged,
+            progress=report,
+            cancel=cancel,
+        )
+        _publish(partial, path)
+        fsync_dir(directory)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+    return RestoreResult(written, lost, created=True)
+
+
+def _publish(partial: str, path: str) -> None:
+    """Give the finished image its name; never clobber a file that appeared meanwhile."""
+    try:
+        os.link(partial, path)
+    except FileExistsError:
+        raise InvalidInput(
+            f"target {path!r} appeared while the restore ran; it was left as it is"
+        ) from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        os.rename(partial, path)  # no hard links on this filesystem
+
+
+__all__ = ["RestoreResult", "SourceChanged", "backup_volume", "restore_volume"]
