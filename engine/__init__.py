@@ -10,8 +10,8 @@ __version__ = "0.1.0"
 from .changes import ChangeSet  # noqa: E402
 from .datapath import RestoreResult, backup_volume, restore_volume  # noqa: E402
 from .engine import BackupEngine  # noqa: E402
-from .planner import Quotas  # noqa: E402
 from .repository import BlockMap, Container, Repository  # noqa: E402
+from .service.planner import Quotas  # noqa: E402
 from .sources import SnapshotInfo, VolumeInfo  # noqa: E402
 
 __all__ = [

@@ -132,10 +132,19 @@ class ChangeSet:
         """
         bs = native.check_block_size(block_size)
         nblocks = -(-self.volume_size // bs)
-        touched_changed = native.extents_to_blocks(_array(self.changed), bs, nblocks)
-        touched_zeroed = native.extents_to_blocks(_array(self.zeroed), bs, nblocks)
-        zeroed = _covered(self.zeroed, bs, nblocks, self.volume_size) & ~touched_changed
-        read = (touched_changed | touched_zeroed) & ~zeroed
+        read, zeroed = self.runs(bs)
+        return native.runs_to_mask(read, nblocks), native.runs_to_mask(zeroed, nblocks)
+
+    def runs(self, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`masks` as runs ``(first, count)``: costs the extents, not the volume."""
+        bs = native.check_block_size(block_size)
+        nblocks = -(-self.volume_size // bs)
+        touched_changed = _touched(self.changed, bs)
+        touched_zeroed = _touched(self.zeroed, bs)
+        zeroed = native.runs_difference(
+            _covered_runs(self.zeroed, bs, nblocks, self.volume_size), touched_changed
+        )
+        read = native.runs_difference(native.runs_union(touched_changed, touched_zeroed), zeroed)
         return read, zeroed
 
 
@@ -143,13 +152,22 @@ def _array(extents: Iterable[tuple[int, int]]) -> np.ndarray:
     return np.array(list(extents), dtype=np.int64).reshape(-1, 2)
 
 
-def _covered(extents: Extents, bs: int, nblocks: int, volume_size: int) -> np.ndarray:
-    """Mask of the blocks entirely inside the union of ``extents`` (the short last block is
+def _touched(extents: Extents, bs: int) -> np.ndarray:
+    """Normalized runs of the blocks the extents touch."""
+    arr = _array(extents)
+    arr = arr[arr[:, 1] > 0]
+    first = arr[:, 0] // bs
+    last = (arr[:, 0] + arr[:, 1] - 1) // bs
+    return native.runs_normalize(np.stack([first, last - first + 1], axis=1))
+
+
+def _covered_runs(extents: Extents, bs: int, nblocks: int, volume_size: int) -> np.ndarray:
+    """Runs of the blocks entirely inside the union of ``extents`` (the short last block is
     covered when the union reaches the end of the volume)."""
     arr = _array(extents)
     arr = arr[arr[:, 1] > 0]
     if not arr.size:
-        return np.zeros(nblocks, np.bool_)
+        return np.empty((0, 2), np.int64)
     arr = arr[np.argsort(arr[:, 0], kind="stable")]
     starts, ends = arr[:, 0], arr[:, 0] + arr[:, 1]
     # Coalesce overlapping or adjacent extents into runs of bytes.
@@ -162,8 +180,7 @@ def _covered(extents: Extents, bs: int, nblocks: int, volume_size: int) -> np.nd
     lo = -(-run_start // bs)
     hi = np.where(run_end >= volume_size, nblocks, run_end // bs)
     keep = hi > lo
-    runs = np.stack([lo[keep], hi[keep] - lo[keep]], axis=1)
-    return native.runs_to_mask(runs, nblocks)
+    return native.runs_normalize(np.stack([lo[keep], hi[keep] - lo[keep]], axis=1))
 
 
 @dataclass(frozen=True)
@@ -260,6 +277,36 @@ def plan_masks(
     return reason if reason is not None else hint.masks(block_size)
 
 
+def plan_runs(
+    hint: ChangeSet | LegacyExtents,
+    *,
+    parent_id: str | None,
+    parent: _Layout | None,
+    block_size: int,
+    volume_size: int,
+) -> tuple[np.ndarray, np.ndarray] | str:
+    """:func:`plan_masks` as runs ``(first, count)`` (``ChangeSet.runs``): what the data
+    path uses, so that a change set costs its extents, not the volume's size."""
+    if parent_id is None:
+        return "no parent: this is a full backup"
+    if isinstance(hint, LegacyExtents):
+        if hint.base_backup_id is None:
+            return "change set has no base backup (changed_extents given without changes_base)"
+        try:
+            hint = hint.bind(volume_size, block_size)
+        except ChangeSetError as e:
+            return str(e)
+    reason = refusal(
+        hint,
+        parent_id=parent_id,
+        parent_volume_size=None if parent is None else parent.volume_size,
+        parent_block_size=None if parent is None else parent.block_size,
+        block_size=block_size,
+        volume_size=volume_size,
+    )
+    return reason if reason is not None else hint.runs(block_size)
+
+
 __all__ = [
     "CURRENT_VERSION",
     "ChangeSet",
@@ -267,5 +314,6 @@ __all__ = [
     "LegacyExtents",
     "canonical_backup_id",
     "plan_masks",
+    "plan_runs",
     "refusal",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import shlex
 import signal
@@ -206,16 +207,73 @@ class Progress:
         )
         sys.stderr.flush()
 
+    def interrupt(self) -> None:
+        """End the bar's line, so that a message can follow on a line of its own."""
+        if self.enabled:
+            sys.stderr.write("\n")
+
     def close(self) -> None:
         if self.enabled:
             sys.stderr.write("\n")
 
 
+# ---------------------------------------------------------------------- Ctrl-C and SIGTERM
+#
+# While a job of this process runs (``backup create --wait``, ``backup restore``), a signal
+# never raises: stopping the process would kill the job half-way (the engine is embedded),
+# so _follow notices the signal, says so, and reports the job's real end; the exit status is
+# then 128 + the signal. Elsewhere the first signal interrupts the command (KeyboardInterrupt)
+# and later ones are ignored while it cleans up: never a traceback.
+# TODO(cancellation): once BackupEngine can cancel a running backup or restore, _follow
+# cancels it on the first signal instead of waiting for it to end.
+
+_signals: list[int] = []
+_following = False
+
+
+class _Stop(KeyboardInterrupt):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    _signals.append(signum)
+    if not _following and len(_signals) == 1:
+        raise _Stop(signum)
+
+
+def _install_signal_handlers() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _on_signal)
+
+
+def _interrupted_status() -> int:
+    return 128 + (_signals[0] if _signals else signal.SIGINT)
+
+
 def _follow(eng, backup_id: str, label: str, total: int, timeout: float | None = None) -> dict:
     bar = Progress(label, total)
     deadline = None if timeout is None else time.monotonic() + timeout
+    noted = 0
     try:
         while True:
+            if _following and len(_signals) > noted:
+                bar.interrupt()
+                what = f"backup {backup_id}"
+                if label != "backup":
+                    what = f"the restore of {what}"
+                if noted == 0:
+                    name = signal.Signals(_signals[0]).name
+                    print(
+                        f"cinderblock: interrupted ({name}): {what} cannot be cancelled; "
+                        "waiting for it to end",
+                        file=sys.stderr,
+                    )
+                else:
+                    print(f"cinderblock: still waiting for {what} to end", file=sys.stderr)
+                noted = len(_signals)
             try:
                 return eng.wait(backup_id, timeout=0.25, microversion=CLI_MICROVERSION)
             except TimeoutError:
@@ -368,25 +426,25 @@ def run(args: argparse.Namespace, out: Output) -> int:
             eng.delete_backup(project, args.backup, force=args.force)
             out.emit({"deleted": args.backup}, [("deleted", args.backup)])
         elif key == ("backup", "restore"):
-            b = eng.get_backup(project, args.backup)
-            body = eng.restore_backup(
-                project, args.backup, args.target, force=args.force, wait=False
-            )
-            done = _follow(eng, b["id"], "restore", (b.get("stats") or {}).get("volume_bytes", 0))
-            last = (done.get("stats") or {}).get("last_restore") or {}
-            if last.get("status") == "error":
-                print(f"cinderblock: error: restore failed: {last.get('error')}", file=sys.stderr)
-                return EXIT_ERROR
-            out.emit(body, [("restored", b["id"]), ("target", args.target)])
+            return _restore(eng, project, args, out)
         elif key == ("backup", "wait"):
             b = eng.get_backup(project, args.backup)
-            done = _follow(
-                eng,
-                b["id"],
-                "backup",
-                (b.get("stats") or {}).get("volume_bytes", 0),
-                timeout=args.timeout,
-            )
+            try:
+                done = _follow(
+                    eng,
+                    b["id"],
+                    "backup",
+                    (b.get("stats") or {}).get("volume_bytes", 0),
+                    timeout=args.timeout,
+                )
+            except KeyboardInterrupt:
+                # The backup runs in another process: it goes on, only the waiting stops.
+                now = eng.get_backup(project, b["id"])["status"]
+                print(
+                    f"cinderblock: interrupted: stopped waiting; backup {b['id']} is {now}",
+                    file=sys.stderr,
+                )
+                return _interrupted_status()
             out.emit(
                 done,
                 [
@@ -431,6 +489,28 @@ def _init(args: argparse.Namespace, out: Output) -> int:
         [("repository", root), ("status", "already existed" if existed else "created")],
     )
     return EXIT_OK
+
+
+def _restore(eng, project: str, args: argparse.Namespace, out: Output) -> int:
+    global _following
+    b = eng.get_backup(project, args.backup)
+    _following = True  # from here on a signal is reported, not raised (see _follow)
+    body = eng.restore_backup(project, args.backup, args.target, force=args.force, wait=False)
+    done = _follow(eng, b["id"], "restore", (b.get("stats") or {}).get("volume_bytes", 0))
+    last = (done.get("stats") or {}).get("last_restore") or {}
+    failed = last.get("status") == "error"
+    if failed:
+        print(f"cinderblock: error: restore failed: {last.get('error')}", file=sys.stderr)
+    else:
+        out.emit(body, [("restored", b["id"]), ("target", args.target)])
+    if _signals:
+        print(
+            f"cinderblock: interrupted: the restore of backup {b['id']} "
+            + ("failed" if failed else f"completed onto {args.target}"),
+            file=sys.stderr,
+        )
+        return _interrupted_status()
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 def _verify(eng, project: str, args: argparse.Namespace, out: Output) -> int:
@@ -478,6 +558,8 @@ def _create(eng, project: str, args: argparse.Namespace, out: Output) -> int:
                 f"cinderblock: warning: changed extents ignored ({e}); reading the whole volume",
                 file=sys.stderr,
             )
+    global _following
+    _following = True  # from here on a signal is reported, not raised (see _follow)
     answer = eng.create_backup(
         project,
         {"backup": body},
@@ -520,7 +602,11 @@ def _create(eng, project: str, args: argparse.Namespace, out: Output) -> int:
             ("fail_reason", done["fail_reason"] or ""),
         ],
     )
-    return _outcome(done)
+    status = _outcome(done)
+    if _signals:
+        print(f"cinderblock: interrupted: backup {bid} ended {done['status']}", file=sys.stderr)
+        return _interrupted_status()
+    return status
 
 
 def _outcome(done: dict) -> int:
@@ -542,7 +628,7 @@ def _outcome(done: dict) -> int:
 _detach_fd: int | None = None
 
 
-def _start_detached(argv: Sequence[str]) -> int:
+def _start_detached(argv: Sequence[str], args: argparse.Namespace) -> int:
     read_end, write_end = os.pipe()
     try:
         proc = subprocess.Popen(
@@ -560,9 +646,18 @@ def _start_detached(argv: Sequence[str]) -> int:
         # Both pipes reach end-of-file when the child detaches (or exits).
         err = threading.Thread(target=_copy, args=(proc.stderr, sys.stderr), daemon=True)
         err.start()
-        _copy(proc.stdout, sys.stdout)
-        err.join()
-        started = status.read() == b"started"
+        try:
+            _copy(proc.stdout, sys.stdout)
+            err.join()
+            started = status.read() == b"started"
+        except KeyboardInterrupt:
+            # The other process is in a session of its own: the signal did not reach it.
+            print(
+                "cinderblock: interrupted; the backup may have started in the background "
+                f"(see: {_command(args, 'backup', 'list')})",
+                file=sys.stderr,
+            )
+            return _interrupted_status()
     if started:
         return EXIT_OK  # the backup goes on in the child
     return proc.wait()
@@ -592,16 +687,37 @@ def _detach() -> None:
     _detach_fd = None
 
 
+# The engine logs each job's failure; the command says it itself, once, in its own words.
+_REPORTED_HERE = (
+    "backup %s failed: %s",
+    "restore of backup %s failed: %s",
+    "backup %s: change set refused (%s); the whole volume was read",
+)
+
+
+def _setup_logging() -> None:
+    """Engine warnings as ``cinderblock: warning: …`` lines on stderr (never a bare one)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("cinderblock: %(levelname)s: %(message)s"))
+    handler.addFilter(lambda record: record.msg not in _REPORTED_HERE)
+    root = logging.getLogger("engine")
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    root.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     global _detach_fd
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     out = Output(args.json)
+    _setup_logging()
+    _install_signal_handlers()
     if DETACH_ENV in os.environ:
         _detach_fd = int(os.environ.pop(DETACH_ENV))
     elif args.group == "backup" and args.cmd == "create" and not args.wait:
-        return _start_detached(argv)
+        return _start_detached(argv, args)
     try:
         return run(args, out)
     except ApiError as e:
@@ -610,6 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cinderblock: error: {e}", file=sys.stderr)
     except KeyboardInterrupt:
         print("cinderblock: interrupted", file=sys.stderr)
+        return _interrupted_status()
     return EXIT_ERROR
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "BlockReader",
     "Window",
     "data_blocks",
+    "data_runs",
     "diff",
     "digest",
     "extents_to_blocks",
@@ -50,7 +51,15 @@ __all__ = [
     "mask_to_runs",
     "mask_union",
     "pack_mask",
+    "runs_complement",
+    "runs_count",
+    "runs_difference",
+    "runs_intersection",
+    "runs_normalize",
+    "runs_to_indices",
     "runs_to_mask",
+    "runs_union",
+    "indices_to_runs",
     "scan_file",
     "unpack_mask",
     "volume_size",
@@ -636,3 +645,138 @@ def unpack_mask(packed: np.ndarray, nblocks: int) -> np.ndarray:
     if arr.shape[0] * 8 < n:
         raise ValueError(f"packed holds {arr.shape[0] * 8} bits, fewer than nblocks ({n})")
     return np.unpackbits(arr, count=n, bitorder="little").astype(np.bool_)
+
+
+# ----------------------------------------------------------------------------- runs
+#
+# Sets of blocks as runs, for volumes whose masks would be too large to hold: every function
+# here costs the number of runs, never the number of blocks. A "normalized" runs array is
+# sorted, with no empty, overlapping or touching runs (what ``mask_to_runs`` returns).
+
+_NO_RUNS = np.empty((0, 2), np.int64)
+
+
+def _runs(runs: object, name: str = "runs") -> np.ndarray:
+    if isinstance(runs, np.ndarray) and runs.dtype == np.int64 and runs.ndim == 2:
+        if runs.shape[1] != 2:
+            raise ValueError(f"{name} must be (first, count) pairs, got shape {runs.shape}")
+        if runs.size and runs.min() < 0:
+            raise ValueError(f"{name} must not hold negative values")
+        return np.ascontiguousarray(runs)
+    return _pairs(runs, name)
+
+
+def runs_normalize(runs: object) -> np.ndarray:
+    """``runs`` sorted, with empty runs dropped and overlapping or touching runs merged."""
+    arr = _runs(runs)
+    arr = arr[arr[:, 1] > 0]
+    if len(arr) < 2:
+        return np.array(arr, np.int64).reshape(-1, 2)
+    if (arr[1:, 0] <= arr[:-1, 0]).any():
+        arr = arr[np.argsort(arr[:, 0], kind="stable")]
+    starts, ends = arr[:, 0], arr[:, 0] + arr[:, 1]
+    reach = np.maximum.accumulate(ends)
+    new = np.ones(len(arr), np.bool_)
+    new[1:] = starts[1:] > reach[:-1]
+    first = np.flatnonzero(new)
+    last_reach = np.maximum.reduceat(ends, first)
+    return np.stack([starts[first], last_reach - starts[first]], axis=1).astype(np.int64)
+
+
+def runs_count(runs: object) -> int:
+    """How many blocks the runs hold (overlaps counted twice: normalize first if needed)."""
+    arr = _runs(runs)
+    return int(arr[:, 1].sum()) if arr.size else 0
+
+
+def runs_to_indices(runs: object) -> np.ndarray:
+    """The block indices of ``runs``, in run order (int64)."""
+    arr = _runs(runs)
+    arr = arr[arr[:, 1] > 0]
+    total = int(arr[:, 1].sum()) if arr.size else 0
+    if total == 0:
+        return np.empty(0, np.int64)
+    # index j of the output = j + (run start - rows before the run), per run.
+    before = np.zeros(len(arr), np.int64)
+    np.cumsum(arr[:-1, 1], out=before[1:])
+    return np.arange(total, dtype=np.int64) + np.repeat(arr[:, 0] - before, arr[:, 1])
+
+
+def indices_to_runs(indices: object) -> np.ndarray:
+    """Normalized runs of a set of block indices (any order, repeats allowed)."""
+    idx = np.unique(np.asarray(indices, np.int64).ravel())
+    if not idx.size:
+        return _NO_RUNS.copy()
+    if idx[0] < 0:
+        raise ValueError("indices must not be negative")
+    new = np.ones(len(idx), np.bool_)
+    new[1:] = idx[1:] != idx[:-1] + 1
+    first = np.flatnonzero(new)
+    counts = np.diff(np.append(first, len(idx)))
+    return np.stack([idx[first], counts], axis=1).astype(np.int64)
+
+
+def _combine(a: object, b: object, keep) -> np.ndarray:
+    """Normalized runs of the blocks for which ``keep(in_a, in_b)`` holds (a boundary sweep)."""
+    a, b = _runs(a, "a"), _runs(b, "b")
+    a, b = a[a[:, 1] > 0], b[b[:, 1] > 0]
+    if not a.size and not b.size:
+        return _NO_RUNS.copy()
+    points = np.concatenate([a[:, 0], a[:, 0] + a[:, 1], b[:, 0], b[:, 0] + b[:, 1]])
+    na, nb = len(a), len(b)
+    da = np.concatenate([np.ones(na, np.int64), -np.ones(na, np.int64), np.zeros(2 * nb, np.int64)])
+    db = np.concatenate([np.zeros(2 * na, np.int64), np.ones(nb, np.int64), -np.ones(nb, np.int64)])
+    order = np.argsort(points, kind="stable")
+    points, ca, cb = points[order], np.cumsum(da[order]), np.cumsum(db[order])
+    last = np.ones(len(points), np.bool_)
+    last[:-1] = points[1:] != points[:-1]
+    points, ca, cb = points[last], ca[last], cb[last]
+    inside = keep(ca > 0, cb > 0)[:-1]  # elementary interval [points[j], points[j + 1])
+    if not inside.any():
+        return _NO_RUNS.copy()
+    edges = np.diff(np.concatenate([[0], inside.astype(np.int8), [0]]))
+    lo, hi = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    starts, ends = points[lo], points[hi]
+    return np.stack([starts, ends - starts], axis=1).astype(np.int64)
+
+
+def runs_union(a: object, b: object) -> np.ndarray:
+    return _combine(a, b, lambda x, y: x | y)
+
+
+def runs_intersection(a: object, b: object) -> np.ndarray:
+    return _combine(a, b, lambda x, y: x & y)
+
+
+def runs_difference(a: object, b: object) -> np.ndarray:
+    """Blocks in ``a`` and not in ``b``."""
+    return _combine(a, b, lambda x, y: x & ~y)
+
+
+def runs_complement(runs: object, nblocks: int) -> np.ndarray:
+    """The blocks of ``[0, nblocks)`` not in ``runs``."""
+    n = _check_count(nblocks, "nblocks")
+    every = np.array([[0, n]], np.int64) if n else _NO_RUNS
+    return runs_difference(every, runs)
+
+
+def data_runs(source: Source, block_size: int, within: object = None) -> np.ndarray:
+    """Runs of the blocks that hold data, from ``SEEK_DATA``/``SEEK_HOLE``; nothing is read.
+
+    The runs of :func:`data_blocks`' mask, at a cost of the number of data extents, not of
+    blocks. With ``within`` (runs), only those blocks are looked at: the cost is then the
+    extents met there, however large the file. Block devices have no holes: every block
+    (of ``within``) is data.
+    """
+    bs = check_block_size(block_size)
+    with _open_source(source, direct=False) as (fd, label):
+        size = _fd_size(fd)
+        nblocks = -(-size // bs)
+        every = np.array([[0, nblocks]], np.int64) if nblocks else _NO_RUNS
+        where = every if within is None else runs_intersection(runs_normalize(within), every)
+        if not _is_regular(fd):
+            return where.copy()
+        rc, offset, runs = _reader.data_runs(fd, size, bs, np.ascontiguousarray(where))
+        if rc:
+            raise OSError(-rc, f"cannot map holes of {label} at byte offset {offset}")
+    return runs

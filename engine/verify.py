@@ -104,8 +104,8 @@ def verify(
         elif percent is not None and len(blocks):
             k = max(1, round(len(blocks) * percent / 100))
             sample = set(rng.sample(blocks.tolist(), k))
-        for i in blocks.tolist():
-            digest = bytes(m.digests[i])
+        for i, row in zip(blocks.tolist(), m.data_digests, strict=True):
+            digest = bytes(row)
             thorough = i in sample
             key = (ref.container, digest)
             if key in checked and (checked[key] is not None or not thorough):

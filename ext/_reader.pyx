@@ -270,3 +270,80 @@ def data_blocks(int fd, uint64_t size, size_t block_size, mask):
                 break
             pos = <uint64_t> h
     return rc, where
+
+
+def data_runs(int fd, uint64_t size, size_t block_size, const int64_t[:, ::1] within):
+    """``(rc, where, runs)``: runs (int64 ``(k, 2)``) of the blocks overlapping a data extent,
+    looked for only inside the block runs ``within`` (sorted, disjoint, inside the file).
+
+    One ``SEEK_DATA``/``SEEK_HOLE`` pair per extent met; blocks shared by two extents join
+    their runs. The output grows by doubling, so memory is the number of runs.
+    """
+    cdef Py_ssize_t cap = 64, k = 0, j = 0
+    runs = np.empty((cap, 2), dtype=np.int64)
+    cdef int64_t[:, ::1] r = runs
+    cdef uint64_t pos = 0, stop = 0, lo = 0, hi = 0
+    cdef off_t d, h
+    cdef uint64_t b, e
+    cdef int rc = 0
+    cdef uint64_t where = 0
+    cdef bint started = False
+    while True:
+        with nogil:
+            while j < within.shape[0] and k < cap:
+                if not started:
+                    lo = <uint64_t> within[j, 0]
+                    hi = <uint64_t> (within[j, 0] + within[j, 1])
+                    pos = lo * block_size
+                    stop = hi * block_size
+                    if stop > size:
+                        stop = size
+                    started = True
+                if pos >= stop:
+                    j += 1
+                    started = False
+                    continue
+                d = lseek(fd, <off_t> pos, SEEK_DATA)
+                if d < 0:
+                    if errno != ENXIO:
+                        rc = -errno
+                        where = pos
+                        break
+                    j = within.shape[0]     # no data after pos at all
+                    break
+                if <uint64_t> d >= stop:
+                    j += 1
+                    started = False
+                    continue
+                h = lseek(fd, d, SEEK_HOLE)
+                if h < 0:
+                    rc = -errno
+                    where = d
+                    break
+                if <uint64_t> h > stop:
+                    h = <off_t> stop
+                b = <uint64_t> d // block_size
+                e = (<uint64_t> h + block_size - 1) // block_size
+                if b < lo:
+                    b = lo
+                if e > hi:
+                    e = hi
+                if k and <uint64_t> (r[k - 1, 0] + r[k - 1, 1]) >= b:
+                    if <uint64_t> (r[k - 1, 0] + r[k - 1, 1]) < e:
+                        r[k - 1, 1] = e - r[k - 1, 0]
+                elif e > b:
+                    r[k, 0] = b
+                    r[k, 1] = e - b
+                    k += 1
+                if <uint64_t> h <= pos:
+                    pos = stop              # defensive: never loop without progress
+                else:
+                    pos = <uint64_t> h
+        if rc or j >= within.shape[0]:
+            break
+        bigger = np.empty((cap * 2, 2), dtype=np.int64)
+        bigger[:cap] = runs
+        runs = bigger
+        r = runs
+        cap *= 2
+    return rc, where, runs[:k].copy()

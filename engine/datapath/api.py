@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .. import native
-from ..changes import ChangeSet, LegacyExtents, plan_masks
+from ..changes import ChangeSet, LegacyExtents, plan_runs
 from ..errors import CinderblockError, InvalidInput
 from ..repository import BlockMap, Container
 from ..store.files import fsync_dir
@@ -175,7 +175,7 @@ def backup_volume(
         changed = zeroed = None
         refused = None
         if changes is not None:
-            masks = plan_masks(
+            masks = plan_runs(
                 changes,
                 parent_id=None if parent is None else parent.backup_id,
                 parent=parent,
@@ -194,8 +194,8 @@ def backup_volume(
             volume_size=src.size,
             block_size=bs,
             parent=parent,
-            changed=changed,
-            zeroed=zeroed,
+            changed_runs=changed,
+            zeroed_runs=zeroed,
             workers=workers,
             window_bytes=window_bytes,
             progress=progress or (lambda fraction: None),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import struct
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,60 +44,201 @@ MAX_BLOCKS = 2**34
 
 # A zstd block of RLE type spends 4 bytes on up to 128 KiB: no frame expands beyond this.
 MAX_ZSTD_RATIO = 32768
+# The kinds are built, compressed and decoded this many blocks at a time.
+KINDS_CHUNK = 4 << 20
+# Bodies up to this size are compressed in one call (byte for byte the frames of the
+# earlier dense encoder); larger ones are streamed, so a 64 TiB map never holds its kinds.
+ONE_SHOT_BYTES = 4 << 20
 
 
-def _bounded_decompress(body: memoryview, expected: int, what: str) -> bytes:
-    """Decompress exactly ``expected`` bytes, allocating only as output actually appears."""
-    out = bytearray()
-    try:
-        with zstandard.ZstdDecompressor().stream_reader(body) as reader:
-            while len(out) <= expected:
-                chunk = reader.read(min(1 << 20, expected + 1 - len(out)))
-                if not chunk:
-                    break
-                out += chunk
-    except zstandard.ZstdError as e:
-        raise CorruptionError(f"{what} body does not decompress: {e}") from None
-    if len(out) != expected:
-        raise CorruptionError(f"{what} body has the wrong length")
-    return bytes(out)
-
-
-@dataclass
+@dataclass(init=False, eq=False)
 class BlockMap:
     """A backup's block map: which blocks are zeros, and the digest of every data block.
 
-    Consumers ask it questions (``data_blocks``, ``data_runs``, ``digest``, ``referenced``,
-    ``checksum``) instead of indexing its arrays; the arrays stay available to the data
-    path's kernels (``digests``/``zero``, one row per block). Zero blocks' rows in
-    ``digests`` carry no meaning: the kernels never compare them.
+    Held sparse: the runs ``(first, count)`` of consecutive data blocks, in block order, and
+    the digests of the data blocks (``data_digests``, one row per data block, in block
+    order). Zero blocks cost nothing, so a 64 TiB volume that is mostly holes takes a few
+    bytes per data block, not 17 per block.
+
+    Consumers ask it questions (``data_blocks``, ``data_runs``, ``zero_runs``, ``digest``,
+    ``referenced``, ``checksum``, ``window``) instead of indexing arrays. The dense arrays
+    ``digests`` (uint8 ``(nblocks, 16)``) and ``zero`` (bool ``(nblocks,)``) of the earlier
+    type are still there, built on first use (17 bytes per block: for small maps and
+    tests, never on the data path). Zero blocks' rows in ``digests`` carry no meaning.
+
+    Built either dense, ``BlockMap(id, parent, bs, size, digests=…, zero=…)``, or sparse,
+    ``BlockMap(id, parent, bs, size, runs=…, data_digests=…)``.
     """
 
     backup_id: str
     parent_id: str | None
     block_size: int
     volume_size: int
-    digests: np.ndarray  # uint8 (nblocks, 16)
-    zero: np.ndarray  # bool (nblocks,)
+
+    def __init__(
+        self,
+        backup_id: str,
+        parent_id: str | None,
+        block_size: int,
+        volume_size: int,
+        digests: np.ndarray | None = None,
+        zero: np.ndarray | None = None,
+        *,
+        runs: np.ndarray | None = None,
+        data_digests: np.ndarray | None = None,
+        zero_digest: bytes | None = None,
+    ) -> None:
+        self.backup_id = backup_id
+        self.parent_id = parent_id
+        self.block_size = block_size
+        self.volume_size = volume_size
+        self._zero_digest = zero_digest
+        self._dense: tuple[np.ndarray, np.ndarray] | None = None
+        if zero is not None:
+            if digests is None or runs is not None or data_digests is not None:
+                raise TypeError("give digests and zero, or runs and data_digests")
+            zero = np.asarray(zero, np.bool_)
+            self._nblocks = int(zero.shape[0])
+            self._runs = native.mask_to_runs(~zero)
+            self._data = np.ascontiguousarray(np.asarray(digests, np.uint8)[~zero])
+            self._dense = (np.asarray(digests), zero)
+        else:
+            if digests is not None or runs is None or data_digests is None:
+                raise TypeError("give digests and zero, or runs and data_digests")
+            self._nblocks = -(-volume_size // block_size)
+            runs = np.asarray(runs, np.int64).reshape(-1, 2)
+            runs = runs[runs[:, 1] > 0]
+            if (runs[1:, 0] < runs[:-1, 0] + runs[:-1, 1]).any():
+                raise ValueError("runs must be in block order and must not overlap")
+            self._runs = native.runs_normalize(runs)  # joins touching runs
+            self._data = np.ascontiguousarray(data_digests, np.uint8).reshape(-1, DIGEST_SIZE)
+            if native.runs_count(self._runs) != len(self._data):
+                raise ValueError("runs and data_digests disagree on the number of data blocks")
+            if self._runs.size and int(self._runs[-1].sum()) > self._nblocks:
+                raise ValueError("runs reach past the end of the volume")
+        # Row in _data of each run's first block.
+        self._row = np.zeros(len(self._runs), np.int64)
+        if len(self._runs) > 1:
+            np.cumsum(self._runs[:-1, 1], out=self._row[1:])
+
+    @classmethod
+    def from_pieces(
+        cls,
+        backup_id: str,
+        parent_id: str | None,
+        block_size: int,
+        volume_size: int,
+        pieces: list[tuple[np.ndarray, np.ndarray]],
+    ) -> BlockMap:
+        """A map from disjoint pieces ``(runs, digests of their blocks)`` in any order."""
+        pieces = [p for p in pieces if len(p[1])]
+        if not pieces:
+            runs, data = np.empty((0, 2), np.int64), np.empty((0, DIGEST_SIZE), np.uint8)
+        else:
+            runs = np.concatenate([p[0] for p in pieces])
+            data = np.concatenate([p[1] for p in pieces])
+            order = np.argsort(runs[:, 0], kind="stable")
+            if (order[1:] < order[:-1]).any():
+                # Put the runs, and their digests with them, in block order.
+                row = np.zeros(len(runs), np.int64)
+                np.cumsum(runs[:-1, 1], out=row[1:])
+                runs = runs[order]
+                data = data[native.runs_to_indices(np.stack([row[order], runs[:, 1]], 1))]
+            ends = runs[:-1, 0] + runs[:-1, 1]
+            if (runs[1:, 0] < ends).any():
+                raise ValueError("pieces overlap")
+        return cls(backup_id, parent_id, block_size, volume_size, runs=runs, data_digests=data)
+
+    # ------------------------------------------------------------------ questions
 
     @property
     def nblocks(self) -> int:
-        return int(self.zero.shape[0])
+        return self._nblocks
+
+    @property
+    def ndata(self) -> int:
+        """How many blocks have an object."""
+        return len(self._data)
+
+    @property
+    def data_digests(self) -> np.ndarray:
+        """uint8 ``(ndata, 16)``: the data blocks' digests in block order (read-only)."""
+        view = self._data.view()
+        view.flags.writeable = False
+        return view
 
     def data_blocks(self) -> np.ndarray:
         """Indices of the blocks that have an object."""
-        return np.flatnonzero(~self.zero)
+        return native.runs_to_indices(self._runs)
 
     def data_runs(self) -> np.ndarray:
         """(first, count) runs of consecutive data blocks, in block order."""
-        return native.mask_to_runs(~self.zero)
+        return self._runs.copy()
+
+    def zero_runs(self) -> np.ndarray:
+        """(first, count) runs of consecutive zero blocks, in block order."""
+        return native.runs_complement(self._runs, self._nblocks)
+
+    def _find(self, i: int) -> int:
+        """Row of block ``i`` in ``data_digests``, or -1 for a zero block."""
+        if not 0 <= i < self._nblocks:
+            raise IndexError(f"block {i} out of range for a map of {self._nblocks} blocks")
+        k = int(np.searchsorted(self._runs[:, 0], i, side="right")) - 1
+        if k < 0 or i >= self._runs[k, 0] + self._runs[k, 1]:
+            return -1
+        return int(self._row[k] + i - self._runs[k, 0])
 
     def is_zero(self, i: int) -> bool:
-        return bool(self.zero[i])
+        return self._find(int(i)) < 0
 
     def digest(self, i: int) -> bytes | None:
         """Block ``i``'s digest, or None for a zero block (it has no object)."""
-        return None if self.zero[i] else bytes(self.digests[i])
+        row = self._find(int(i))
+        return None if row < 0 else bytes(self._data[row])
+
+    def rows(self, runs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The data blocks inside ``runs``: ``(their runs, their digests)``, in block order."""
+        got = native.runs_intersection(self._runs, runs)
+        if not got.size:
+            return got, np.empty((0, DIGEST_SIZE), np.uint8)
+        k = np.searchsorted(self._runs[:, 0], got[:, 0], side="right") - 1
+        first_row = self._row[k] + got[:, 0] - self._runs[k, 0]
+        return got, self._data[native.runs_to_indices(np.stack([first_row, got[:, 1]], 1))]
+
+    def window(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Dense ``(digests, zero)`` of blocks ``[lo, hi)`` only (for ``native.diff``).
+
+        The digest rows of zero blocks are zeros. Costs the window, never the volume.
+        """
+        hi = min(hi, self._nblocks)
+        lo = min(lo, hi)
+        n = hi - lo
+        digests = np.zeros((n, DIGEST_SIZE), np.uint8)
+        zero = np.ones(n, np.bool_)
+        if n == 0 or not self._runs.size:
+            return digests, zero
+        ends = self._runs[:, 0] + self._runs[:, 1]
+        a = int(np.searchsorted(ends, lo, side="right"))
+        b = int(np.searchsorted(self._runs[:, 0], hi, side="left"))
+        for k in range(a, b):
+            s = max(int(self._runs[k, 0]), lo)
+            e = min(int(ends[k]), hi)
+            row = int(self._row[k]) + s - int(self._runs[k, 0])
+            digests[s - lo : e - lo] = self._data[row : row + e - s]
+            zero[s - lo : e - lo] = False
+        return digests, zero
+
+    def runs_of_digests(self, wanted: set[bytes]) -> np.ndarray:
+        """Runs of the data blocks whose digest is one of ``wanted``."""
+        if not wanted or not len(self._data):
+            return np.empty((0, 2), np.int64)
+        keys = np.frombuffer(b"".join(sorted(wanted)), np.uint8).reshape(-1, DIGEST_SIZE)
+        void = np.dtype((np.void, DIGEST_SIZE))
+        hit = np.isin(self._data.view(void).ravel(), np.ascontiguousarray(keys).view(void).ravel())
+        rows = np.flatnonzero(hit)
+        k = np.searchsorted(self._row, rows, side="right") - 1
+        blocks = self._runs[k, 0] + rows - self._row[k]
+        return native.indices_to_runs(blocks)
 
     def checksum(self) -> bytes:
         """A digest of the whole map (its encoded form): what a change set can bind to."""
@@ -104,13 +246,60 @@ class BlockMap:
 
     def referenced(self) -> set[bytes]:
         """Digests of every object this manifest needs."""
-        rows = self.digests[~self.zero]
+        rows = self._data
         return {bytes(r) for r in np.unique(rows, axis=0)} if len(rows) else set()
 
+    # ------------------------------------------------------------------ dense views
+
+    def _dense_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._dense is None:
+            zero = ~native.runs_to_mask(self._runs, self._nblocks)
+            digests = np.zeros((self._nblocks, DIGEST_SIZE), np.uint8)
+            if self._zero_digest is not None:
+                digests[zero] = np.frombuffer(self._zero_digest, np.uint8)
+            digests[~zero] = self._data
+            self._dense = (digests, zero)
+        return self._dense
+
+    @property
+    def digests(self) -> np.ndarray:
+        """uint8 ``(nblocks, 16)``, one row per block: built on first use (16 B/block)."""
+        return self._dense_arrays()[0]
+
+    @property
+    def zero(self) -> np.ndarray:
+        """bool ``(nblocks,)``: built on first use (with ``digests``)."""
+        return self._dense_arrays()[1]
+
+    # ------------------------------------------------------------------ format
+
+    def _kinds(self) -> Iterator[np.ndarray]:
+        """kinds u8[nblocks] in chunks of at most KINDS_CHUNK, built from the runs."""
+        runs = self._runs
+        ends = runs[:, 0] + runs[:, 1]
+        for lo in range(0, self._nblocks, KINDS_CHUNK):
+            hi = min(lo + KINDS_CHUNK, self._nblocks)
+            a = int(np.searchsorted(ends, lo, side="right"))
+            b = int(np.searchsorted(runs[:, 0], hi, side="left"))
+            part = runs[a:b].copy()
+            if len(part):
+                part_end = np.minimum(ends[a:b], hi) - lo
+                part[:, 0] = np.maximum(part[:, 0], lo) - lo
+                part[:, 1] = part_end - part[:, 0]
+            yield native.runs_to_mask(part, hi - lo).view(np.uint8)
+
     def encode(self) -> bytes:
-        kinds = np.where(self.zero, KIND_ZERO, KIND_DATA).astype(np.uint8)
-        data_digests = np.ascontiguousarray(self.digests[~self.zero])
-        body = zstandard.ZstdCompressor(level=3).compress(kinds.tobytes() + data_digests.tobytes())
+        raw_len = self._nblocks + len(self._data) * DIGEST_SIZE
+        if raw_len <= ONE_SHOT_BYTES:
+            raw = b"".join(k.tobytes() for k in self._kinds()) + self._data.tobytes()
+            body = zstandard.ZstdCompressor(level=3).compress(raw)
+        else:
+            # The same frame format, streamed: the kinds are never all in memory at once.
+            c = zstandard.ZstdCompressor(level=3).compressobj(size=raw_len)
+            parts = [c.compress(chunk) for chunk in self._kinds()]
+            parts.append(c.compress(self._data))
+            parts.append(c.flush())
+            body = b"".join(parts)
         header = HEADER.pack(
             MAGIC,
             VERSION,
@@ -118,8 +307,8 @@ class BlockMap:
             0,
             self.block_size,
             self.volume_size,
-            self.nblocks,
-            len(data_digests),
+            self._nblocks,
+            len(self._data),
             len(body),
             uuid.UUID(self.backup_id).bytes,
             uuid.UUID(self.parent_id).bytes if self.parent_id else bytes(16),
@@ -157,27 +346,57 @@ class BlockMap:
         if expected > body_len * MAX_ZSTD_RATIO + 1024:
             # No zstd frame expands that much: the header's sizes are forged.
             raise CorruptionError(f"{what} claims more blocks than its body can hold")
-        raw = _bounded_decompress(memoryview(blob)[HEADER.size : -TRAILER_SIZE], expected, what)
-        kinds = np.frombuffer(raw, np.uint8, nblocks)
-        if kinds.size and kinds.max() > KIND_DATA:
-            raise CorruptionError(f"{what} has an unknown block kind")
-        zero = kinds == KIND_ZERO
-        if int(np.count_nonzero(~zero)) != ndata:
-            raise CorruptionError(f"{what} block count does not match its digests")
-        digests = np.zeros((nblocks, DIGEST_SIZE), np.uint8)
-        if zero_digest is not None:
-            digests[zero] = np.frombuffer(zero_digest, np.uint8)
-        digests[~zero] = np.frombuffer(raw, np.uint8, ndata * DIGEST_SIZE, nblocks).reshape(
-            ndata, DIGEST_SIZE
+        runs, data = _decode_body(
+            memoryview(blob)[HEADER.size : -TRAILER_SIZE], nblocks, ndata, what
         )
         return cls(
             backup_id=str(uuid.UUID(bytes=bid)),
             parent_id=str(uuid.UUID(bytes=pid)) if any(pid) else None,
             block_size=bs,
             volume_size=volume_size,
-            digests=digests,
-            zero=zero,
+            runs=runs,
+            data_digests=data,
+            zero_digest=zero_digest,
         )
+
+
+def _decode_body(
+    body: memoryview, nblocks: int, ndata: int, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stream-decompress kinds ‖ digests: the kinds become runs chunk by chunk, so memory is
+    a chunk plus the runs and digests, allocated only as output actually appears."""
+    runs: list[np.ndarray] = []
+    count = 0
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(body) as reader:
+
+            def read_exactly(n: int) -> bytes:
+                parts = []
+                while n > 0:
+                    chunk = reader.read(min(n, 1 << 20))
+                    if not chunk:
+                        raise CorruptionError(f"{what} body has the wrong length")
+                    parts.append(chunk)
+                    n -= len(chunk)
+                return b"".join(parts)
+
+            for lo in range(0, nblocks, KINDS_CHUNK):
+                kinds = np.frombuffer(read_exactly(min(KINDS_CHUNK, nblocks - lo)), np.uint8)
+                if kinds.max() > KIND_DATA:
+                    raise CorruptionError(f"{what} has an unknown block kind")
+                count += int(np.count_nonzero(kinds))
+                chunk_runs = native.mask_to_runs(kinds.view(np.bool_))
+                chunk_runs[:, 0] += lo
+                runs.append(chunk_runs)
+            if count != ndata:
+                raise CorruptionError(f"{what} block count does not match its digests")
+            data = np.frombuffer(read_exactly(ndata * DIGEST_SIZE), np.uint8)
+            if reader.read(1):
+                raise CorruptionError(f"{what} body has the wrong length")
+    except zstandard.ZstdError as e:
+        raise CorruptionError(f"{what} body does not decompress: {e}") from None
+    all_runs = np.concatenate(runs) if runs else np.empty((0, 2), np.int64)
+    return native.runs_normalize(all_runs), data.reshape(ndata, DIGEST_SIZE)
 
 
 Manifest = BlockMap  # the type's earlier name

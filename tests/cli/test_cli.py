@@ -30,6 +30,14 @@ def cbj(repo, *args):
 
 
 @pytest.fixture
+def repo(tmp_path):
+    """A new repository, made as a user makes one: ``cinderblock init``."""
+    path = tmp_path / "repo"
+    cb(path, "init")
+    return path
+
+
+@pytest.fixture
 def image(tmp_path):
     path = tmp_path / "vol.img"
     data = bytearray(os.urandom(3 * MiB + 777))
@@ -38,8 +46,7 @@ def image(tmp_path):
     return path
 
 
-def test_full_incremental_restore_round_trip(tmp_path, image):
-    repo = tmp_path / "repo"
+def test_full_incremental_restore_round_trip(tmp_path, repo, image):
     vol = cbj(repo, "volume", "add", str(image), "--name", "v1")
     assert vol["name"] == "v1" and vol["size"] == image.stat().st_size
     full = cbj(
@@ -75,8 +82,7 @@ def test_full_incremental_restore_round_trip(tmp_path, image):
     assert shown["stats"]["last_restore"]["status"] == "available"
 
 
-def test_errors_are_one_line_and_nonzero(tmp_path, image):
-    repo = tmp_path / "repo"
+def test_errors_are_one_line_and_nonzero(tmp_path, repo, image):
     missing = "98db149d-b9e6-42d7-814d-492563c56fef"
     proc = cb(repo, "backup", "create", missing, check=False)
     assert proc.returncode == 1
@@ -92,30 +98,130 @@ def test_errors_are_one_line_and_nonzero(tmp_path, image):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def _bare(*args, env):
+    """``python -m engine ARGS`` with exactly the environment ``env`` adds (no --repo)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CINDERBLOCK_")}
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        capture_output=True,
+        text=True,
+        env={**clean, **env},
+        timeout=60,
+    )
+
+
 def test_repo_from_environment_and_missing_repo(tmp_path, image):
     env = {"CINDERBLOCK_REPO": str(tmp_path / "envrepo")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "engine", "--json", "volume", "add", str(image)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=60,
+    proc = _bare("--json", "volume", "add", str(image), env=env)
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        f"cinderblock: error: no repository at {tmp_path / 'envrepo'} "
+        "(create one with: cinderblock init)\n"
     )
+    assert not (tmp_path / "envrepo").exists()
+    assert _bare("init", env=env).returncode == 0
+    proc = _bare("--json", "volume", "add", str(image), env=env)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "envrepo" / "config.json").exists()
-    clean = {k: v for k, v in os.environ.items() if k != "CINDERBLOCK_REPO"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "engine", "volume", "list"],
-        capture_output=True,
-        text=True,
-        env=clean,
-        timeout=60,
-    )
+    proc = _bare("volume", "list", env={})
     assert proc.returncode != 0 and "no repository" in proc.stderr
 
 
-def test_changed_extents_file(tmp_path, image):
-    repo = tmp_path / "repo"
+COMMANDS = [
+    ("volume", "list"),
+    ("volume", "add", "IMAGE"),
+    ("snapshot", "list"),
+    ("backup", "list"),
+    ("backup", "create", "98db149d-b9e6-42d7-814d-492563c56fef"),
+    ("backup", "create", "98db149d-b9e6-42d7-814d-492563c56fef", "--wait"),
+    ("backup", "show", "98db149d-b9e6-42d7-814d-492563c56fef"),
+    ("backup", "restore", "98db149d-b9e6-42d7-814d-492563c56fef", "TARGET"),
+    ("verify",),
+    ("gc", "--dry-run"),
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_mistyped_repo_is_never_created(tmp_path, image, command):
+    """Every command but ``init`` needs an existing repository: a mistyped ``--repo`` (here
+    with a missing parent too) is an error that says what to do, and nothing is created."""
+    args = [
+        str(image) if a == "IMAGE" else str(tmp_path / "t.img") if a == "TARGET" else a
+        for a in command
+    ]
+    typo = tmp_path / "bakups" / "repo"
+    for where in (typo, tmp_path / "empty"):
+        proc = cb(where, *args, check=False)
+        assert proc.returncode == 1
+        assert proc.stdout == ""
+        assert proc.stderr == (
+            f"cinderblock: error: no repository at {where} "
+            f"(create one with: cinderblock --repo {where} init)\n"
+        )
+        assert not typo.parent.exists()
+        (tmp_path / "empty").mkdir(exist_ok=True)
+    assert list((tmp_path / "empty").iterdir()) == []
+    assert not (tmp_path / "t.img").exists()
+
+
+def test_init_creates_the_repository_and_only_with_parents_its_parent(tmp_path, image):
+    nested = tmp_path / "srv" / "backups"
+    proc = cb(nested, "init", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        f"cinderblock: error: cannot create a repository at {nested}: its parent directory "
+        f"{tmp_path / 'srv'} does not exist (pass --parents to create it)\n"
+    )
+    assert not (tmp_path / "srv").exists()
+    assert cbj(nested, "init", "--parents") == {"repository": str(nested), "created": True}
+    assert sorted(p.name for p in nested.iterdir()) == ["catalog.sqlite", "config.json"]
+    config = (nested / "config.json").read_bytes()
+    vol = cbj(nested, "volume", "add", str(image))
+    # init on an existing repository leaves it as it is (scripts may run it every time).
+    proc = cb(nested, "init")
+    assert proc.stdout.split() == ["repository", str(nested), "status", "already", "existed"]
+    assert (nested / "config.json").read_bytes() == config
+    assert [v["id"] for v in cbj(nested, "volume", "list")] == [vol["id"]]
+    # A directory holding other things is never turned into a repository.
+    other = tmp_path / "home"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    proc = cb(other, "init", check=False)
+    assert proc.returncode == 1
+    assert "directory is not empty and holds no repository" in proc.stderr
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+    # A plain directory that exists and is empty becomes one.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cbj(empty, "init")["created"] is True
+
+
+def test_backup_create_without_wait_says_it_has_not_finished(repo, image):
+    vol = cbj(repo, "volume", "add", str(image))
+    proc = cb(repo, "backup", "create", vol["id"], "--name", "bg")
+    lines = proc.stdout.split("\n")
+    bid = lines[0].split()[1]
+    assert [line.split() for line in lines] == [
+        ["id", bid],
+        ["name", "bg"],
+        ["status", "creating"],
+        [],
+    ]
+    assert proc.stderr == (
+        f"cinderblock: started backup {bid}; it has not finished: follow it with: "
+        f"cinderblock --repo {repo} --project p1 backup wait {bid}\n"
+    )
+    done = cbj(repo, "backup", "wait", bid)
+    assert done["status"] == "available"
+    # --json: the 202 body, with the status it has now.
+    proc = cb(repo, "--json", "backup", "create", vol["id"], "--incremental")
+    body = json.loads(proc.stdout)["backup"]
+    assert body["status"] == "creating" and body["links"]
+    assert f"started backup {body['id']}; it has not finished" in proc.stderr
+    assert cbj(repo, "backup", "wait", body["id"])["is_incremental"] is True
+
+
+def test_changed_extents_file(tmp_path, repo, image):
     vol = cbj(repo, "volume", "add", str(image))
     full = cbj(repo, "backup", "create", vol["id"], "--wait", "--block-size", "64K")
     with open(image, "r+b") as f:
@@ -189,10 +295,9 @@ def _create_with_hint(repo, vol_id, hint):
     return proc, json.loads(proc.stdout)
 
 
-def test_changed_extents_file_for_another_base_is_refused(tmp_path, image):
+def test_changed_extents_file_for_another_base_is_refused(tmp_path, repo, image):
     """A change set measured since a backup that was deleted: the planner picks the one
     before it, so the hint is refused with a warning and the restore is still exact."""
-    repo = tmp_path / "repo"
     vol = cbj(repo, "volume", "add", str(image))
     full = cbj(repo, "backup", "create", vol["id"], "--wait", "--block-size", "64K")
     with open(image, "r+b") as f:
@@ -214,8 +319,7 @@ def test_changed_extents_file_for_another_base_is_refused(tmp_path, image):
     assert target.read_bytes() == image.read_bytes()
 
 
-def test_changed_extents_version_1_file_is_refused(tmp_path, image):
-    repo = tmp_path / "repo"
+def test_changed_extents_version_1_file_is_refused(tmp_path, repo, image):
     vol = cbj(repo, "volume", "add", str(image))
     cbj(repo, "backup", "create", vol["id"], "--wait", "--block-size", "64K")
     hint = _hint_file(tmp_path / "v1.json", image, version=1)

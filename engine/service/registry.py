@@ -13,30 +13,17 @@ import os
 import uuid
 from typing import Any
 
-from . import native
+from .. import native
+from ..errors import InvalidInput, VolumeNotFound
+from ..paths import check_user_path
+from ..repository.layout import check_project_id
+from ..sources import Resolver, SnapshotInfo, VolumeInfo, detect_in_use
 from .catalog import Catalog, now
-from .errors import InvalidInput, VolumeNotFound
-from .paths import check_user_path
-from .repository.layout import check_project_id
-from .sources import Resolver, SnapshotInfo, VolumeInfo, detect_in_use
+from .status import SnapshotStatus, VolumeStatus
 
-VOLUME_STATUSES = frozenset(
-    {
-        "available",
-        "in-use",
-        "creating",
-        "error",
-        "backing-up",
-        "restoring-backup",
-        "error_restoring",
-        "deleting",
-        "maintenance",
-        "reserved",
-        "attaching",
-        "detaching",
-    }
-)
-SNAPSHOT_STATUSES = frozenset({"available", "creating", "error", "backing-up", "deleting"})
+#: The statuses a volume or snapshot may be registered with (engine.service.status).
+VOLUME_STATUSES = frozenset(s.value for s in VolumeStatus if s != VolumeStatus.ERROR_BACKING_UP)
+SNAPSHOT_STATUSES = frozenset(s.value for s in SnapshotStatus)
 
 
 class Registry:
@@ -131,16 +118,10 @@ class Registry:
         }
 
     def list_volumes(self, project_id: str) -> list[dict[str, Any]]:
-        rows = self.catalog.query(
-            "SELECT id FROM volumes WHERE project_id = ? ORDER BY created_at", (project_id,)
-        )
-        return [self.get_volume(project_id, r["id"]) for r in rows]
+        return [self.get_volume(project_id, vid) for vid in self.catalog.volume_ids(project_id)]
 
     def list_snapshots(self, project_id: str) -> list[dict[str, Any]]:
-        return self.catalog.query(
-            "SELECT * FROM snapshots WHERE project_id = ? ORDER BY created_at",
-            (check_project_id(project_id),),
-        )
+        return self.catalog.snapshots_of_project(check_project_id(project_id))
 
     def volume(self, project_id: str, volume_id: str) -> VolumeInfo | None:
         vid = canonical_uuid(volume_id)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import (
+from ..errors import (
     BackupLimitExceeded,
     BackupSizeExceedsQuota,
     InvalidBackup,
@@ -24,10 +24,10 @@ from .errors import (
     SnapshotNotFound,
     VolumeNotFound,
 )
-from .native import check_block_size
-from .repository.layout import check_container
-from .requests import CreateBackupRequest
-from .sources import SnapshotInfo, VolumeInfo
+from ..native import check_block_size
+from ..repository.layout import check_container
+from ..requests import CreateBackupRequest
+from ..sources import SnapshotInfo, VolumeInfo
 
 GIB = 1 << 30
 BACKUPABLE_STATUSES = ("available", "in-use")

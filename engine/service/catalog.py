@@ -1,0 +1,403 @@
+"""The SQLite catalog: a fast index of volumes, snapshots and backups and their live statuses.
+
+The repository's records are the source of truth for committed backups; the catalog adds what
+only exists while the engine runs (``creating``/``restoring`` statuses, progress, registered
+volumes and snapshots) and answers list queries. If the catalog file is lost, committed
+backups are re-indexed from the records (:meth:`Catalog.reindex`).
+
+One connection, serialised by a lock: SQLite work here is tiny next to the data path, and a
+single writer makes every status transition a simple transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ..errors import InvalidInput
+from ..requests.listing import BACKUP_COLUMNS
+from .status import BackupStatus, Kind, SnapshotStatus, VolumeStatus, transition
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS volumes (
+    id TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    path TEXT,
+    status TEXT NOT NULL,
+    previous_status TEXT,
+    attached INTEGER,
+    name TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    volume_id TEXT NOT NULL,
+    path TEXT,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS backups (
+    id TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    user_id TEXT,
+    volume_id TEXT NOT NULL,
+    snapshot_id TEXT,
+    parent_id TEXT,
+    container TEXT,
+    display_name TEXT,
+    display_description TEXT,
+    availability_zone TEXT,
+    status TEXT NOT NULL,
+    fail_reason TEXT,
+    size INTEGER NOT NULL DEFAULT 0,
+    volume_size INTEGER,
+    block_size INTEGER,
+    object_count INTEGER,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    stats TEXT NOT NULL DEFAULT '{}',
+    progress REAL NOT NULL DEFAULT 0,
+    consistency TEXT,
+    restore_volume_id TEXT,
+    owner TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT,
+    data_timestamp TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS backups_by_volume ON backups (project_id, volume_id);
+CREATE INDEX IF NOT EXISTS backups_by_parent ON backups (parent_id);
+"""
+
+JSON_COLUMNS = ("metadata", "stats")
+
+#: The catalog columns a listing may filter or sort on: Cinder's backup columns that this
+#: catalog keeps. Nothing else is ever put into the SQL text of ``select_backups``.
+_SQL_COLUMNS: frozenset[str] = frozenset(
+    {
+        "id", "created_at", "updated_at", "user_id", "project_id", "volume_id",
+        "availability_zone", "display_name", "display_description", "container", "parent_id",
+        "status", "fail_reason", "size", "object_count", "snapshot_id", "data_timestamp",
+        "restore_volume_id",
+    }
+)  # fmt: skip
+_SORT_DIRECTIONS = {"asc": "ASC", "desc": "DESC"}
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TABLES = {Kind.BACKUP: "backups", Kind.VOLUME: "volumes", Kind.SNAPSHOT: "snapshots"}
+
+
+def now() -> str:
+    """Cinder's timestamp form: ISO 8601, UTC, microseconds, no timezone suffix."""
+    return (
+        _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds")
+    )
+
+
+class Catalog:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        # Other processes may hold the write lock briefly (a CLI beside a service).
+        self._db.execute("PRAGMA busy_timeout = 30000")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # WAL with NORMAL never corrupts; a power cut may forget the last status changes,
+        # which recovery and re-indexing from the records (the source of truth) put right.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._add_missing_columns()
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise RuntimeError(f"catalog schema {row[0]} is not supported")
+
+    def _add_missing_columns(self) -> None:
+        """Bring a catalog made by an earlier build of this schema up to date (additive only)."""
+        wanted = {
+            "backups": {"owner": "TEXT"},
+        }
+        for table, columns in wanted.items():
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT under the lock: a read-check-write that nobody interleaves."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def query(self, sql: str, args: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return [_row(r) for r in self._db.execute(sql, tuple(args)).fetchall()]
+
+    def execute(self, sql: str, args: Iterable[Any] = ()) -> int:
+        with self._lock:
+            return self._db.execute(sql, tuple(args)).rowcount
+
+    # ------------------------------------------------------------------ volumes / snapshots
+
+    def upsert_volume(self, volume: dict[str, Any]) -> None:
+        cols = ", ".join(volume)
+        marks = ", ".join("?" for _ in volume)
+        self.execute(f"INSERT OR REPLACE INTO volumes ({cols}) VALUES ({marks})", volume.values())
+
+    def volume(self, volume_id: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM volumes WHERE id = ?", (volume_id,))
+        return rows[0] if rows else None
+
+    def upsert_snapshot(self, snapshot: dict[str, Any]) -> None:
+        cols = ", ".join(snapshot)
+        marks = ", ".join("?" for _ in snapshot)
+        self.execute(
+            f"INSERT OR REPLACE INTO snapshots ({cols}) VALUES ({marks})", snapshot.values()
+        )
+
+    def snapshot(self, snapshot_id: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM snapshots WHERE id = ?", (snapshot_id,))
+        return rows[0] if rows else None
+
+    def volume_ids(self, project_id: str) -> list[str]:
+        """The ids of a project's volumes, oldest first."""
+        rows = self.query(
+            "SELECT id FROM volumes WHERE project_id = ? ORDER BY created_at", (project_id,)
+        )
+        return [r["id"] for r in rows]
+
+    def snapshots_of_project(self, project_id: str) -> list[dict[str, Any]]:
+        return self.query(
+            "SELECT * FROM snapshots WHERE project_id = ? ORDER BY created_at", (project_id,)
+        )
+
+    # ------------------------------------------------------------------ backups
+
+    def insert_backup(self, backup: dict[str, Any]) -> None:
+        """Add a backup row: born ``creating`` (admitted) or ``available`` (re-indexed)."""
+        transition(Kind.BACKUP, None, backup["status"], what=backup.get("id"))
+        row = {k: (json.dumps(v) if k in JSON_COLUMNS else v) for k, v in backup.items()}
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        self.execute(f"INSERT OR REPLACE INTO backups ({cols}) VALUES ({marks})", row.values())
+
+    def backup(self, backup_id: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM backups WHERE id = ?", (backup_id,))
+        return rows[0] if rows else None
+
+    def update_backup(self, backup_id: str, **fields: Any) -> None:
+        """Write a backup's fields other than its status (see :meth:`set_backup_status`)."""
+        if "status" in fields:
+            raise ValueError("a backup's status changes only through set_backup_status")
+        fields.setdefault("updated_at", now())
+        self._update("backups", backup_id, fields)
+
+    def set_backup_status(
+        self, backup_id: str, status: BackupStatus | str, *, touch: bool = True, **fields: Any
+    ) -> bool:
+        """Move a backup to ``status`` (checked against the transition table), with ``fields``.
+
+        ``touch`` also sets ``updated_at``. False when there is no such backup.
+        """
+        with self._lock:
+            old = self.status_of(Kind.BACKUP, backup_id)
+            if old is None:
+                return False
+            new = transition(Kind.BACKUP, old, status, what=backup_id)
+            if touch:
+                fields.setdefault("updated_at", now())
+            self._update("backups", backup_id, {**fields, "status": str(new)})
+            return True
+
+    def remove_backup(self, backup_id: str) -> None:
+        """Drop a backup's row at the end of its deletion (``deleting`` -> gone)."""
+        with self._lock:
+            old = self.status_of(Kind.BACKUP, backup_id)
+            if old is None:
+                return
+            transition(Kind.BACKUP, old, None, what=backup_id)
+            self.execute("DELETE FROM backups WHERE id = ?", (backup_id,))
+
+    def set_progress(self, backup_id: str, fraction: float) -> None:
+        self.execute("UPDATE backups SET progress = ? WHERE id = ?", (fraction, backup_id))
+
+    def backups_of_volume(self, project_id: str, volume_id: str) -> list[dict[str, Any]]:
+        return self.query(
+            "SELECT * FROM backups WHERE project_id = ? AND volume_id = ? "
+            "ORDER BY created_at DESC, id DESC",
+            (project_id, volume_id),
+        )
+
+    def backups_with_status(
+        self, statuses: Iterable[str], *, project_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The backups (of one project, or all) in one of ``statuses``, oldest first."""
+        wanted = [str(s) for s in statuses]
+        marks = ", ".join("?" for _ in wanted)
+        where, args = f"status IN ({marks})", list(wanted)
+        if project_id is not None:
+            where, args = f"project_id = ? AND {where}", [project_id, *args]
+        return self.query(f"SELECT * FROM backups WHERE {where} ORDER BY created_at", args)
+
+    def children(self, backup_id: str) -> list[dict[str, Any]]:
+        return self.query("SELECT * FROM backups WHERE parent_id = ?", (backup_id,))
+
+    def dependents_count(self, backup_id: str) -> int:
+        """How many ``available`` backups are incrementals of this one."""
+        return self.query(
+            "SELECT COUNT(*) AS n FROM backups WHERE parent_id = ? AND status = ?",
+            (backup_id, str(BackupStatus.AVAILABLE)),
+        )[0]["n"]
+
+    def project_usage(self, project_id: str) -> tuple[int, int]:
+        """``(number of backups, sum of their sizes in GiB)`` of a project, for its quotas."""
+        row = self.query(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS gib FROM backups WHERE project_id = ?",
+            (project_id,),
+        )[0]
+        return row["n"], row["gib"]
+
+    def container_statuses(self, project_id: str, container: str) -> dict[str, str]:
+        """{backup id: status} of the backups in one container."""
+        return {
+            r["id"]: r["status"]
+            for r in self.query(
+                "SELECT id, status FROM backups WHERE project_id = ? AND container = ?",
+                (project_id, container),
+            )
+        }
+
+    def select_backups(
+        self,
+        project_id: str,
+        filters: dict[str, Any],
+        sort: Iterable[tuple[str, str]],
+    ) -> list[dict[str, Any]]:
+        """The project's backups that match ``filters``, in the ``sort`` order.
+
+        Filter and sort keys become SQL text, so they are allow-listed here, where the SQL
+        is built, whoever made the query (``parse_list_query`` does not check an admin's
+        filters): only names in ``_SQL_COLUMNS`` and the two directions reach the SQL. A
+        key that is not a name at all is refused; any other unknown filter matches nothing
+        (as Cinder's), and a Cinder column this catalog does not keep orders nothing.
+        """
+        where = ["project_id = ?"]
+        args: list[Any] = [project_id]
+        matches_nothing = False
+        for key, value in filters.items():
+            like = key.endswith("~")
+            column = key[:-1] if like else key
+            if column not in _SQL_COLUMNS:
+                if not _NAME.fullmatch(column):
+                    raise InvalidInput(f"filter key {key!r} is not a column name")
+                matches_nothing = True
+                continue
+            where.append(f"{column} LIKE ?" if like else f"{column} = ?")
+            args.append(f"%{value}%" if like else value)
+        order = []
+        for key, direction in sort:
+            if direction not in _SORT_DIRECTIONS:
+                raise InvalidInput("Unknown sort direction, must be 'desc' or 'asc'.")
+            if key in _SQL_COLUMNS:
+                order.append(f"{key} {_SORT_DIRECTIONS[direction]}")
+            elif key not in BACKUP_COLUMNS:
+                raise InvalidInput("Invalid sort key")
+        if matches_nothing:
+            return []
+        return self.query(
+            f"SELECT * FROM backups WHERE {' AND '.join(where)} "
+            f"ORDER BY {', '.join(order) or 'id DESC'}",
+            args,
+        )
+
+    # ------------------------------------------------------------------ statuses
+
+    def status_of(self, kind: Kind, object_id: str) -> str | None:
+        """The status the catalog holds now for a backup, volume or snapshot (None: no row)."""
+        found = self.query(f"SELECT status FROM {_TABLES[Kind(kind)]} WHERE id = ?", (object_id,))
+        return found[0]["status"] if found else None
+
+    def set_volume_status(
+        self,
+        volume_id: str,
+        status: VolumeStatus | str,
+        *,
+        expect: VolumeStatus | str | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Move a volume to ``status`` (checked against the transition table), with ``fields``.
+
+        With ``expect``, only a volume in that status moves. False when nothing moved.
+        """
+        return self._set_status(Kind.VOLUME, volume_id, status, expect, fields)
+
+    def release_volume(self, volume_id: str, *, failed: bool) -> bool:
+        """A ``backing-up`` volume back to its previous status after a backup.
+
+        Its ``previous_status`` then records the outcome as Cinder does: ``backing-up``
+        after a success, ``error_backing-up`` after a failure.
+        """
+        with self._lock:
+            row = self.volume(volume_id)
+            if row is None or row["status"] != VolumeStatus.BACKING_UP:
+                return False
+            return self.set_volume_status(
+                volume_id,
+                row["previous_status"] or VolumeStatus.AVAILABLE,
+                previous_status=str(
+                    VolumeStatus.ERROR_BACKING_UP if failed else VolumeStatus.BACKING_UP
+                ),
+            )
+
+    def set_snapshot_status(
+        self,
+        snapshot_id: str,
+        status: SnapshotStatus | str,
+        *,
+        expect: SnapshotStatus | str | None = None,
+    ) -> bool:
+        """Move a snapshot to ``status`` (checked); with ``expect``, only from that status."""
+        return self._set_status(Kind.SNAPSHOT, snapshot_id, status, expect, {})
+
+    def _set_status(
+        self, kind: Kind, object_id: str, status: str, expect: str | None, fields: dict
+    ) -> bool:
+        with self._lock:
+            old = self.status_of(kind, object_id)
+            if old is None or (expect is not None and old != expect):
+                return False
+            new = transition(kind, old, status, what=object_id)
+            self._update(_TABLES[kind], object_id, {**fields, "status": str(new)})
+            return True
+
+    def _update(self, table: str, object_id: str, fields: dict[str, Any]) -> None:
+        row = {k: (json.dumps(v) if k in JSON_COLUMNS else v) for k, v in fields.items()}
+        sets = ", ".join(f"{k} = ?" for k in row)
+        self.execute(f"UPDATE {table} SET {sets} WHERE id = ?", [*row.values(), object_id])
+
+
+def _row(r: sqlite3.Row) -> dict[str, Any]:
+    d = dict(r)
+    for k in JSON_COLUMNS:
+        if k in d and isinstance(d[k], str):
+            d[k] = json.loads(d[k])
+    return d

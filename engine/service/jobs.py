@@ -1,0 +1,176 @@
+"""The backup and restore jobs: the data path, then the record, then the statuses.
+
+A job runs on the engine's pool once ``BackupEngine`` has admitted it (the backup
+``creating``, its volume or snapshot ``backing-up``; or the backup ``restoring``, its target
+volume ``restoring-backup``). It calls the public data-path API
+(``engine.datapath.backup_volume`` / ``restore_volume``, which never touches a status),
+commits the record, and moves every status through the catalog's checked setters.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..changes import ChangeSet, LegacyExtents
+from ..datapath import backup_volume, restore_volume
+from ..owners import me
+from ..sources import OpenedSource, VolumeInfo, open_source
+from .catalog import Catalog, now
+from .planner import Plan, size_gib
+from .records import BackupRecord
+from .status import BackupStatus, SnapshotStatus, VolumeStatus
+
+if TYPE_CHECKING:
+    from .backups import BackupEngine
+
+log = logging.getLogger("engine.service.backups")
+
+
+def _reason(e: BaseException, **kw: Any) -> str:
+    # One line per failure: kept beside BackupEngine (``backups._reason``), read at call time.
+    from .backups import _reason as reason
+
+    return reason(e, **kw)
+
+
+def run_backup_job(
+    engine: BackupEngine, plan: Plan, backup_id: str, hint: ChangeSet | LegacyExtents | None
+) -> None:
+    """Back up ``plan``'s source as ``backup_id``: data, record, then statuses."""
+    catalog = engine.catalog
+    source: OpenedSource | None = None
+    try:
+        container = engine.repo.container(plan.project_id, plan.container)
+        source = open_source(
+            plan.source_path,
+            in_use=plan.in_use,
+            force=plan.request.force,
+            snapshot=plan.snapshot is not None,
+        )
+        parent_manifest = None
+        if plan.parent is not None:
+            parent_manifest = container.get_blockmap(plan.parent["id"])
+        manifest, stats = backup_volume(
+            source.path,
+            container,
+            backup_id=backup_id,
+            parent=parent_manifest,
+            changes=hint,
+            block_size=plan.block_size,
+            progress=lambda f: engine._progress(backup_id, f),
+            workers=engine.workers,
+            window_bytes=engine.window_bytes,
+            lease_owner=me(),
+        )
+        if stats.changes_refused is not None:
+            log.warning(
+                "backup %s: change set refused (%s); the whole volume was read",
+                backup_id,
+                stats.changes_refused,
+            )
+        row = catalog.backup(backup_id) or {}
+        stats_d = {
+            **stats.as_dict(),
+            "consistency": source.consistency,
+            "block_size": plan.block_size,
+            "volume_bytes": source.size,
+        }
+        record = BackupRecord.from_row(
+            row,
+            size=size_gib(source.size),
+            object_count=stats.objects_written,
+            volume_size=source.size,
+            stats=stats_d,
+            completed_at=now(),
+        )
+        container.put_record(record.as_dict())
+        status = BackupStatus.AVAILABLE
+        final: dict[str, Any] = {
+            "size": record.size,
+            "volume_size": source.size,
+            "object_count": stats.objects_written,
+            "stats": stats_d,
+            "progress": 1.0,
+            "consistency": source.consistency,
+        }
+    except BaseException as e:  # noqa: BLE001 - every failure becomes the backup's status
+        log.warning("backup %s failed: %s", backup_id, e)
+        status = BackupStatus.ERROR
+        final = {"fail_reason": _reason(e)}
+    finally:
+        if source is not None:
+            source.close()
+    # As Cinder: the source is released before the backup shows its outcome, so a client
+    # that sees "available" can start the next backup at once.
+    engine._release_source(plan, failed=status == BackupStatus.ERROR)
+    engine._progress_at.pop(backup_id, None)
+    catalog.set_backup_status(backup_id, status, **final)
+    engine.runner.notify()
+
+
+def release_source_of(catalog: Catalog, backup: dict[str, Any], *, failed: bool) -> None:
+    """Return the backup's snapshot or volume to the status it had before the backup.
+
+    The volume's ``previous_status`` then records the outcome as Cinder does:
+    ``backing-up`` after a success, ``error_backing-up`` after a failure.
+    """
+    if backup.get("snapshot_id"):
+        catalog.set_snapshot_status(
+            backup["snapshot_id"], SnapshotStatus.AVAILABLE, expect=SnapshotStatus.BACKING_UP
+        )
+    else:
+        catalog.release_volume(backup["volume_id"], failed=failed)
+
+
+def run_restore_job(
+    engine: BackupEngine,
+    row: dict[str, Any],
+    volume: VolumeInfo | None,
+    path: str,
+    *,
+    fresh: bool,
+    allow_damaged: bool,
+) -> tuple[BaseException | None, list[int]]:
+    """Restore backup ``row`` onto ``path`` (``volume``'s, if a registered one).
+
+    Returns the failure (recorded in ``stats.last_restore``, not raised) and the lost blocks.
+    """
+    catalog = engine.catalog
+    error: BaseException | None = None
+    lost: list[int] = []
+    try:
+        container = engine.repo.container(row["project_id"], row["container"])
+        manifest = container.get_blockmap(row["id"])
+        # A new image file is written under a temporary name and renamed when complete
+        # (restore_volume), so a failed restore leaves nothing at ``path``.
+        result = restore_volume(
+            container,
+            manifest,
+            path,
+            # More workers than cores: while some wait on the device, others decompress
+            # (docs/performance.md).
+            workers=engine.workers + 2,
+            allow_damaged=allow_damaged,
+            progress=lambda f: engine._progress(row["id"], f),
+        )
+        lost = result.lost_blocks
+        outcome = {"status": "available", "target": path, "completed_at": now()}
+        if lost:
+            outcome["lost_blocks"] = lost
+    except BaseException as e:  # noqa: BLE001 - a failed restore is recorded, then raised
+        log.warning("restore of backup %s failed: %s", row["id"], e)
+        error = e
+        outcome = {"status": "error", "target": path, "error": _reason(e, restore_target=path)}
+    stats = dict((catalog.backup(row["id"]) or row).get("stats") or {})
+    stats["last_restore"] = outcome
+    engine._progress_at.pop(row["id"], None)
+    catalog.set_backup_status(row["id"], BackupStatus.AVAILABLE, progress=1.0, stats=stats)
+    if volume is not None:
+        catalog.set_volume_status(
+            volume.id,
+            VolumeStatus.AVAILABLE if error is None else VolumeStatus.ERROR_RESTORING,
+            expect=VolumeStatus.RESTORING_BACKUP,
+        )
+    engine.runner.notify()
+    return error, lost

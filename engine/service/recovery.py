@@ -1,0 +1,119 @@
+"""The restart rule and re-indexing: the catalog put right after a process died or was lost.
+
+Only work whose owner is gone is recovered (``engine.owners``), never a live process's.
+The repository's records are the source of truth; the catalog is completed from them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BlobNotFound, CinderblockError
+from ..owners import is_alive
+from ..repository import Repository
+from ..sources import remove_clones
+from .catalog import Catalog
+from .records import COMMITTED_FIELDS, row_from_record
+from .status import BackupStatus, VolumeStatus
+
+if TYPE_CHECKING:
+    from .backups import BackupEngine
+
+log = logging.getLogger("engine.service.backups")
+
+RESTART_REASON = "incomplete backup reset on manager restart"  # Cinder's text
+
+
+def recover(engine: BackupEngine) -> None:
+    """Cinder's restart rule, for work whose process is gone (never another live one's).
+
+    ``creating`` backups become ``error`` (their volume or snapshot returns to its
+    previous status), ``restoring`` ones ``available`` (their target ``error_restoring``),
+    and interrupted deletions are finished. A deletion that fails again is logged and
+    left ``error_deleting`` with its reason: one damaged backup must not keep the engine
+    from opening. Reflink clones the dead process made for its backups are removed.
+    """
+    catalog = engine.catalog
+    in_flight = (BackupStatus.CREATING, BackupStatus.RESTORING, BackupStatus.DELETING)
+    for b in catalog.backups_with_status(in_flight):
+        if is_alive(b.get("owner")):
+            continue
+        if b["status"] == BackupStatus.CREATING:
+            remove_clones_of(catalog, b)
+            recover_creating(engine, b)
+        elif b["status"] == BackupStatus.RESTORING:
+            catalog.set_backup_status(b["id"], BackupStatus.AVAILABLE)
+            if b.get("restore_volume_id"):
+                catalog.set_volume_status(
+                    b["restore_volume_id"],
+                    VolumeStatus.ERROR_RESTORING,
+                    expect=VolumeStatus.RESTORING_BACKUP,
+                )
+        else:
+            try:
+                engine._delete_now(b)
+            except (OSError, CinderblockError) as e:
+                log.warning(
+                    "backup %s: its interrupted deletion failed again (%s); it stays "
+                    "error_deleting",
+                    b["id"],
+                    e,
+                )
+
+
+def remove_clones_of(catalog: Catalog, b: dict[str, Any]) -> None:
+    """Remove the reflink clones a dead owner left beside the volume of its backup.
+
+    A clone lives only while its backup reads it, so any clone of a dead process is
+    garbage; clones are named after their owner (``sources.clone_prefix``), so those of
+    live processes sharing the directory are never touched.
+    """
+    if b.get("snapshot_id"):
+        return  # snapshots are read as they are, never cloned
+    volume = catalog.volume(b["volume_id"])
+    path = volume.get("path") if volume else None
+    if not path:
+        return  # a volume handed over as an open file is never cloned
+    for clone in remove_clones(os.path.dirname(os.path.abspath(path)), b["owner"]):
+        log.warning("backup %s: removed the leftover reflink clone %s", b["id"], clone)
+
+
+def recover_creating(engine: BackupEngine, b: dict[str, Any]) -> None:
+    """A backup whose process died: committed if its record landed, else interrupted."""
+    try:
+        record = engine.repo.container(b["project_id"], b["container"]).get_record(b["id"])
+    except BlobNotFound:
+        record = None
+    except CinderblockError as e:
+        log.warning("backup %s: its record is unreadable (%s)", b["id"], e)
+        record = None
+    if record is not None:
+        log.warning("backup %s committed before its process died; marking it available", b["id"])
+        engine._release_source_of(b, failed=False)
+        row = row_from_record(record)
+        engine.catalog.set_backup_status(
+            b["id"], BackupStatus.AVAILABLE, **{k: row[k] for k in COMMITTED_FIELDS}
+        )
+        return
+    log.warning("backup %s was interrupted; marking it error", b["id"])
+    engine._release_source_of(b, failed=True)
+    engine.catalog.set_backup_status(b["id"], BackupStatus.ERROR, fail_reason=RESTART_REASON)
+
+
+def reindex(repo: Repository, catalog: Catalog) -> int:
+    """Index every committed backup record the catalog does not know; return how many.
+
+    The repository is the source of truth: a lost or older catalog is completed from it.
+    """
+    added = 0
+    for path, rec in repo.iter_records():
+        if isinstance(rec, Exception):
+            log.warning("unreadable backup record %s: %s", path, rec)
+            continue
+        if catalog.backup(rec["id"]) is None:
+            with catalog.transaction():
+                catalog.insert_backup(row_from_record(rec))
+            added += 1
+    return added
