@@ -152,8 +152,9 @@ def scattered_change(image: str, fraction: float, seed: int = 2) -> list:
     return [[int(o), 4096] for o in offsets.tolist()]
 
 
-def changed_extents_file(path: str, volume_size: int, extents: list) -> None:
-    """Write a changed-extents hint (docs/changed-extents.md) for ``extents``."""
+def changed_extents_file(path: str, volume_size: int, extents: list, base_backup_id: str) -> None:
+    """Write a changed-extents hint (docs/changed-extents.md, version 2) for ``extents``,
+    measured since backup ``base_backup_id``."""
     import json
 
     extents = sorted(extents)
@@ -161,7 +162,8 @@ def changed_extents_file(path: str, volume_size: int, extents: list) -> None:
         json.dump(
             {
                 "format": "cinderblock-changed-extents",
-                "version": 1,
+                "version": 2,
+                "base_backup_id": base_backup_id,
                 "volume_size": volume_size,
                 "granularity": 4096,
                 "changed": extents,

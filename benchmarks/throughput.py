@@ -91,7 +91,13 @@ class EngineChain:
     def backup(self, incremental: bool, extents: list | None = None) -> tuple[float, dict]:
         def run() -> dict:
             body = {"backup": {"volume_id": self.vid, "incremental": incremental}}
-            bid = self.eng.create_backup(PROJECT, body, changed_extents=extents)["backup"]["id"]
+            # The hint lists what changed since the last backup (a superset of it when the
+            # previous step already backed the change up): bound to that backup, as a
+            # change tracker's would be.
+            hint = {}
+            if extents is not None and self.last is not None:
+                hint = {"changed_extents": extents, "changes_base": self.last["id"]}
+            bid = self.eng.create_backup(PROJECT, body, **hint)["backup"]["id"]
             done = self.eng.wait(bid)
             if done["status"] != "available":
                 raise SystemExit(f"backup failed: {done['fail_reason']}")

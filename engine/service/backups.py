@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import os
 import stat
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -111,6 +112,8 @@ class BackupEngine:
         self.workers = workers
         self._zero_digests: dict[int, bytes] = {}
         self._progress_at: dict[str, float] = {}
+        # Cancellation events of this process's running jobs, by backup id.
+        self._cancels: dict[str, threading.Event] = {}
         self.runner = Runner(workers)
         self._recover()
 
@@ -329,6 +332,7 @@ class BackupEngine:
                     plan.volume.id, VolumeStatus.BACKING_UP, previous_status=plan.volume.status
                 )
         try:
+            self._cancels[backup_id] = threading.Event()
             self.runner.submit(lambda: self._run_backup(plan, backup_id, extents))
         except BaseException as e:
             # Nothing will run it (the runner is shut down): fail it now, or it would stay
@@ -511,13 +515,38 @@ class BackupEngine:
             return  # not committed yet (or failed): the catalog row is all there is
         container.put_record(carry_update(record, changes))
 
+    def cancel(self, project_id: str, backup_id: str, *, wait: bool = True) -> dict[str, Any]:
+        """Cancel a backup or restore this process is running; return the detail view.
+
+        A cancelled backup becomes ``error`` ("the backup was cancelled"), its volume goes
+        back to its status and nothing of it stays visible; a cancelled restore leaves the
+        backup ``available`` (a new image file is not created; an existing target holds
+        part of the backup). Work of another process cannot be cancelled from here:
+        ``InvalidBackup`` says so. With ``wait``, returns once the job has stopped.
+        """
+        row = self._backup_row(project_id, backup_id)
+        event = self._cancels.get(row["id"])
+        if event is None or row["status"] not in ("creating", "restoring"):
+            raise InvalidBackup(
+                f"backup {row['id']} is {row['status']} and no job of this process runs "
+                "for it: there is nothing here to cancel"
+            )
+        event.set()
+        if wait:
+            return self.wait(row["id"])
+        return self.get_backup(project_id, row["id"])
+
     def delete_backup(self, project_id: str, backup_id: str, *, force: bool = False) -> None:
         """Delete a backup and the objects no other backup needs (Cinder's rules apply).
 
         ``force`` (Cinder's admin force-delete) skips the status check, not the dependents
-        check, unless the engine was opened with ``allow_delete_with_dependents``.
+        check, unless the engine was opened with ``allow_delete_with_dependents``; a
+        ``creating`` backup this process runs is cancelled first, then deleted.
         """
         row = self._backup_row(project_id, backup_id)
+        if force and row["status"] == "creating" and row["id"] in self._cancels:
+            self.cancel(project_id, row["id"])
+            row = self._backup_row(project_id, backup_id)
         with self.catalog.transaction():
             row = self.catalog.backup(row["id"]) or row
             if not force and row["status"] not in ("available", "error"):
@@ -645,6 +674,7 @@ class BackupEngine:
         else:
             # A waited-for restore runs on the pool too, so ``workers`` bounds all of them.
             try:
+                self._cancels[row["id"]] = threading.Event()
                 future = self.runner.submit(job)
             except BaseException:
                 self._abandon_restore(row, target_volume)

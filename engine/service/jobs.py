@@ -59,6 +59,7 @@ def run_backup_job(
             changes=hint,
             block_size=plan.block_size,
             progress=lambda f: engine._progress(backup_id, f),
+            cancel=engine._cancels.get(backup_id),
             workers=engine.workers,
             window_bytes=engine.window_bytes,
             lease_owner=me(),
@@ -105,6 +106,7 @@ def run_backup_job(
     # that sees "available" can start the next backup at once.
     engine._release_source(plan, failed=status == BackupStatus.ERROR)
     engine._progress_at.pop(backup_id, None)
+    engine._cancels.pop(backup_id, None)
     catalog.set_backup_status(backup_id, status, **final)
     engine.runner.notify()
 
@@ -153,6 +155,7 @@ def run_restore_job(
             workers=engine.workers + 2,
             allow_damaged=allow_damaged,
             progress=lambda f: engine._progress(row["id"], f),
+            cancel=engine._cancels.get(row["id"]),
         )
         lost = result.lost_blocks
         outcome = {"status": "available", "target": path, "completed_at": now()}
@@ -165,6 +168,7 @@ def run_restore_job(
     stats = dict((catalog.backup(row["id"]) or row).get("stats") or {})
     stats["last_restore"] = outcome
     engine._progress_at.pop(row["id"], None)
+    engine._cancels.pop(row["id"], None)
     catalog.set_backup_status(row["id"], BackupStatus.AVAILABLE, progress=1.0, stats=stats)
     if volume is not None:
         catalog.set_volume_status(
