@@ -58,7 +58,7 @@ class Container:
 
     def known(self) -> set[bytes]:
         """Digests of every object the container holds: one listing, for a whole job."""
-        return {d for d in (digest_of_key(i.key) for i in self.store.list(self.keys.objects)) if d}
+        return {d for d in map(digest_of_key, self.store.keys(self.keys.objects)) if d}
 
     def iter_objects(self) -> Iterator[tuple[bytes, BlobInfo]]:
         for info in self.store.list(self.keys.objects):

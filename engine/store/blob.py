@@ -100,6 +100,11 @@ class BlobStore(Protocol):
         """Every published blob whose key starts with ``prefix``, in key order."""
         ...
 
+    def keys(self, prefix: str) -> Iterator[str]:
+        """The keys ``list`` would yield, without sizes and times (cheaper where those cost
+        a request or a ``stat`` each): what a dedup index needs."""
+        ...
+
     def list_dirs(self, prefix: str) -> list[str]:
         """The distinct next key components below ``prefix`` (which ends with '/') that have
         blobs under them: S3's and Swift's delimiter listing."""

@@ -139,6 +139,11 @@ class LocalBlobStore:
                 continue  # deleted while listed
             yield BlobInfo(key, st.st_size, st.st_mtime)
 
+    def keys(self, prefix: str) -> Iterator[str]:
+        for key, entry in self._walk(check_prefix(prefix)):
+            if not entry.name.startswith(TMP_PREFIX):
+                yield key
+
     def list_dirs(self, prefix: str) -> list[str]:
         check_prefix(prefix)
         directory = os.path.join(self.root, *prefix.strip("/").split("/")) if prefix else self.root

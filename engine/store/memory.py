@@ -115,6 +115,10 @@ class MemoryBlobStore:
         for key, size, mtime in items:
             yield BlobInfo(key, size, mtime)
 
+    def keys(self, prefix: str) -> Iterator[str]:
+        for info in self.list(prefix):
+            yield info.key
+
     def list_dirs(self, prefix: str) -> list[str]:
         self.calls["list"] += 1
         check_prefix(prefix)

@@ -116,6 +116,9 @@ class BlobStoreContract:
         assert list(store.list("nothing/")) == []
         sizes = {i.key: i.size for i in store.list("")}
         assert sizes == {k: len(k) for k in keys}
+        assert list(store.keys("p/a")) == ["p/a/1", "p/a/2", "p/ab"]
+        assert list(store.keys("")) == sorted(keys)
+        assert list(store.keys("nothing/")) == []
 
     def test_list_dirs(self, store):
         for k in ("r/p1/c1/o", "r/p1/c2/o/deep", "r/p2/c/o", "r/file"):
