@@ -14,7 +14,6 @@ The JSON file format that produces change sets is ``engine.changed_extents``
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -22,6 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from . import native
+from .repository.layout import canonical_uuid
 
 Extents = tuple[tuple[int, int], ...]
 
@@ -73,14 +73,7 @@ def _extents(value: object, name: str, volume_size: int) -> Extents:
     return tuple(out)
 
 
-def canonical_backup_id(value: object) -> str | None:
-    """The canonical text of a backup id (a UUID), or None when it is not one."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        return None
+canonical_backup_id = canonical_uuid  # a change set's base is a backup id
 
 
 @dataclass(frozen=True)
@@ -246,37 +239,6 @@ def refusal(
     return None
 
 
-def plan_masks(
-    hint: ChangeSet | LegacyExtents,
-    *,
-    parent_id: str | None,
-    parent: _Layout | None,
-    block_size: int,
-    volume_size: int,
-) -> tuple[np.ndarray, np.ndarray] | str:
-    """The ``(read, zeroed)`` masks of ``hint`` for this backup, or the reason (text) why it
-    is refused; see :func:`refusal`. The engine's single entry point: ``parent_id`` is the
-    parent the planner chose, ``parent`` its block map."""
-    if parent_id is None:
-        return "no parent: this is a full backup"
-    if isinstance(hint, LegacyExtents):
-        if hint.base_backup_id is None:
-            return "change set has no base backup (changed_extents given without changes_base)"
-        try:
-            hint = hint.bind(volume_size, block_size)
-        except ChangeSetError as e:
-            return str(e)
-    reason = refusal(
-        hint,
-        parent_id=parent_id,
-        parent_volume_size=None if parent is None else parent.volume_size,
-        parent_block_size=None if parent is None else parent.block_size,
-        block_size=block_size,
-        volume_size=volume_size,
-    )
-    return reason if reason is not None else hint.masks(block_size)
-
-
 def plan_runs(
     hint: ChangeSet | LegacyExtents,
     *,
@@ -285,8 +247,10 @@ def plan_runs(
     block_size: int,
     volume_size: int,
 ) -> tuple[np.ndarray, np.ndarray] | str:
-    """:func:`plan_masks` as runs ``(first, count)`` (``ChangeSet.runs``): what the data
-    path uses, so that a change set costs its extents, not the volume's size."""
+    """The ``(read, zeroed)`` runs ``(first, count)`` of ``hint`` for this backup
+    (``ChangeSet.runs``: a change set costs its extents, not the volume's size), or the
+    reason (text) why it is refused; see :func:`refusal`. ``parent_id`` is the parent the
+    planner chose, ``parent`` its block map."""
     if parent_id is None:
         return "no parent: this is a full backup"
     if isinstance(hint, LegacyExtents):
@@ -313,7 +277,6 @@ __all__ = [
     "ChangeSetError",
     "LegacyExtents",
     "canonical_backup_id",
-    "plan_masks",
     "plan_runs",
     "refusal",
 ]

@@ -51,11 +51,22 @@ def check_container(container: object) -> str:
     return container
 
 
-def check_uuid(value: str, what: str) -> str:
+def canonical_uuid(value: object) -> str | None:
+    """The canonical text of a UUID (backup, volume, snapshot ids), or None for anything else."""
+    if not isinstance(value, str):
+        return None
     try:
         return str(uuid.UUID(value))
-    except (ValueError, AttributeError, TypeError):
-        raise InvalidInput(f"{what} {value!r} is not a UUID") from None
+    except ValueError:
+        return None
+
+
+def check_uuid(value: object, what: str) -> str:
+    """:func:`canonical_uuid`, or a 400 saying ``what`` is not a UUID."""
+    canonical = canonical_uuid(value)
+    if canonical is None:
+        raise InvalidInput(f"{what} {value!r} is not a UUID")
+    return canonical
 
 
 class ContainerKeys:

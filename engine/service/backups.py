@@ -110,7 +110,6 @@ class BackupEngine:
         self.allow_delete_with_dependents = allow_delete_with_dependents
         self.window_bytes = window_bytes
         self.workers = workers
-        self._zero_digests: dict[int, bytes] = {}
         self._progress_at: dict[str, float] = {}
         # Cancellation events of this process's running jobs, by backup id.
         self._cancels: dict[str, threading.Event] = {}
@@ -347,11 +346,6 @@ class BackupEngine:
             project_id=project_id,
             microversion=version,
         )
-
-    def zero_digest(self, block_size: int) -> bytes:
-        if block_size not in self._zero_digests:
-            self._zero_digests[block_size] = native.zero_digest(block_size, self.repo.seed)
-        return self._zero_digests[block_size]
 
     def _run_backup(
         self, plan: Plan, backup_id: str, hint: ChangeSet | LegacyExtents | None
@@ -665,9 +659,7 @@ class BackupEngine:
         )
 
         def job() -> tuple[BaseException | None, list[int]]:
-            return self._run_restore(
-                row, target_volume, target_path, fresh=not exists, allow_damaged=allow_damaged
-            )
+            return self._run_restore(row, target_volume, target_path, allow_damaged=allow_damaged)
 
         if wait and self.runner.in_worker():
             error, lost = job()  # already counted against the bound; queueing would deadlock
@@ -724,12 +716,9 @@ class BackupEngine:
         volume: VolumeInfo | None,
         path: str,
         *,
-        fresh: bool,
         allow_damaged: bool,
     ) -> tuple[BaseException | None, list[int]]:
-        return jobs.run_restore_job(
-            self, row, volume, path, fresh=fresh, allow_damaged=allow_damaged
-        )
+        return jobs.run_restore_job(self, row, volume, path, allow_damaged=allow_damaged)
 
     def summary(self, project_id: str, backup_id: str) -> dict[str, Any]:
         """Cinder's summary view of one backup (``id``, ``name``, ``links``)."""

@@ -131,7 +131,6 @@ def run_restore_job(
     volume: VolumeInfo | None,
     path: str,
     *,
-    fresh: bool,
     allow_damaged: bool,
 ) -> tuple[BaseException | None, list[int]]:
     """Restore backup ``row`` onto ``path`` (``volume``'s, if a registered one).

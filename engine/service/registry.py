@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import uuid
 from typing import Any
 
 from .. import native
 from ..errors import InvalidInput, VolumeNotFound
 from ..paths import check_user_path
-from ..repository.layout import check_project_id
+from ..repository.layout import canonical_uuid, check_project_id, check_uuid
 from ..sources import Resolver, SnapshotInfo, VolumeInfo, detect_in_use
 from .catalog import Catalog, now
 from .status import SnapshotStatus, VolumeStatus
@@ -185,20 +184,7 @@ class Registry:
         )
 
 
-def require_uuid(value: Any, what: str) -> str:
-    canonical = canonical_uuid(value)
-    if canonical is None:
-        raise InvalidInput(f"{what} {value!r} is not a UUID")
-    return canonical
-
-
-def canonical_uuid(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        return None
+require_uuid = check_uuid  # (the name this module's callers use)
 
 
 def size_or_none(path: str | int | None) -> int | None:
