@@ -18,7 +18,10 @@ ROOT = Path(__file__).resolve().parents[1] / "engine"
 
 #: Top to bottom. A module is in the layer of its longest matching prefix.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("front doors", ("engine.cli", "engine.bench", "engine.__main__")),
+    (
+        "front doors",
+        ("engine.cli", "engine.bench", "engine.__main__", "engine.http", "engine.drivers"),
+    ),
     ("service", ("engine.service", "engine.engine", "engine.requests")),
     (
         "data path / maintenance",
