@@ -552,6 +552,8 @@ def data_blocks(source: Source, block_size: int) -> np.ndarray:
             return np.ones(nblocks, np.bool_)
         mask = np.zeros(nblocks, np.bool_)
         rc, where = _reader.data_blocks(fd, size, bs, mask.view(np.uint8))
+        if rc == _SHORT_READ:
+            _raise_read_error(rc, where, label)
         if rc:
             raise OSError(-rc, f"cannot map holes of {label} at byte offset {where}")
     return mask
@@ -777,6 +779,8 @@ def data_runs(source: Source, block_size: int, within: object = None) -> np.ndar
         if not _is_regular(fd):
             return where.copy()
         rc, offset, runs = _reader.data_runs(fd, size, bs, np.ascontiguousarray(where))
+        if rc == _SHORT_READ:
+            _raise_read_error(rc, offset, label)
         if rc:
             raise OSError(-rc, f"cannot map holes of {label} at byte offset {offset}")
     return runs

@@ -22,6 +22,7 @@ import numpy as np
 from libc.errno cimport EINTR, ENXIO, errno
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy, memset
+from posix.stat cimport fstat, struct_stat
 from posix.types cimport off_t
 from posix.unistd cimport pread
 
@@ -44,6 +45,21 @@ cdef extern from *:
 cdef enum:
     ALIGN = 4096            # O_DIRECT alignment of the buffer, offsets and lengths
     SHORT_READ = -1000000   # rc for a read that hit end-of-file before the expected size
+
+
+cdef int64_t _shrunk_before(int fd, uint64_t end) noexcept nogil:
+    """The file's current size when it is now below ``end``, else -1.
+
+    ``SEEK_DATA`` fails with ``ENXIO`` both when no data follows the offset (a trailing hole)
+    and when the offset is past the end of file. The second case, for a range the scan was
+    told exists, means the source shrank under it: that is a short read, never a hole.
+    """
+    cdef struct_stat st
+    if fstat(fd, &st) != 0:
+        return 0
+    if <uint64_t> st.st_size < end:
+        return st.st_size
+    return -1
 
 
 cdef class Scanner:
@@ -165,6 +181,7 @@ cdef class Scanner:
         cdef off_t d, h
         cdef uint64_t data_first, data_last
         cdef int rc
+        cdef int64_t shrunk
         if not self.sparse:
             return self._read_run(first, count, 0, digests, zero)
         while blk < last:
@@ -173,7 +190,12 @@ cdef class Scanner:
                 if errno != ENXIO:
                     self.error_offset = blk * bs
                     return -errno
-                # No data at or after blk: the rest of the window is hole.
+                # No data at or after blk: the rest of the window is hole, unless the file
+                # now ends before it (the source shrank during the scan).
+                shrunk = _shrunk_before(self.fd, min(last * bs, self.size))
+                if shrunk >= 0:
+                    self.error_offset = max(<uint64_t> shrunk, blk * bs)
+                    return SHORT_READ
                 self._hole_run(blk, blk - first, last - blk, digests, zero)
                 break
             data_first = <uint64_t> d // bs
@@ -246,6 +268,7 @@ def data_blocks(int fd, uint64_t size, size_t block_size, mask):
     cdef uint64_t b, e
     cdef int rc = 0
     cdef uint64_t where = 0
+    cdef int64_t shrunk
     with nogil:
         while pos < size:
             d = lseek(fd, <off_t> pos, SEEK_DATA)
@@ -253,6 +276,11 @@ def data_blocks(int fd, uint64_t size, size_t block_size, mask):
                 if errno != ENXIO:
                     rc = -errno
                     where = pos
+                else:
+                    shrunk = _shrunk_before(fd, size)
+                    if shrunk >= 0:
+                        rc = SHORT_READ
+                        where = max(<uint64_t> shrunk, pos)
                 break
             h = lseek(fd, d, SEEK_HOLE)
             if h < 0:
@@ -287,6 +315,7 @@ def data_runs(int fd, uint64_t size, size_t block_size, const int64_t[:, ::1] wi
     cdef uint64_t b, e
     cdef int rc = 0
     cdef uint64_t where = 0
+    cdef int64_t shrunk
     cdef bint started = False
     while True:
         with nogil:
@@ -308,6 +337,11 @@ def data_runs(int fd, uint64_t size, size_t block_size, const int64_t[:, ::1] wi
                     if errno != ENXIO:
                         rc = -errno
                         where = pos
+                        break
+                    shrunk = _shrunk_before(fd, stop)
+                    if shrunk >= 0:
+                        rc = SHORT_READ
+                        where = max(<uint64_t> shrunk, pos)
                         break
                     j = within.shape[0]     # no data after pos at all
                     break
