@@ -255,7 +255,15 @@ def _open_source(source: Source, direct: bool) -> Iterator[tuple[int, str]]:
         raise ValueError("source path must not contain NUL bytes")
     if os.path.isdir(path):
         raise IsADirectoryError(21, "not a volume: is a directory", path)
-    fd = os.open(path, flags)
+    # Look before opening: an open of a FIFO blocks until a writer comes, and a character
+    # device may have side effects. Opened non-blocking all the same, against a swap.
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        raise OSError(19, "not a volume: neither a regular file nor a block device", path)
+    fd = os.open(path, flags | os.O_NONBLOCK)
+    if not (stat.S_ISREG(os.fstat(fd).st_mode) or stat.S_ISBLK(os.fstat(fd).st_mode)):
+        os.close(fd)
+        raise OSError(19, "not a volume: neither a regular file nor a block device", path)
     try:
         yield fd, path
     finally:

@@ -115,7 +115,9 @@ def detect_in_use(path: str | int) -> bool:
 
 def file_is_locked(path: str) -> bool:
     """Whether another process holds a write-conflicting OFD or POSIX lock on the file."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        return False  # a FIFO's open would block; what is no volume fails its backup
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         for cmd in (_F_OFD_GETLK, fcntl.F_GETLK):
             probe = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)

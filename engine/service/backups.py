@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import stat
 import threading
 import time
 import uuid
@@ -37,11 +36,10 @@ from ..errors import (
     InvalidInput,
     InvalidVolume,
     RepositoryError,
-    VolumeNotFound,
 )
 from ..gc import DEFAULT_GRACE_SECONDS, MIN_GRACE_SECONDS, collect, sweep_container
 from ..owners import me
-from ..paths import check_user_path, normalise_roots
+from ..paths import Roots, normalise_allowed
 from ..repository import Repository
 from ..repository.layout import check_project_id
 from ..requests import (
@@ -73,6 +71,7 @@ from .records import carry_update
 from .registry import Registry, canonical_uuid, in_use_or_false, size_or_none
 from .runner import Runner
 from .status import BackupStatus, Kind, SnapshotStatus, VolumeStatus
+from .targets import RestoreTarget, resolve_target
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +96,7 @@ class BackupEngine:
         quotas: Quotas,
         allow_delete_with_dependents: bool,
         window_bytes: int,
-        allowed_paths: tuple[str, ...] | None = None,
+        allowed_paths: Roots = None,
     ) -> None:
         self.repo = repo
         self.allowed_paths = allowed_paths
@@ -131,7 +130,9 @@ class BackupEngine:
         allow_delete_with_dependents: bool = False,
         compression_level: int = 3,
         window_bytes: int = native.DEFAULT_WINDOW_BYTES,
-        allowed_paths: Sequence[str | os.PathLike] | None = None,
+        allowed_paths: Sequence[str | os.PathLike]
+        | Mapping[str, Sequence[str | os.PathLike]]
+        | None = None,
         create: bool = True,
         catalog_path: str | os.PathLike | None = None,
     ) -> BackupEngine:
@@ -141,7 +142,8 @@ class BackupEngine:
         backup runs ``workers + 1``, a restore ``workers + 2``: set it to the number of cores
         the engine may use); ``block_size`` is the default for new chains (a power of two,
         64 KiB to 16 MiB). ``allowed_paths`` confines every volume, snapshot and
-        restore-target path to those directories (see engine.paths).
+        restore-target path to those directories (see engine.paths); a mapping of project id to
+        directories gives each project its own (a project not in it may use no path).
         A repository of an unknown format version is refused with ``FormatVersionError``.
         ``catalog_path`` puts the catalog elsewhere than ``<path>/catalog.sqlite``: engines
         on several hosts share a repository, each with its own catalog (the repository's
@@ -167,7 +169,7 @@ class BackupEngine:
             quotas=quotas or Quotas(),
             allow_delete_with_dependents=allow_delete_with_dependents,
             window_bytes=window_bytes,
-            allowed_paths=normalise_roots(allowed_paths),
+            allowed_paths=normalise_allowed(allowed_paths),
         )
         engine.reindex()
         return engine
@@ -599,7 +601,8 @@ class BackupEngine:
         rest, and the answer lists them under ``lost_blocks``.
         """
         row = self._backup_row(project_id, backup_id)
-        target_volume, target_path = self._restore_target(project_id, target)
+        checked = self._checked_target(project_id, target)
+        target_volume, target_path = checked.volume, checked.path
         # The target's facts are gathered before the transaction (see create_backup: no
         # device I/O under the catalog's write lock); they are checked inside, in Cinder's
         # order, after the catalog state.
@@ -659,7 +662,9 @@ class BackupEngine:
         )
 
         def job() -> tuple[BaseException | None, list[int]]:
-            return self._run_restore(row, target_volume, target_path, allow_damaged=allow_damaged)
+            return jobs.run_restore_job(
+                self, row, target_volume, target_path, allow_damaged=allow_damaged, checked=checked
+            )
 
         if wait and self.runner.in_worker():
             error, lost = job()  # already counted against the bound; queueing would deadlock
@@ -689,26 +694,9 @@ class BackupEngine:
             )
         self.runner.notify()
 
-    def _restore_target(self, project_id: str, target: Any) -> tuple[VolumeInfo | None, str]:
-        if isinstance(target, str) and canonical_uuid(target) and not os.path.exists(target):
-            volume = self.registry.volume(project_id, target)
-            if volume is None:
-                raise VolumeNotFound(target)
-            return volume, volume.path
-        path = check_user_path(target, self.allowed_paths, "restore target")
-        if os.path.isdir(path):
-            raise InvalidInput(f"restore target {path!r} is a directory")
-        if not os.path.isdir(os.path.dirname(path)):
-            raise InvalidInput(f"restore target {path!r}: its directory does not exist")
-        real = os.path.realpath(path)
-        root = self.repo.local_root
-        if root and os.path.commonpath([real, os.path.realpath(root)]) == os.path.realpath(root):
-            raise InvalidInput("restore target must not lie inside the repository")
-        if os.path.exists(path):
-            mode = os.stat(path).st_mode
-            if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
-                raise InvalidInput(f"restore target {path!r} is not a file or block device")
-        return None, path
+    def _checked_target(self, project_id: str, target: Any) -> RestoreTarget:
+        """The restore-target policy (engine.service.targets)."""
+        return resolve_target(self.registry, self.repo.local_root, project_id, target)
 
     def _run_restore(
         self,

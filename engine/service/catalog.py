@@ -125,6 +125,8 @@ class Catalog:
         """Bring a catalog made by an earlier build of this schema up to date (additive only)."""
         wanted = {
             "backups": {"owner": "TEXT"},
+            # What a volume's path resolves to, so that a path belongs to one volume.
+            "volumes": {"real_path": "TEXT", "dev": "INTEGER", "ino": "INTEGER"},
         }
         for table, columns in wanted.items():
             have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
@@ -177,6 +179,14 @@ class Catalog:
     def snapshot(self, snapshot_id: str) -> dict[str, Any] | None:
         rows = self.query("SELECT * FROM snapshots WHERE id = ?", (snapshot_id,))
         return rows[0] if rows else None
+
+    def volumes_at(self, real_path: str, dev: int | None, ino: int | None) -> list[dict[str, Any]]:
+        """The registered volumes (of every project) whose path resolves to ``real_path`` or
+        whose file is the inode ``(dev, ino)``: a path belongs to at most one of them."""
+        return self.query(
+            "SELECT * FROM volumes WHERE real_path = ? OR path = ? OR (dev = ? AND ino = ?)",
+            (real_path, real_path, dev, ino),
+        )
 
     def volume_ids(self, project_id: str) -> list[str]:
         """The ids of a project's volumes, oldest first."""

@@ -10,6 +10,7 @@ commits the record, and moves every status through the catalog's checked setters
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 from ..changes import ChangeSet, LegacyExtents
@@ -20,6 +21,7 @@ from .catalog import Catalog, now
 from .planner import Plan, size_gib
 from .records import BackupRecord
 from .status import BackupStatus, SnapshotStatus, VolumeStatus
+from .targets import RestoreTarget, open_target
 
 if TYPE_CHECKING:
     from .backups import BackupEngine
@@ -132,23 +134,32 @@ def run_restore_job(
     path: str,
     *,
     allow_damaged: bool,
+    checked: RestoreTarget | None = None,
 ) -> tuple[BaseException | None, list[int]]:
     """Restore backup ``row`` onto ``path`` (``volume``'s, if a registered one).
 
+    With ``checked`` (the target as the restore-target policy saw it), an existing target
+    is opened here with ``O_NOFOLLOW`` and must still be that file (engine.service.targets).
     Returns the failure (recorded in ``stats.last_restore``, not raised) and the lost blocks.
     """
     catalog = engine.catalog
     error: BaseException | None = None
     lost: list[int] = []
+    target_fd: int | None = None
     try:
         container = engine.repo.container(row["project_id"], row["container"])
         manifest = container.get_blockmap(row["id"])
+        where: str | int = path
+        if checked is not None and checked.path:
+            target_fd = open_target(checked, engine.repo.local_root)
+            if target_fd is not None:
+                where = target_fd
         # A new image file is written under a temporary name and renamed when complete
         # (restore_volume), so a failed restore leaves nothing at ``path``.
         result = restore_volume(
             container,
             manifest,
-            path,
+            where,
             # More workers than cores: while some wait on the device, others decompress
             # (docs/performance.md).
             workers=engine.workers + 2,
@@ -164,6 +175,9 @@ def run_restore_job(
         log.warning("restore of backup %s failed: %s", row["id"], e)
         error = e
         outcome = {"status": "error", "target": path, "error": _reason(e, restore_target=path)}
+    finally:
+        if target_fd is not None:
+            os.close(target_fd)
     stats = dict((catalog.backup(row["id"]) or row).get("stats") or {})
     stats["last_restore"] = outcome
     engine._progress_at.pop(row["id"], None)

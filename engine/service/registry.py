@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import native
 from ..errors import InvalidInput, VolumeNotFound
-from ..paths import check_user_path
+from ..paths import Roots, check_user_path, check_volume_file, roots_for
 from ..repository.layout import canonical_uuid, check_project_id, check_uuid
 from ..sources import Resolver, SnapshotInfo, VolumeInfo, detect_in_use
 from .catalog import Catalog, now
@@ -26,12 +26,14 @@ SNAPSHOT_STATUSES = frozenset(s.value for s in SnapshotStatus)
 
 
 class Registry:
-    def __init__(
-        self, catalog: Catalog, resolver: Resolver | None, allowed_paths: tuple[str, ...] | None
-    ) -> None:
+    def __init__(self, catalog: Catalog, resolver: Resolver | None, allowed_paths: Roots) -> None:
         self.catalog = catalog
         self.resolver = resolver
         self.allowed_paths = allowed_paths
+
+    def roots(self, project_id: str) -> tuple[str, ...] | None:
+        """The directories this project's paths must resolve into (None: no limit)."""
+        return roots_for(self.allowed_paths, project_id)
 
     def register_volume(
         self,
@@ -43,29 +45,60 @@ class Registry:
         attached: bool | None = None,
         name: str | None = None,
     ) -> dict[str, Any]:
-        """Make a volume (an image file or block device) known to the embedded default."""
+        """Make a volume (an image file or block device) known to the embedded default.
+
+        The path's file type is checked with ``stat`` before anything opens it (a FIFO, a
+        character device or an empty special file such as ``/proc/self/mem`` is refused),
+        and a path -- resolved, and by its inode -- belongs to at most one registered
+        volume of any project. A refusal says nothing about who holds an id or a path.
+        """
         check_project_id(project_id)
         vid = require_uuid(volume_id, "volume id")
-        p = check_user_path(path, self.allowed_paths, "volume path")
+        p = check_user_path(path, self.roots(project_id), "volume path")
         if status not in VOLUME_STATUSES:
             raise InvalidInput(f"volume status {status!r} is not one of {sorted(VOLUME_STATUSES)}")
-        existing = self.catalog.volume(vid)
-        if existing is not None and existing["project_id"] != project_id:
-            raise InvalidInput(f"volume id {vid} is already registered by another project")
         if name is not None and (not isinstance(name, str) or len(name) > 255):
             raise InvalidInput("volume name must be a string of at most 255 characters")
-        row = {
-            "id": vid,
-            "project_id": project_id,
-            "path": p,
-            "status": status,
-            "previous_status": None,
-            "attached": None if attached is None else int(bool(attached)),
-            "name": name,
-            "created_at": existing["created_at"] if existing else now(),
-        }
-        self.catalog.upsert_volume(row)
+        st = check_volume_file(p)
+        real = os.path.realpath(p)
+        dev, ino = (st.st_dev, st.st_ino) if st is not None else (None, None)
+        with self.catalog.transaction():
+            existing = self.catalog.volume(vid)
+            if existing is not None and existing["project_id"] != project_id:
+                raise InvalidInput(_ID_TAKEN.format(vid=vid))
+            for other in self.catalog.volumes_at(real, dev, ino):
+                if other["id"] != vid:
+                    raise InvalidInput(_PATH_TAKEN.format(path=p))
+            if existing is not None and existing["status"] in _BUSY:
+                raise InvalidInput(
+                    f"volume {vid} is {existing['status']}: register it again when that ends"
+                )
+            row = {
+                "id": vid,
+                "project_id": project_id,
+                "path": p,
+                "status": status,
+                "previous_status": None,
+                "attached": None if attached is None else int(bool(attached)),
+                "name": name,
+                "created_at": existing["created_at"] if existing else now(),
+                "real_path": real,
+                "dev": dev,
+                "ino": ino,
+            }
+            self.catalog.upsert_volume(row)
         return self.get_volume(project_id, vid)
+
+    def owner_of_path(self, path: str) -> dict[str, Any] | None:
+        """The registered volume (any project) that ``path`` is, by resolved path or inode."""
+        real = os.path.realpath(path)
+        try:
+            st = os.stat(path)
+            dev, ino = st.st_dev, st.st_ino
+        except OSError:
+            dev = ino = None
+        rows = self.catalog.volumes_at(real, dev, ino)
+        return rows[0] if rows else None
 
     def register_snapshot(
         self,
@@ -81,14 +114,15 @@ class Registry:
         check_project_id(project_id)
         sid = require_uuid(snapshot_id, "snapshot id")
         vid = require_uuid(volume_id, "volume id")
-        p = check_user_path(path, self.allowed_paths, "snapshot path")
+        p = check_user_path(path, self.roots(project_id), "snapshot path")
+        check_volume_file(p, "snapshot path")
         if status not in SNAPSHOT_STATUSES:
             raise InvalidInput(
                 f"snapshot status {status!r} is not one of {sorted(SNAPSHOT_STATUSES)}"
             )
         existing = self.catalog.snapshot(sid)
         if existing is not None and existing["project_id"] != project_id:
-            raise InvalidInput(f"snapshot id {sid} is already registered by another project")
+            raise InvalidInput(_ID_TAKEN.format(vid=sid).replace("volume", "snapshot"))
         self.catalog.upsert_snapshot(
             {
                 "id": sid,
@@ -185,6 +219,15 @@ class Registry:
 
 
 require_uuid = check_uuid  # (the name this module's callers use)
+
+# Refusals that tell the caller nothing about another project: not whether the id or path is
+# another project's or its own, nor which volume holds it.
+_ID_TAKEN = "volume id {vid} cannot be registered: choose another id"
+_PATH_TAKEN = (
+    "volume path {path!r} is already registered as a volume: a path belongs to one volume "
+    "(register it once, under one id)"
+)
+_BUSY = ("backing-up", "restoring-backup")
 
 
 def size_or_none(path: str | int | None) -> int | None:

@@ -77,7 +77,10 @@ def test_a_volume_id_is_owned_by_one_project(eng, a_backup, tmp_path):
     make_image(other_image, MIB, seed=77)
     with api_error(InvalidInput, 400) as info:
         eng.register_volume(OTHER_PROJECT, vid, str(other_image))
-    assert "another project" in info.value.message
+    # Issue 10 #13: the refusal says nothing about who holds the id.
+    assert info.value.message == (
+        f"Invalid input received: volume id {vid} cannot be registered: choose another id"
+    )
     # The registration is unchanged.
     assert eng.get_volume(PROJECT, vid)["path"] == str(path)
     with api_error(VolumeNotFound, 404, f"Volume {vid} could not be found."):

@@ -132,8 +132,10 @@ def test_failed_backup_image_deleted(eng, volume, tmp_path):
 def test_failed_backup_of_a_directory(eng, tmp_path):
     vid = new_id()
     d = tmp_path / "not-an-image"
-    d.mkdir()
-    eng.register_volume(PROJECT, vid, str(d))
+    d.write_bytes(b"x" * 4096)
+    eng.register_volume(PROJECT, vid, str(d))  # a directory is refused here (issue 10 #8)
+    d.unlink()
+    d.mkdir()  # ... so it becomes one afterwards
     detail = wait_failed(eng, create(eng, vid))
     assert detail["fail_reason"] and detail["fail_reason"].strip()
     assert eng.get_volume(PROJECT, vid)["status"] == "available"

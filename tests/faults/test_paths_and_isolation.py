@@ -287,8 +287,8 @@ def test_project_b_cannot_use_project_a_volume(eng, a_backup, tmp_path):
     with api_error(InvalidInput, 400) as info:
         eng.register_volume(OTHER_PROJECT, vid, str(other))
     assert info.value.message == (
-        f"Invalid input received: volume id {vid} is already registered by another project"
-    )
+        f"Invalid input received: volume id {vid} cannot be registered: choose another id"
+    )  # issue 10 #13: nothing about who holds the id
     assert eng.get_volume(PROJECT, vid)["path"] == str(path)
     with api_error(VolumeNotFound, 404, f"Volume {vid} could not be found."):
         eng.get_volume(OTHER_PROJECT, vid)
