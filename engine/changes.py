@@ -103,6 +103,8 @@ class ChangeSet:
             object.__setattr__(self, "base_backup_id", base)
         if not _is_int(self.volume_size) or self.volume_size < 0:
             raise ChangeSetError("volume_size must be a non-negative integer")
+        if self.volume_size > 2**63 - 1:
+            raise ChangeSetError("volume_size must be below 2**63 (what a file offset can say)")
         if not _is_int(self.granularity) or self.granularity <= 0:
             raise ChangeSetError("granularity must be a positive integer")
         object.__setattr__(self, "volume_size", int(self.volume_size))

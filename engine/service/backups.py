@@ -457,17 +457,26 @@ class BackupEngine:
         )
 
     def wait(
-        self, backup_id: str, timeout: float | None = None, *, microversion: str = "3.0"
+        self,
+        backup_id: str,
+        timeout: float | None = None,
+        *,
+        project_id: str | None = None,
+        microversion: str = "3.0",
     ) -> dict[str, Any]:
         """Block until the backup leaves ``creating``/``restoring``; return its detail view.
 
         Also for work another process sharing the catalog runs: the wait re-reads the
         catalog every ``runner.POLL_SECONDS`` besides waking on this process's changes.
-        Raises ``TimeoutError`` when ``timeout`` seconds pass first.
+        Raises ``TimeoutError`` when ``timeout`` seconds pass first. A front door serving
+        several projects passes ``project_id``: another project's backup is then not found,
+        as everywhere else; without it the wait is the operator's (any project).
         """
+        if project_id is not None:
+            check_project_id(project_id)
         bid = canonical_uuid(backup_id)
         row = self.catalog.backup(bid) if bid else None
-        if row is None:
+        if row is None or (project_id is not None and row["project_id"] != project_id):
             raise BackupNotFound(backup_id)
 
         def settled() -> bool:
@@ -529,7 +538,7 @@ class BackupEngine:
             )
         event.set()
         if wait:
-            return self.wait(row["id"])
+            return self.wait(row["id"], project_id=project_id)
         return self.get_backup(project_id, row["id"])
 
     def delete_backup(self, project_id: str, backup_id: str, *, force: bool = False) -> None:
@@ -821,6 +830,9 @@ def _change_hint(
     return LegacyExtents(base, tuple((int(o), int(n)) for o, n in rows.tolist()))
 
 
+_MAX_EXTENT_END = 2**63 - 1  # what a file offset (off_t) can say
+
+
 def _extents(extents: Iterable[tuple[int, int]]) -> np.ndarray:
     try:
         rows = [(int(o), int(n)) for o, n in extents]
@@ -828,6 +840,10 @@ def _extents(extents: Iterable[tuple[int, int]]) -> np.ndarray:
         raise InvalidInput("changed_extents must be (offset, length) pairs of integers") from None
     if any(o < 0 or n < 0 for o, n in rows):
         raise InvalidInput("changed_extents must not hold negative offsets or lengths")
+    if any(o + n > _MAX_EXTENT_END for o, n in rows):
+        raise InvalidInput(
+            f"changed_extents must end below 2**63 bytes (offset + length <= {_MAX_EXTENT_END})"
+        )
     return np.array(rows, dtype=np.int64).reshape(-1, 2)
 
 
