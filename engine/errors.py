@@ -457,3 +457,13 @@ class BlobConflict(StoreError):
 
 class TransientStoreError(StoreError):
     """A failure that may pass (a timeout, a 5xx, a reset connection): worth retrying."""
+
+
+# --------------------------------------------------------------------------------------------
+# The catalog (engine.service.catalog): an index, never the only copy of anything committed.
+# --------------------------------------------------------------------------------------------
+
+
+class CatalogError(CinderblockError):
+    """The SQLite catalog failed (full, read-only, locked, damaged): one line saying which
+    file and what to do; never a raw ``sqlite3`` traceback."""

@@ -22,9 +22,9 @@ from .blockmap import BlockMap
 from .layout import ContainerKeys, check_uuid, digest_of_key
 from .leases import DEFAULT_TTL, HeldLease, hold_write_lease, try_sweep_lease
 from .objects import HEADER_SIZE, BlockCodec
-from .records import decode_record, encode_record
+from .records import MAX_RECORD_BYTES, decode_record, encode_record
 
-MAX_RECORD_READ = 1 << 21
+MAX_RECORD_READ = MAX_RECORD_BYTES + 1  # one byte more: an oversized record is seen as one
 
 
 class Container:

@@ -17,12 +17,18 @@ from typing import Any
 
 import xxhash
 
-from ..errors import CorruptionError, FormatVersionError
+from ..errors import CorruptionError, FormatVersionError, InvalidInput
 
 FORMAT = "cinderblock-record"
 VERSION = 1
-# A record is a few KiB; anything far larger is not one of ours.
+#: The one size limit of a record, for the writer and the reader alike: a record is a few KiB
+#: (its metadata is bounded at 64 KiB by the request layer), and one the writer produced is
+#: never one the reader would call damaged.
 MAX_RECORD_BYTES = 1 << 20
+
+
+class RecordTooLarge(InvalidInput):
+    """A record the writer refuses: it would be larger than ``MAX_RECORD_BYTES``."""
 
 
 def _canonical(backup: dict[str, Any]) -> bytes:
@@ -36,7 +42,13 @@ def encode_record(backup: dict[str, Any]) -> bytes:
         "checksum": xxhash.xxh3_128_hexdigest(_canonical(backup)),
         "backup": backup,
     }
-    return json.dumps(body, sort_keys=True, indent=1).encode() + b"\n"
+    blob = json.dumps(body, sort_keys=True, indent=1).encode() + b"\n"
+    if len(blob) > MAX_RECORD_BYTES:
+        raise RecordTooLarge(
+            f"the backup's record would be {len(blob)} bytes, more than the "
+            f"{MAX_RECORD_BYTES} a record may hold; shorten its metadata"
+        )
+    return blob
 
 
 def decode_record(blob: bytes, *, what: str = "backup record") -> dict[str, Any]:

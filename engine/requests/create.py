@@ -120,6 +120,7 @@ def parse_create_backup(body: Body, microversion: VersionLike = "3.0") -> Create
 
     backup: dict[str, Any] = document["backup"]
     metadata = backup.get("metadata") if version >= BACKUP_METADATA else None
+    pt.check_metadata_size(metadata)
     availability_zone = backup.get("availability_zone") if version >= BACKUP_AZ else None
     return CreateBackupRequest(
         volume_id=backup["volume_id"],

@@ -7,16 +7,20 @@ oslo helpers it relies on, including their quirks, because clients see the conse
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 import uuid
 from functools import lru_cache
 from typing import Any
 
+from engine.errors import BadRequest
+
 __all__ = [
     "BOOLEAN",
     "BOOLEAN_STRINGS",
     "CONTAINER",
+    "MAX_METADATA_BYTES",
     "METADATA",
     "METADATA_ALLOWS_NULL",
     "METADATA_KEY_PATTERN",
@@ -154,3 +158,21 @@ METADATA: dict[str, Any] = {
 }
 
 METADATA_ALLOWS_NULL: dict[str, Any] = {**METADATA, "type": ["object", "null"]}
+
+
+#: The most metadata one backup may carry, as compact JSON (``{"k":"v",...}``). Cinder bounds
+#: each key and value (255 characters) but not their number; a backup's record (which holds
+#: its metadata) must stay under the repository's record limit, so the total is bounded too.
+MAX_METADATA_BYTES = 64 * 1024
+
+
+def check_metadata_size(metadata: dict[str, Any] | None) -> None:
+    """A 400 in Cinder's words (``Invalid metadata size: ...``) for metadata too large."""
+    if not metadata:
+        return
+    n = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
+    if n > MAX_METADATA_BYTES:
+        raise BadRequest(
+            f"Invalid metadata size: the metadata is {n} bytes as JSON, more than the "
+            f"{MAX_METADATA_BYTES} allowed; store fewer or shorter keys and values."
+        )

@@ -105,6 +105,7 @@ def parse_update_backup(body: Body, microversion: VersionLike) -> UpdateBackupRe
         )
     sent = frozenset(key for key in ("name", "description", "metadata") if key in backup)
     metadata = backup.get("metadata")
+    pt.check_metadata_size(metadata)
     return UpdateBackupRequest(
         fields=sent,
         name=_strip(backup.get("name")),

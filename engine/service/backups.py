@@ -154,11 +154,14 @@ class BackupEngine:
             raise ValueError(f"workers must be a positive int, got {workers!r}")
         root = os.fspath(path)
         repo = Repository.open(root, create=create, compression_level=compression_level)
-        catalog = Catalog(
+        cpath = (
             os.fspath(catalog_path)
             if catalog_path is not None
             else os.path.join(root, "catalog.sqlite")
         )
+        # Read-only media (a read-only mount, a write-protected copy): the catalog is read
+        # into memory and nothing is ever written there; restores still work.
+        catalog = Catalog(cpath, read_only=_read_only(os.path.dirname(os.path.abspath(cpath))))
         engine = cls(
             repo,
             catalog,
@@ -185,9 +188,18 @@ class BackupEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def read_only(self) -> bool:
+        """Whether the repository was opened from read-only media (restore, list, verify)."""
+        return self.catalog.read_only
+
     def _recover(self) -> None:
-        """Cinder's restart rule for work whose process is gone (see engine.service.recovery)."""
-        recovery.recover(self)
+        """Cinder's restart rule for work whose process is gone (see engine.service.recovery).
+
+        Not on read-only media: nothing there can be finished, and nothing may be written.
+        """
+        if not self.read_only:
+            recovery.recover(self)
 
     def _remove_clones_of(self, b: dict[str, Any]) -> None:
         recovery.remove_clones_of(self.catalog, b)
@@ -758,6 +770,16 @@ class BackupEngine:
     def _live_refs(self, project_id: str, container: str) -> dict[str, str]:
         """{backup id: status} of the catalog's backups in one container."""
         return self.catalog.container_statuses(project_id, container)
+
+
+def _read_only(directory: str) -> bool:
+    """Whether nothing can be written in ``directory`` (a read-only mount or permissions)."""
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return True
+    except OSError:
+        return False
+    return not os.access(directory, os.W_OK)
 
 
 def _sorts_after(row: dict[str, Any], marker: dict[str, Any], sort) -> bool:

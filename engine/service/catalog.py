@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
+import os
 import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
+from urllib.parse import quote
 
-from ..errors import InvalidInput
+from ..errors import CatalogError, InvalidInput
 from ..requests.listing import BACKUP_COLUMNS
 from .status import BackupStatus, Kind, SnapshotStatus, VolumeStatus, transition
 
@@ -91,6 +94,8 @@ _SQL_COLUMNS: frozenset[str] = frozenset(
 )  # fmt: skip
 _SORT_DIRECTIONS = {"asc": "ASC", "desc": "DESC"}
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+log = logging.getLogger("engine.service.catalog")
+
 _TABLES = {Kind.BACKUP: "backups", Kind.VOLUME: "volumes", Kind.SNAPSHOT: "snapshots"}
 
 
@@ -102,24 +107,83 @@ def now() -> str:
 
 
 class Catalog:
-    def __init__(self, path: str) -> None:
+    """The index. ``read_only`` (a repository on read-only media): the catalog is read once
+    into memory and never written back; statuses of this process's work live there only.
+
+    A catalog file that SQLite calls damaged (``file is not a database``, a failed
+    ``quick_check``) is moved aside as ``<name>.damaged-<time>`` and a new one is made:
+    ``BackupEngine.open`` then re-indexes every committed backup from the records.
+    ``rebuilt_from`` names the file kept aside.
+
+    The journal is a rollback journal (``TRUNCATE``), not WAL: WAL's shared-memory file is
+    ``mmap``-ed, and on a full filesystem a page fault on it kills the process with SIGBUS;
+    a rollback journal fails its write with ``SQLITE_FULL``, which becomes a
+    ``CatalogError``.
+    """
+
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
         self.path = path
+        self.read_only = read_only
+        self.rebuilt_from: str | None = None
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        # Other processes may hold the write lock briefly (a CLI beside a service).
-        self._db.execute("PRAGMA busy_timeout = 30000")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # WAL with NORMAL never corrupts; a power cut may forget the last status changes,
-        # which recovery and re-indexing from the records (the source of truth) put right.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-        self._add_missing_columns()
-        row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if row is None:
-            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) != SCHEMA_VERSION:
-            raise RuntimeError(f"catalog schema {row[0]} is not supported")
+        if read_only:
+            self._db = _read_into_memory(path)
+        else:
+            try:
+                self._db = self._open(path)
+            except _Damaged as e:
+                self.rebuilt_from = _set_aside(path)
+                log.warning(
+                    "catalog %s is damaged (%s): kept aside as %s; rebuilding it from the "
+                    "repository's records (registered volumes and snapshots must be "
+                    "registered again)",
+                    path,
+                    e,
+                    self.rebuilt_from,
+                )
+                self._db = self._open(path)
+        try:
+            self._db.executescript(SCHEMA)
+            self._add_missing_columns()
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.Error as e:
+            self._db.close()
+            raise catalog_error(path, e) from None
+        if row is not None and int(row[0]) != SCHEMA_VERSION:
+            self._db.close()
+            raise CatalogError(
+                f"catalog {path} has schema {row[0]}, which this engine does not know: "
+                "upgrade the engine"
+            )
+
+    @staticmethod
+    def _open(path: str) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as e:
+            raise catalog_error(path, e) from None
+        db.row_factory = sqlite3.Row
+        try:
+            # Other processes may hold the write lock briefly (a CLI beside a service).
+            db.execute("PRAGMA busy_timeout = 30000")
+            mode = db.execute("PRAGMA journal_mode=TRUNCATE").fetchone()
+            if mode is not None and str(mode[0]).lower() != "truncate":
+                log.warning("catalog %s stays in journal mode %s (in use elsewhere)", path, mode[0])
+            db.execute("PRAGMA synchronous=FULL")
+            check = db.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                raise _Damaged(f"quick_check: {check[0] if check else 'no answer'}")
+        except _Damaged:
+            db.close()
+            raise
+        except sqlite3.DatabaseError as e:
+            db.close()
+            if type(e) is sqlite3.DatabaseError:  # not an OperationalError: the file itself
+                raise _Damaged(str(e)) from None
+            raise catalog_error(path, e) from None
+        return db
 
     def _add_missing_columns(self) -> None:
         """Bring a catalog made by an earlier build of this schema up to date (additive only)."""
@@ -135,28 +199,43 @@ class Catalog:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, suppress(sqlite3.Error):
             self._db.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE … COMMIT under the lock: a read-check-write that nobody interleaves."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._run("BEGIN IMMEDIATE")
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                with suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            try:
+                self._run("COMMIT")
+            except CatalogError:
+                with suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def _run(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, args)
+        except sqlite3.Error as e:
+            raise catalog_error(self.path, e) from None
 
     def query(self, sql: str, args: Iterable[Any] = ()) -> list[dict[str, Any]]:
         with self._lock:
-            return [_row(r) for r in self._db.execute(sql, tuple(args)).fetchall()]
+            try:
+                return [_row(r) for r in self._db.execute(sql, tuple(args)).fetchall()]
+            except sqlite3.Error as e:
+                raise catalog_error(self.path, e) from None
 
     def execute(self, sql: str, args: Iterable[Any] = ()) -> int:
         with self._lock:
-            return self._db.execute(sql, tuple(args)).rowcount
+            return self._run(sql, tuple(args)).rowcount
 
     # ------------------------------------------------------------------ volumes / snapshots
 
@@ -403,6 +482,64 @@ class Catalog:
         row = {k: (json.dumps(v) if k in JSON_COLUMNS else v) for k, v in fields.items()}
         sets = ", ".join(f"{k} = ?" for k in row)
         self.execute(f"UPDATE {table} SET {sets} WHERE id = ?", [*row.values(), object_id])
+
+
+class _Damaged(Exception):
+    """The catalog file is not a sound SQLite database."""
+
+
+def _set_aside(path: str) -> str:
+    """Move a damaged catalog (and its journals) aside, keeping it for inspection."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside = f"{path}.damaged-{stamp}"
+    os.replace(path, aside)
+    for suffix in ("-journal", "-wal", "-shm"):
+        with suppress(FileNotFoundError):
+            os.replace(path + suffix, aside + suffix)
+    return aside
+
+
+def _read_into_memory(path: str) -> sqlite3.Connection:
+    """A private in-memory copy of the catalog at ``path``, read without writing anything
+    (``immutable``: no journal, no lock file); empty when there is none or it is unreadable
+    (the records are indexed into it then)."""
+    mem = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+    mem.row_factory = sqlite3.Row
+    if os.path.exists(path):
+        try:
+            src = sqlite3.connect(f"file:{quote(path)}?mode=ro&immutable=1", uri=True)
+            try:
+                src.backup(mem)
+            finally:
+                src.close()
+            check = mem.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {check[0] if check else '?'}")
+        except sqlite3.Error as e:
+            log.warning("catalog %s cannot be read (%s); indexing the records afresh", path, e)
+            mem.close()
+            mem = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+            mem.row_factory = sqlite3.Row
+    return mem
+
+
+def catalog_error(path: str, e: sqlite3.Error) -> CatalogError:
+    """One line for a failed catalog operation: which file, what happened, what to do."""
+    text = str(e)
+    low = text.lower()
+    if "full" in low:
+        why = "its filesystem is full; free space and run the command again"
+    elif "readonly" in low or "read-only" in low:
+        why = "it is read-only; open the repository from writable media, or restore only"
+    elif "locked" in low or "busy" in low:
+        why = "another process holds it locked (waited 30 s); try again when it is done"
+    elif "not a database" in low or "malformed" in low:
+        why = "it is damaged; open the repository again to rebuild it from the records"
+    elif "unable to open" in low:
+        why = "it cannot be opened (missing directory, permissions or read-only media)"
+    else:
+        why = "run the command again; if it persists, check the disk"
+    return CatalogError(f"catalog {path} failed ({text}): {why}")
 
 
 def _row(r: sqlite3.Row) -> dict[str, Any]:
