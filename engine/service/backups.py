@@ -20,7 +20,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -112,6 +112,9 @@ class BackupEngine:
         self._progress_at: dict[str, float] = {}
         # Cancellation events of this process's running jobs, by backup id.
         self._cancels: dict[str, threading.Event] = {}
+        # Outcomes of this process's jobs the catalog could not take yet (it was full, say):
+        # {backup id: (how to write it, the fields it shows meanwhile)}; see _settle.
+        self._unsettled: dict[str, tuple[Callable[[], None], dict[str, Any]]] = {}
         self.runner = Runner(workers)
         self._recover()
 
@@ -193,6 +196,17 @@ class BackupEngine:
         """Whether the repository was opened from read-only media (restore, list, verify)."""
         return self.catalog.read_only
 
+    def _settle(self) -> None:
+        """Write the outcomes the catalog could not take when their jobs ended."""
+        for backup_id, (write, _shown) in list(self._unsettled.items()):
+            try:
+                write()
+            except Exception as e:  # noqa: BLE001 - still not writable: kept for the next try
+                log.debug("backup %s: outcome still not recorded: %s", backup_id, e)
+                continue
+            self._unsettled.pop(backup_id, None)
+            self.runner.notify()
+
     def _recover(self) -> None:
         """Cinder's restart rule for work whose process is gone (see engine.service.recovery).
 
@@ -264,6 +278,7 @@ class BackupEngine:
         check_project_id(project_id)
         version = parse_microversion(microversion)
         request = parse_create_backup(body, version)
+        self._settle()
         extents = _change_hint(changes, changed_extents, changes_base)
         backup_id = str(uuid.uuid4())
         # The driver's resolver, in-use detection (an O_EXCL open) and the size ioctl run
@@ -492,6 +507,9 @@ class BackupEngine:
             raise BackupNotFound(backup_id)
 
         def settled() -> bool:
+            if bid in self._unsettled:
+                self._settle()
+                return True  # the job ended; the catalog may not say so yet
             r = self.catalog.backup(bid)
             return r is None or r["status"] not in ("creating", "restoring", "deleting")
 
@@ -500,7 +518,11 @@ class BackupEngine:
         row = self.catalog.backup(bid)
         if row is None:
             raise BackupNotFound(backup_id)
-        return self.get_backup(row["project_id"], bid, microversion=microversion)
+        view = self.get_backup(row["project_id"], bid, microversion=microversion)
+        pending = self._unsettled.get(bid)
+        if pending is not None:
+            view.update(pending[1])  # what the catalog will say once it can
+        return view
 
     # ------------------------------------------------------------------ update, delete
 
@@ -560,6 +582,7 @@ class BackupEngine:
         check, unless the engine was opened with ``allow_delete_with_dependents``; a
         ``creating`` backup this process runs is cancelled first, then deleted.
         """
+        self._settle()
         row = self._backup_row(project_id, backup_id)
         if force and row["status"] == "creating" and row["id"] in self._cancels:
             self.cancel(project_id, row["id"])
@@ -621,6 +644,7 @@ class BackupEngine:
         with ``allow_damaged`` every readable block is restored, zeros are written for the
         rest, and the answer lists them under ``lost_blocks``.
         """
+        self._settle()
         row = self._backup_row(project_id, backup_id)
         checked = self._checked_target(project_id, target)
         target_volume, target_path = checked.volume, checked.path

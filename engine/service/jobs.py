@@ -104,13 +104,46 @@ def run_backup_job(
     finally:
         if source is not None:
             source.close()
-    # As Cinder: the source is released before the backup shows its outcome, so a client
-    # that sees "available" can start the next backup at once.
-    engine._release_source(plan, failed=status == BackupStatus.ERROR)
     engine._progress_at.pop(backup_id, None)
     engine._cancels.pop(backup_id, None)
-    catalog.set_backup_status(backup_id, status, **final)
-    engine.runner.notify()
+    try:
+        finish_backup(engine, plan, backup_id, status, final)
+    finally:
+        engine.runner.notify()
+
+
+def finish_backup(
+    engine: BackupEngine, plan: Plan, backup_id: str, status: BackupStatus, final: dict[str, Any]
+) -> None:
+    """Release the source, then show the backup's outcome, whatever fails on the way.
+
+    As Cinder: the source is released before the backup shows its outcome, so a client
+    that sees "available" can start the next backup at once. When the catalog cannot take
+    the outcome (its filesystem is full, say), the backup is made ``error`` instead; when it
+    cannot take that either, the engine keeps the outcome in memory (``wait`` returns it)
+    and writes it at the next request, so nothing stays ``creating`` or ``backing-up``.
+    """
+    catalog = engine.catalog
+
+    def outcome() -> None:
+        engine._release_source(plan, failed=status == BackupStatus.ERROR)
+        catalog.set_backup_status(backup_id, status, **final)
+
+    try:
+        outcome()
+        return
+    except Exception as e:  # noqa: BLE001 - the catalog's failure must not strand the backup
+        reason = f"the catalog could not record the backup's end: {_reason(e)}"
+        log.warning("backup %s: %s", backup_id, reason)
+
+    def failed() -> None:
+        engine._release_source(plan, failed=True)
+        catalog.set_backup_status(backup_id, BackupStatus.ERROR, fail_reason=reason)
+
+    try:
+        failed()
+    except Exception:  # noqa: BLE001 - written at the next request (BackupEngine._settle)
+        engine._unsettled[backup_id] = (failed, {"status": "error", "fail_reason": reason})
 
 
 def release_source_of(catalog: Catalog, backup: dict[str, Any], *, failed: bool) -> None:

@@ -71,14 +71,18 @@ def test_all_hole_image_of_odd_size(eng, volume, tmp_path):
     assert_same_bytes(restore_new(eng, detail["id"], tmp_path / "r.img"), v0)
 
 
-def test_empty_image(eng, volume, tmp_path):
-    """A zero-byte image (unsure whether it must be refused; it must not be corrupted)."""
-    vid, _path, _data = volume(0, data=[])
-    detail = eng.wait(create(eng, vid), timeout=60)
-    if detail["status"] == "available":
-        assert restore_new(eng, detail["id"], tmp_path / "r.img") == b""
-    else:
-        assert detail["status"] == "error" and detail["fail_reason"]
+def test_empty_image(eng, tmp_path):
+    """A zero-byte image is refused at registration (issue 10 #8: it cannot be told from a
+    size-0 special file such as /proc/self/mem, which would back up as an empty volume)."""
+    path = tmp_path / "empty.img"
+    path.write_bytes(b"")
+    with pytest.raises(InvalidInput) as info:
+        eng.register_volume(PROJECT, new_id(), str(path))
+    assert info.value.message == (
+        f"Invalid input received: volume path {str(path)!r} holds 0 bytes (an empty file or a "
+        "special file such as /proc/self/mem): a volume must hold data"
+    )
+    assert eng.list_volumes(PROJECT) == []
 
 
 # --------------------------------------------------------------------------- block sizes
