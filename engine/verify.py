@@ -82,10 +82,19 @@ def verify(
     rng = random.SystemRandom()
     checked: dict[tuple[str, bytes], str | None] = {}  # (container, digest) -> error
     verdicts = []
+    containers: dict[str, Container] = {}
+    released = 0
+    # Objects that decode but fail their digest: quarantined only at the end, once it is
+    # clear that the data, not the key, is wrong (see _blame_the_key).
+    mismatched: list[tuple[Container, bytes]] = []
+    thorough_checks = 0
     for ref in backups:
         v = BackupVerdict(ref.id)
         verdicts.append(v)
-        container = repo.container(project_id, ref.container)
+        container = containers.get(ref.container)
+        if container is None:
+            container = containers[ref.container] = repo.container(project_id, ref.container)
+            released += container.release_quarantined()
         try:
             container.get_record(ref.id)
             m = container.get_blockmap(ref.id)
@@ -111,23 +120,56 @@ def verify(
             if key in checked and (checked[key] is not None or not thorough):
                 error = checked[key]
             else:
-                error = _check_object(container, digest, m.block_size, thorough)
+                error = _check_object(container, digest, m.block_size, thorough, mismatched)
                 checked[key] = error
                 v.objects_checked += 1
+                thorough_checks += thorough
             v.blocks_checked += 1
             if error is not None:
                 v.ok = False
                 v.damaged_blocks.append(i)
                 v.errors.append(f"block {i} (object {digest.hex()}): {error}")
+    _blame_the_key(repo, mismatched, thorough_checks)
+    for container, digest in mismatched:
+        container.quarantine(digest)
     return {
         "ok": all(v.ok for v in verdicts),
         "mode": "deep" if deep else (f"sample {percent}%" if percent else "quick"),
         "backups": [v.__dict__ for v in verdicts],
+        "restored_from_quarantine": released,
     }
 
 
+#: From this many re-hashed objects on, all of them failing their digest is the key's fault.
+KEY_BLAME_AT = 2
+
+
+class WrongKeyError(CorruptionError):
+    """Every object re-hashed fails its digest: the repository's key, not the data."""
+
+
+def _blame_the_key(repo: Repository, mismatched: list, thorough_checks: int) -> None:
+    """Stop before quarantining anything when every re-hashed object failed its digest.
+
+    Independent damage does not hit every object at once; a wrong seed (an edited or
+    swapped ``config.json``) does. Quarantining then would set every backup aside for a
+    fault of the key; instead nothing is touched and the error says what to put back.
+    """
+    if thorough_checks >= KEY_BLAME_AT and len(mismatched) == thorough_checks:
+        raise WrongKeyError(
+            f"every one of the {thorough_checks} objects re-hashed fails its digest: the "
+            "repository's key (the seed in config.json) is wrong, not the data; nothing was "
+            "quarantined. Put back the repository's original config.json and verify again",
+            path=f"{repo.url}/config.json",
+        )
+
+
 def _check_object(
-    container: Container, digest: bytes, block_size: int, thorough: bool
+    container: Container,
+    digest: bytes,
+    block_size: int,
+    thorough: bool,
+    mismatched: list[tuple[Container, bytes]],
 ) -> str | None:
     error = _quick_check(container, digest, block_size)
     if error is None and thorough:
@@ -135,6 +177,9 @@ def _check_object(
             container.codec.decode(container.get_object(digest), digest)
         except CorruptionError as e:
             error = e.message
+            if error.endswith("does not match its digest"):
+                mismatched.append((container, digest))
+                return error
     if error is not None:
         container.quarantine(digest)
     return error

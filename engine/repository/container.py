@@ -13,10 +13,11 @@ store is a directory or an object store. Two rules that matter on object stores:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 
-from ..errors import BlobNotFound, CorruptionError, FormatVersionError, InvalidInput
+from ..errors import BlobConflict, BlobNotFound, CorruptionError, FormatVersionError, InvalidInput
 from ..store.blob import BlobBatch, BlobInfo, BlobStore
 from .blockmap import BlockMap
 from .layout import ContainerKeys, check_uuid, digest_of_key
@@ -110,6 +111,31 @@ class Container:
         self.store.put(qkey, evidence)
         self.store.delete(key)
         return qkey
+
+    def release_quarantined(self) -> int:
+        """Put back every quarantined object that is intact after all; return how many.
+
+        Quarantine is reversible: an object set aside because it failed its check under a
+        wrong key (a changed seed in ``config.json``), or by mistake, decodes again once
+        the key is right. Its object is published again (unless a backup stored the block
+        meanwhile) and its quarantine entry removed; damaged copies and markers of missing
+        objects stay, as evidence, until gc finds the block healthy.
+        """
+        released = 0
+        for digest, info in list(self.iter_quarantine()):
+            if info.size <= HEADER_SIZE:
+                continue  # the marker of an object that was missing: nothing to put back
+            try:
+                blob = self.store.get(info.key)
+                self.codec.decode(blob, digest)
+            except (BlobNotFound, CorruptionError):
+                continue
+            # BlobConflict: stored again meanwhile, and the entry is no longer needed either.
+            with contextlib.suppress(BlobConflict):
+                self.store.put(self.keys.object(digest), blob, exclusive=True)
+            self.store.delete(info.key)
+            released += 1
+        return released
 
     def iter_quarantine(self) -> Iterator[tuple[bytes, BlobInfo]]:
         for info in self.store.list(self.keys.quarantined):

@@ -14,6 +14,8 @@ import secrets
 from collections.abc import Iterator
 from typing import Any
 
+import xxhash
+
 from ..errors import (
     BlobConflict,
     BlobNotFound,
@@ -33,7 +35,12 @@ HASH_NAME = "xxh3-128-keyed"
 MAX_CONFIG_BYTES = 1 << 16
 # What may already sit in a directory that becomes a local repository: the embedded
 # default's catalog (it is created first) and nothing else.
-_CATALOG_FILES = ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm")
+_CATALOG_FILES = (
+    "catalog.sqlite",
+    "catalog.sqlite-journal",
+    "catalog.sqlite-wal",
+    "catalog.sqlite-shm",
+)
 
 
 class Repository:
@@ -94,6 +101,7 @@ class Repository:
             "seed": secrets.randbits(64),
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
         }
+        config["checksum"] = config_checksum(config)
         raw = json.dumps(config, indent=1).encode() + b"\n"
         try:
             store.put(CONFIG, raw, exclusive=True)
@@ -153,4 +161,21 @@ def parse_config(raw: bytes, *, where: str = CONFIG) -> dict[str, Any]:
     seed = config.get("seed")
     if config.get("hash") != HASH_NAME or not isinstance(seed, int) or not 0 <= seed < 2**64:
         raise CorruptionError("repository config has an unknown hash or a bad seed", path=where)
+    if "checksum" in config and config["checksum"] != config_checksum(config):
+        raise CorruptionError(
+            "repository config fails its checksum: its seed or another field was changed, and "
+            "every digest would be computed with the wrong key. Put back the repository's "
+            "original config.json (nothing was read or changed)",
+            path=where,
+        )
     return config
+
+
+def config_checksum(config: dict[str, Any]) -> str:
+    """xxh3-128 of the config's canonical JSON without its ``checksum`` field.
+
+    Configs written before the checksum existed have none and are read as they are; a
+    wrong key is then caught by ``verify`` instead (every object failing at once).
+    """
+    body = {k: v for k, v in config.items() if k != "checksum"}
+    return xxhash.xxh3_128_hexdigest(json.dumps(body, sort_keys=True, separators=(",", ":")))

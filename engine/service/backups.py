@@ -67,7 +67,7 @@ from .planner import (
     plan_backup,
     size_gib,
 )
-from .records import carry_update
+from .records import carry_update, record_damaged, status_after_restore
 from .registry import Registry, canonical_uuid, in_use_or_false, size_or_none
 from .runner import Runner
 from .status import BackupStatus, Kind, SnapshotStatus, VolumeStatus
@@ -667,7 +667,9 @@ class BackupEngine:
                 size_error = e
         with self.catalog.transaction():
             row = self.catalog.backup(row["id"]) or row
-            if row["status"] != "available":
+            if row["status"] != "available" and not (
+                row["status"] == "error" and record_damaged(row)
+            ):
                 raise InvalidBackup("Backup status must be available")
             volume_bytes = int(row["volume_size"] or 0)
             if target_volume is not None:
@@ -732,7 +734,7 @@ class BackupEngine:
 
     def _abandon_restore(self, row: dict[str, Any], volume: VolumeInfo | None) -> None:
         """Undo ``restoring`` for a restore that will never run (the runner is shut down)."""
-        self.catalog.set_backup_status(row["id"], BackupStatus.AVAILABLE)
+        self.catalog.set_backup_status(row["id"], status_after_restore(row))
         if volume is not None:
             self.catalog.set_volume_status(
                 volume.id, VolumeStatus.AVAILABLE, expect=VolumeStatus.RESTORING_BACKUP

@@ -19,7 +19,7 @@ from ..owners import me
 from ..sources import OpenedSource, VolumeInfo, open_source
 from .catalog import Catalog, now
 from .planner import Plan, size_gib
-from .records import BackupRecord
+from .records import BackupRecord, status_after_restore
 from .status import BackupStatus, SnapshotStatus, VolumeStatus
 from .targets import RestoreTarget, open_target
 
@@ -50,6 +50,9 @@ def run_backup_job(
             force=plan.request.force,
             snapshot=plan.snapshot is not None,
         )
+        # Quarantine is reversible: what is intact after all (the right key is back) is put
+        # back before the dedup index is read, so it is neither read nor stored again.
+        container.release_quarantined()
         parent_manifest = None
         if plan.parent is not None:
             parent_manifest = container.get_blockmap(plan.parent["id"])
@@ -215,7 +218,7 @@ def run_restore_job(
     stats["last_restore"] = outcome
     engine._progress_at.pop(row["id"], None)
     engine._cancels.pop(row["id"], None)
-    catalog.set_backup_status(row["id"], BackupStatus.AVAILABLE, progress=1.0, stats=stats)
+    catalog.set_backup_status(row["id"], status_after_restore(row), progress=1.0, stats=stats)
     if volume is not None:
         catalog.set_volume_status(
             volume.id,

@@ -85,3 +85,17 @@ def carry_update(record: dict[str, Any], changes: dict[str, Any]) -> dict[str, A
     """``record`` with an update's changes to its ``RECORD_FIELDS``."""
     record.update({k: v for k, v in changes.items() if k in RECORD_FIELDS})
     return record
+
+
+#: ``stats`` key of a backup listed by reindex although its record is damaged: it is
+#: ``error`` with the reason, and can still be restored by id from its block map.
+RECORD_DAMAGED = "record_damaged"
+
+
+def record_damaged(row: dict[str, Any]) -> bool:
+    return bool((row.get("stats") or {}).get(RECORD_DAMAGED))
+
+
+def status_after_restore(row: dict[str, Any]) -> BackupStatus:
+    """What a backup returns to when a restore of it ends, fails or is abandoned."""
+    return BackupStatus.ERROR if record_damaged(row) else BackupStatus.AVAILABLE

@@ -10,12 +10,13 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BlobNotFound, CinderblockError
+from ..errors import BlobNotFound, CinderblockError, CorruptionError, FormatVersionError
 from ..owners import is_alive
-from ..repository import Repository
+from ..repository import Container, Repository
 from ..sources import remove_clones
-from .catalog import Catalog
-from .records import COMMITTED_FIELDS, row_from_record
+from .catalog import Catalog, now
+from .planner import size_gib
+from .records import COMMITTED_FIELDS, RECORD_DAMAGED, row_from_record, status_after_restore
 from .status import BackupStatus, VolumeStatus
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ def recover(engine: BackupEngine) -> None:
             remove_clones_of(catalog, b)
             recover_creating(engine, b)
         elif b["status"] == BackupStatus.RESTORING:
-            catalog.set_backup_status(b["id"], BackupStatus.AVAILABLE)
+            catalog.set_backup_status(b["id"], status_after_restore(b))
             if b.get("restore_volume_id"):
                 catalog.set_volume_status(
                     b["restore_volume_id"],
@@ -105,15 +106,66 @@ def recover_creating(engine: BackupEngine, b: dict[str, Any]) -> None:
 def reindex(repo: Repository, catalog: Catalog) -> int:
     """Index every committed backup record the catalog does not know; return how many.
 
-    The repository is the source of truth: a lost or older catalog is completed from it.
+    The repository is the source of truth: a lost or older catalog is completed from it. A
+    backup whose record is damaged but whose block map reads is listed too, as ``error``
+    with the reason, and can still be restored by id (``records.RECORD_DAMAGED``).
     """
     added = 0
-    for path, rec in repo.iter_records():
-        if isinstance(rec, Exception):
-            log.warning("unreadable backup record %s: %s", path, rec)
-            continue
-        if catalog.backup(rec["id"]) is None:
+    for project, name in repo.containers():
+        try:
+            container = repo.container(project, name)
+        except CinderblockError:
+            continue  # a name no container of ours could have: not ours
+        for bid in container.record_ids():
+            if catalog.backup(bid) is not None:
+                continue
+            try:
+                row = row_from_record(container.get_record(bid))
+            except BlobNotFound:
+                continue
+            except FormatVersionError as e:
+                log.warning("backup record of %s: %s (upgrade the engine)", bid, e)
+                continue
+            except (OSError, CorruptionError) as e:
+                log.warning("unreadable backup record of %s: %s", bid, e)
+                row = _row_of_damaged_record(container, project, name, bid, e)
+                if row is None:
+                    continue
             with catalog.transaction():
-                catalog.insert_backup(row_from_record(rec))
-            added += 1
+                if catalog.backup(bid) is None:
+                    catalog.insert_backup(row)
+                    added += 1
     return added
+
+
+def _row_of_damaged_record(
+    container: Container, project: str, name: str, bid: str, error: Exception
+) -> dict[str, Any] | None:
+    """The catalog row of a backup whose record cannot be read, from its block map."""
+    try:
+        blockmap = container.get_blockmap(bid)
+    except (OSError, CinderblockError) as e:
+        log.warning("backup %s: neither its record nor its block map reads (%s)", bid, e)
+        return None
+    stamp = now()
+    return {
+        "id": bid,
+        "project_id": project,
+        "volume_id": "",
+        "parent_id": blockmap.parent_id,
+        "container": name,
+        "status": str(BackupStatus.ERROR),
+        "fail_reason": (
+            f"its record is damaged ({error}); listed from its block map, which is intact: "
+            "it can still be restored by id"
+        ),
+        "size": size_gib(blockmap.volume_size),
+        "volume_size": blockmap.volume_size,
+        "block_size": blockmap.block_size,
+        "metadata": {},
+        "stats": {RECORD_DAMAGED: True},
+        "progress": 1.0,
+        "created_at": stamp,
+        "updated_at": stamp,
+        "data_timestamp": stamp,
+    }

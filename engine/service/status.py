@@ -82,6 +82,11 @@ TRANSITIONS: Mapping[Kind, frozenset[tuple[enum.StrEnum | None, enum.StrEnum | N
             (B.ERROR_DELETING, B.DELETING),  # force-delete retries a failed deletion
             (B.DELETING, B.ERROR_DELETING),  # the deletion failed
             (B.DELETING, None),  # the deletion finished: the row goes
+            # A backup whose record is damaged, listed from its block map by reindex, may
+            # still be restored by id; it stays error (records.RECORD_DAMAGED).
+            (None, B.ERROR),
+            (B.ERROR, B.RESTORING),
+            (B.RESTORING, B.ERROR),
         }
     ),
     Kind.VOLUME: frozenset(
