@@ -178,4 +178,6 @@ def config_checksum(config: dict[str, Any]) -> str:
     wrong key is then caught by ``verify`` instead (every object failing at once).
     """
     body = {k: v for k, v in config.items() if k != "checksum"}
-    return xxhash.xxh3_128_hexdigest(json.dumps(body, sort_keys=True, separators=(",", ":")))
+    return xxhash.xxh3_128_hexdigest(
+        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    )

@@ -156,8 +156,8 @@ def _row_of_damaged_record(
         "container": name,
         "status": str(BackupStatus.ERROR),
         "fail_reason": (
-            f"its record is damaged ({error}); listed from its block map, which is intact: "
-            "it can still be restored by id"
+            "its record is damaged; listed from its block map, which is intact: it can "
+            f"still be restored by id ({error})"
         ),
         "size": size_gib(blockmap.volume_size),
         "volume_size": blockmap.volume_size,

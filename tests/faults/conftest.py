@@ -31,6 +31,7 @@ volume = _engine_conftest.volume
 loopdev = _engine_conftest.loopdev
 make_fs = _engine_conftest.make_fs
 lock_holder = _engine_conftest.lock_holder
+tmpfs = _engine_conftest.tmpfs
 
 from fault_helpers import FuseImages  # noqa: E402
 

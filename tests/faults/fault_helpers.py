@@ -184,7 +184,12 @@ def zeros_at(data: bytes, blocks, bs: int = BS) -> bytes:
 
 
 def drop_catalog(repo) -> None:
-    for n in ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"):
+    for n in (
+        "catalog.sqlite",
+        "catalog.sqlite-journal",
+        "catalog.sqlite-wal",
+        "catalog.sqlite-shm",
+    ):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(repo, n))
 
