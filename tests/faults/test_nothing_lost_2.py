@@ -534,6 +534,21 @@ def test_12_restores_by_path_onto_a_registered_volume_follow_its_status(eng, vol
     assert_same_bytes(read_bytes(path), data)
 
 
+def test_12_no_restore_by_path_onto_a_volume_being_backed_up(eng, volume, tmp_path):
+    vid, path, data = volume(4 * BS)
+    first = backup(eng, vid)["id"]
+    with occupied_workers(eng):
+        running = create(eng, vid)  # queued: the volume is backing-up meanwhile
+        with api_error(
+            InvalidVolume, 400, "Invalid volume: Volume to be restored to must be available"
+        ):
+            eng.restore_backup(PROJECT, first, str(tmp_path / "." / path.name))
+    detail = eng.wait(running, timeout=WAIT)
+    assert detail["status"] == "available"
+    settle_sources(eng, PROJECT, detail)
+    assert_same_bytes(restore_new(eng, running, tmp_path / "r.img"), data)
+
+
 def test_12_another_projects_volume_is_no_restore_target_by_path(eng, volume, tmp_path):
     vid, path, data = volume(2 * BS)
     other, _p, _d = volume(2 * BS, project=OTHER_PROJECT, seed=5)
