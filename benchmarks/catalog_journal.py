@@ -2,7 +2,7 @@
 
     python benchmarks/catalog_journal.py [--commits 300] [--rounds 5] [--workdir DIR]
 
-The catalog left WAL for ``journal_mode=TRUNCATE`` + ``synchronous=NORMAL``
+The catalog left WAL for ``journal_mode=DELETE`` + ``synchronous=NORMAL``
 (docs/reliability.md: WAL's mmap-ed shared memory faults with SIGBUS on a nearly full
 filesystem). This measures,
 in one run and on one filesystem, the median time of one small committed UPDATE (what a
@@ -62,7 +62,7 @@ def main() -> int:
         cat.close()
     b, o = statistics.median(base), statistics.median(ours)
     print(f"WAL + NORMAL (baseline)    {b * 1e6:9.1f} us per commit (median of {args.rounds})")
-    print(f"TRUNCATE + NORMAL (catalog){o * 1e6:9.1f} us per commit")
+    print(f"DELETE + NORMAL (catalog)  {o * 1e6:9.1f} us per commit")
     print(f"ratio                      {o / b:9.2f}x")
     return 0
 

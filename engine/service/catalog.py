@@ -115,7 +115,7 @@ class Catalog:
     ``BackupEngine.open`` then re-indexes every committed backup from the records.
     ``rebuilt_from`` names the file kept aside.
 
-    The journal is a rollback journal (``TRUNCATE``), not WAL: WAL's shared-memory file is
+    The journal is a rollback journal (``DELETE``), not WAL: WAL's shared-memory file is
     ``mmap``-ed, and on a full filesystem a page fault on it kills the process with SIGBUS;
     a rollback journal fails its write with ``SQLITE_FULL``, which becomes a
     ``CatalogError``.
@@ -168,8 +168,8 @@ class Catalog:
         try:
             # Other processes may hold the write lock briefly (a CLI beside a service).
             db.execute("PRAGMA busy_timeout = 30000")
-            mode = db.execute("PRAGMA journal_mode=TRUNCATE").fetchone()
-            if mode is not None and str(mode[0]).lower() != "truncate":
+            mode = db.execute("PRAGMA journal_mode=DELETE").fetchone()
+            if mode is not None and str(mode[0]).lower() != "delete":
                 log.warning("catalog %s stays in journal mode %s (in use elsewhere)", path, mode[0])
             # NORMAL: a power cut at the wrong moment may damage the index, which is then set
             # aside and rebuilt from the records; FULL would cost another fsync per commit.

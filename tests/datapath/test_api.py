@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import threading
 
 import numpy as np
@@ -121,13 +122,17 @@ def test_a_source_that_shrinks_during_the_backup_fails_it_and_commits_nothing(tm
             os.truncate(src, 10 * BS)
             shrunk.set()
 
-    with pytest.raises(SourceChanged) as info:
+    with pytest.raises(OSError) as info:
         backup_volume(src, container, block_size=BS, progress=progress, window_bytes=BS * 4)
     assert shrunk.is_set()
-    assert str(info.value) == (
-        f"the source {src} changed size during the backup ({64 * BS} bytes at the start, "
-        f"{10 * BS} at the end); back it up again, from a snapshot if it is in use"
+    # The reader meets the new end of file first (issue 10 #1: past it, SEEK_DATA's ENXIO is a
+    # short read, not a hole); a shrink it does not meet is SourceChanged at the end (below).
+    match = re.fullmatch(
+        r"\[Errno 5\] short read: fd \d+ ended at byte offset (\d+), before its size",
+        str(info.value),
     )
+    assert match, str(info.value)
+    assert 10 * BS <= int(match[1]) < 64 * BS
     assert container.blockmap_ids() == []
     assert live_leases(container.store, container.keys, WRITE) == []
 

@@ -327,9 +327,11 @@ def test_damaged_record_that_still_parses(chain, open_engine, caplog):
     drop_catalog(chain.repo)
     with caplog.at_level(logging.WARNING, logger="engine"):
         eng = open_engine()
-    listed = {b["id"]: b["name"] for b in eng.list_backups(PROJECT)["backups"]}
-    assert "alphb" not in listed.values()
-    assert listed == {chain.i: "beta"}
+    listed = {b["id"]: (b["name"], b["status"]) for b in eng.list_backups(PROJECT)["backups"]}
+    assert "alphb" not in {name for name, _status in listed.values()}
+    # Issue 10 #15: the backup of the forged record is listed, in error, from its block map.
+    assert listed == {chain.i: ("beta", "available"), chain.f: (None, "error")}
+    assert eng.get_backup(PROJECT, chain.f)["fail_reason"].startswith("its record is damaged;")
     assert any(str(path) in r.getMessage() for r in caplog.records), caplog.text
 
 
