@@ -639,3 +639,54 @@ def test_15_a_backup_with_a_damaged_record_is_reindexed_in_error_and_restorable(
     # Registrations went with the catalog; the volume's next backup is a full one.
     again.register_volume(PROJECT, vid, str(path))
     assert backup(again, vid)["is_incremental"] is False
+
+
+# ============================================================================ 2, 14: main's fixes
+
+# Items 2 and 14 were fixed on main before this round; these pin them down with real files
+# and a real SIGKILL.
+
+
+def test_2_gc_keeps_what_an_available_backup_needs_when_its_record_is_gone(
+    eng, volume, repo_root, tmp_path
+):
+    from fault_helpers import gc_aged, object_files
+
+    vid, _path, data = volume(4 * BS)
+    bid = backup(eng, vid)["id"]
+    objects = object_files(repo_root)
+    record_path(repo_root, bid).unlink()
+    report = gc_aged(eng)
+    assert [s["container"] for s in report["containers_skipped"]] == ["backups"]
+    assert bid in report["containers_skipped"][0]["reason"]
+    assert object_files(repo_root) == objects
+    assert_same_bytes(restore_new(eng, bid, tmp_path / "r.img"), data)
+
+
+_KILLED_RESTORE = r"""
+import os, signal, sys
+from engine.datapath import restore_volume
+from engine.repository import Repository
+repo, bid, target = sys.argv[1:]
+container = Repository.open(repo, create=False).container("project-a", "backups")
+blockmap = container.get_blockmap(bid)
+restore_volume(container, blockmap, target,
+               progress=lambda f: os.kill(os.getpid(), signal.SIGKILL))
+"""
+
+
+def test_14_a_killed_restore_to_a_new_file_leaves_nothing_at_its_name(eng, volume, tmp_path):
+    vid, _path, _data = volume(64 * BS)
+    bid = backup(eng, vid)["id"]
+    target = tmp_path / "new.img"
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_RESTORE, str(eng.repo.local_root), bid, str(target)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not target.exists()
+    leftovers = [p.name for p in tmp_path.iterdir() if ".cinderblock-partial-" in p.name]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".new.img.cinderblock-partial-")
