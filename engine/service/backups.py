@@ -745,16 +745,6 @@ class BackupEngine:
         """The restore-target policy (engine.service.targets)."""
         return resolve_target(self.registry, self.repo.local_root, project_id, target)
 
-    def _run_restore(
-        self,
-        row: dict[str, Any],
-        volume: VolumeInfo | None,
-        path: str,
-        *,
-        allow_damaged: bool,
-    ) -> tuple[BaseException | None, list[int]]:
-        return jobs.run_restore_job(self, row, volume, path, allow_damaged=allow_damaged)
-
     def summary(self, project_id: str, backup_id: str) -> dict[str, Any]:
         """Cinder's summary view of one backup (``id``, ``name``, ``links``)."""
         row = self._backup_row(project_id, backup_id)
