@@ -31,6 +31,10 @@ USED_BY_THE_ENGINE = [
     (Kind.BACKUP, "available", "deleting"),
     (Kind.BACKUP, "error", "deleting"),
     (Kind.BACKUP, "error_deleting", "deleting"),
+    # A backup whose record is damaged (issue 10 #15): re-indexed as error, restorable.
+    (Kind.BACKUP, None, "error"),
+    (Kind.BACKUP, "error", "restoring"),
+    (Kind.BACKUP, "restoring", "error"),
     (Kind.BACKUP, "deleting", "error_deleting"),
     (Kind.BACKUP, "deleting", None),
     (Kind.VOLUME, "available", "backing-up"),
