@@ -185,48 +185,71 @@ class Output:
 
 
 class Progress:
-    """A one-line bar on stderr: percent, rate and ETA; silent when stderr is not a TTY."""
+    """A one-line bar on stderr: percent, rate and ETA; silent when stderr is not a TTY.
 
-    def __init__(self, label: str, total_bytes: int) -> None:
+    A finished job's bar is drawn at 100% and then cleared, so the answer that follows is
+    not mixed with a stale frame.
+    """
+
+    def __init__(self, label: str, total_bytes: int, stream=None) -> None:
         self.label = label
         self.total = max(1, total_bytes)
-        self.enabled = sys.stderr.isatty()
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
         self.start = time.monotonic()
+        self.drawn = False  # a frame is on the current line
 
     def update(self, fraction: float) -> None:
         if not self.enabled:
             return
+        fraction = min(1.0, max(0.0, fraction))
         elapsed = max(1e-6, time.monotonic() - self.start)
         done = fraction * self.total
         rate = done / elapsed
         eta = (self.total - done) / rate if rate > 0 else float("inf")
         bar = "#" * int(fraction * 30)
         eta_s = f"{eta:5.0f}s" if eta != float("inf") else "    ?"
-        sys.stderr.write(
+        self.stream.write(
             f"\r{self.label} [{bar:<30}] {fraction * 100:5.1f}% {rate / 1e6:8.1f} MB/s ETA {eta_s}"
         )
-        sys.stderr.flush()
+        self.stream.flush()
+        self.drawn = True
 
     def interrupt(self) -> None:
         """End the bar's line, so that a message can follow on a line of its own."""
-        if self.enabled:
-            sys.stderr.write("\n")
+        if self.enabled and self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False
 
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
+    def close(self, finished: bool = False) -> None:
+        """Draw 100% when the job ``finished``, then clear the line (cursor at its start)."""
+        if not self.enabled:
+            return
+        if finished:
+            self.update(1.0)
+        if self.drawn:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()
+            self.drawn = False
 
 
 # ---------------------------------------------------------------------- Ctrl-C and SIGTERM
 #
-# While a job of this process runs (``backup create --wait``, ``backup restore``), a signal
-# never raises: stopping the process would kill the job half-way (the engine is embedded),
-# so _follow notices the signal, says so, and reports the job's real end; the exit status is
-# then 128 + the signal. Elsewhere the first signal interrupts the command (KeyboardInterrupt)
-# and later ones are ignored while it cleans up: never a traceback.
-# TODO(cancellation): BackupEngine.cancel exists now (tests/faults/test_cancel.py); calling
-# it from here on the first signal stalled the follow loop in a first try (the next signal
-# was never noted), so the CLI still waits for the job's real end until that is understood.
+# While a job of this process runs (``backup create --wait``, ``backup restore``), the first
+# SIGINT or SIGTERM cancels it (``BackupEngine.cancel``) and the command waits for the job to
+# stop, then reports its real end; later signals are noted and change nothing, so a second
+# Ctrl-C cannot tear the job apart half-way (the engine is embedded: killing the process
+# would). The exit status is then 128 + the first signal. Elsewhere the first signal
+# interrupts the command (KeyboardInterrupt) and later ones are ignored while it cleans up:
+# never a traceback.
+#
+# The handler only records the signal. The cancel itself runs in _follow's loop on the main
+# thread, between two waits: a handler runs between any two bytecodes of the main thread,
+# possibly while it holds the catalog's lock, so calling into the engine from there could
+# deadlock; and the cancel never waits for the job (``wait=False``), because a job stops only
+# at its next window or run — a read held by a slow device can take long — and the loop must
+# go on reporting signals and progress meanwhile.
 
 _signals: list[int] = []
 _following = False
@@ -254,13 +277,27 @@ def _interrupted_status() -> int:
     return 128 + (_signals[0] if _signals else signal.SIGINT)
 
 
-def _follow(eng, backup_id: str, label: str, total: int, timeout: float | None = None) -> dict:
+def _follow(
+    eng,
+    backup_id: str,
+    label: str,
+    total: int,
+    timeout: float | None = None,
+    *,
+    project: str | None = None,
+) -> dict:
+    """Wait for the job on ``backup_id`` with a progress bar; return its detail view.
+
+    With ``project`` (the job runs in this process), the first signal cancels it.
+    """
     bar = Progress(label, total)
     deadline = None if timeout is None else time.monotonic() + timeout
     noted = 0
+    done: dict | None = None
     try:
         while True:
-            if _following and len(_signals) > noted:
+            seen = len(_signals)  # before anything that a signal may interrupt
+            if _following and seen > noted:
                 bar.interrupt()
                 what = f"backup {backup_id}"
                 if label != "backup":
@@ -268,22 +305,36 @@ def _follow(eng, backup_id: str, label: str, total: int, timeout: float | None =
                 if noted == 0:
                     name = signal.Signals(_signals[0]).name
                     print(
-                        f"cinderblock: interrupted ({name}): {what} cannot be cancelled; "
-                        "waiting for it to end",
+                        f"cinderblock: interrupted ({name}): cancelling {what}; "
+                        "waiting for it to stop",
                         file=sys.stderr,
                     )
+                    if project is not None:
+                        _cancel(eng, project, backup_id)
                 else:
-                    print(f"cinderblock: still waiting for {what} to end", file=sys.stderr)
-                noted = len(_signals)
+                    print(
+                        f"cinderblock: still cancelling {what}; waiting for it to stop",
+                        file=sys.stderr,
+                    )
+                noted = seen
             try:
-                return eng.wait(backup_id, timeout=0.25, microversion=CLI_MICROVERSION)
+                done = eng.wait(backup_id, timeout=0.25, microversion=CLI_MICROVERSION)
+                return done
             except TimeoutError:
                 row = eng.catalog.backup(backup_id) or {}
                 bar.update(float(row.get("progress") or 0.0))
                 if deadline is not None and time.monotonic() > deadline:
                     raise
     finally:
-        bar.close()
+        bar.close(finished=done is not None and not _signals)
+
+
+def _cancel(eng, project: str, backup_id: str) -> None:
+    """Ask the job to stop; it may have ended meanwhile (then there is nothing to cancel)."""
+    from .errors import InvalidBackup
+
+    with contextlib.suppress(InvalidBackup):
+        eng.cancel(project, backup_id, wait=False)
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
@@ -495,23 +546,32 @@ def _init(args: argparse.Namespace, out: Output) -> int:
 def _restore(eng, project: str, args: argparse.Namespace, out: Output) -> int:
     global _following
     b = eng.get_backup(project, args.backup)
-    _following = True  # from here on a signal is reported, not raised (see _follow)
+    existed = os.path.exists(args.target)
+    _following = True  # from here on a signal cancels, it does not raise (see _follow)
     body = eng.restore_backup(project, args.backup, args.target, force=args.force, wait=False)
-    done = _follow(eng, b["id"], "restore", (b.get("stats") or {}).get("volume_bytes", 0))
+    done = _follow(
+        eng, b["id"], "restore", (b.get("stats") or {}).get("volume_bytes", 0), project=project
+    )
     last = (done.get("stats") or {}).get("last_restore") or {}
     failed = last.get("status") == "error"
+    if _signals:
+        if not failed:
+            end = f"completed onto {args.target} before it could be cancelled"
+        elif last.get("error") != "the restore was cancelled":
+            end = f"failed: {last.get('error')}"
+        elif existed:
+            end = f"was cancelled; {args.target} holds part of the backup: restore it again"
+        else:
+            end = f"was cancelled; {args.target} was not created"
+        if not failed:
+            out.emit(body, [("restored", b["id"]), ("target", args.target)])
+        print(f"cinderblock: interrupted: the restore of backup {b['id']} {end}", file=sys.stderr)
+        return _interrupted_status()
     if failed:
         print(f"cinderblock: error: restore failed: {last.get('error')}", file=sys.stderr)
-    else:
-        out.emit(body, [("restored", b["id"]), ("target", args.target)])
-    if _signals:
-        print(
-            f"cinderblock: interrupted: the restore of backup {b['id']} "
-            + ("failed" if failed else f"completed onto {args.target}"),
-            file=sys.stderr,
-        )
-        return _interrupted_status()
-    return EXIT_ERROR if failed else EXIT_OK
+        return EXIT_ERROR
+    out.emit(body, [("restored", b["id"]), ("target", args.target)])
+    return EXIT_OK
 
 
 def _verify(eng, project: str, args: argparse.Namespace, out: Output) -> int:
@@ -560,7 +620,7 @@ def _create(eng, project: str, args: argparse.Namespace, out: Output) -> int:
                 file=sys.stderr,
             )
     global _following
-    _following = True  # from here on a signal is reported, not raised (see _follow)
+    _following = True  # from here on a signal cancels, it does not raise (see _follow)
     answer = eng.create_backup(
         project,
         {"backup": body},
@@ -582,7 +642,7 @@ def _create(eng, project: str, args: argparse.Namespace, out: Output) -> int:
         _detach()
         return EXIT_OK
     vol = eng.get_volume(project, args.volume)
-    done = _follow(eng, bid, "backup", vol.get("size") or 0)
+    done = _follow(eng, bid, "backup", vol.get("size") or 0, project=project)
     stats = done.get("stats") or {}
     if stats.get("changes_refused"):
         # The engine only uses a change set measured since the parent it picked.
@@ -603,11 +663,15 @@ def _create(eng, project: str, args: argparse.Namespace, out: Output) -> int:
             ("fail_reason", done["fail_reason"] or ""),
         ],
     )
-    status = _outcome(done)
     if _signals:
-        print(f"cinderblock: interrupted: backup {bid} ended {done['status']}", file=sys.stderr)
+        end = done["status"]
+        if done["status"] == "available":
+            end += " (it finished before it could be cancelled)"
+        elif done.get("fail_reason"):
+            end += f": {done['fail_reason']}"
+        print(f"cinderblock: interrupted: backup {bid} ended {end}", file=sys.stderr)
         return _interrupted_status()
-    return status
+    return _outcome(done)
 
 
 def _outcome(done: dict) -> int:
