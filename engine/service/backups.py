@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
+import io
 import logging
 import os
 import stat
@@ -22,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import numpy as np
 
@@ -583,15 +585,19 @@ class BackupEngine:
         self,
         project_id: str,
         backup_id: str,
-        target: str | os.PathLike,
+        target: str | os.PathLike | int | IO[bytes],
         *,
         force: bool = False,
         wait: bool = True,
         allow_damaged: bool = False,
     ) -> dict[str, Any]:
-        """Restore a backup onto a registered volume (by id) or a path, bit-exact.
+        """Restore a backup onto a registered volume (by id), a path, an open fd or a file
+        object with a working ``fileno()``, bit-exact.
 
-        A path that does not exist becomes a new sparse image file. With ``wait`` (the
+        A path that does not exist becomes a new sparse image file. An fd or file object is
+        borrowed (never closed; keep it open until the restore ends), written in place, must
+        be open for writing and hold the volume's size; in-use cannot be detected on it, so
+        it counts as not in use (the caller chose it). With ``wait`` (the
         default) the call returns when the data is on the target and raises on failure;
         without it, the restore runs on the pool and the answer is Cinder's restore body.
         A damaged block stops the restore with ``CorruptionError`` naming backup and block;
@@ -603,7 +609,8 @@ class BackupEngine:
         # The target's facts are gathered before the transaction (see create_backup: no
         # device I/O under the catalog's write lock); they are checked inside, in Cinder's
         # order, after the catalog state.
-        exists = os.path.exists(target_path)
+        is_fd = isinstance(target_path, int)
+        exists = is_fd or os.path.exists(target_path)
         in_use = False
         have = 0
         size_error: OSError | None = None
@@ -611,7 +618,7 @@ class BackupEngine:
             in_use = (
                 bool(target_volume.attached)
                 if target_volume is not None and target_volume.attached is not None
-                else in_use_or_false(target_path)
+                else (not is_fd and in_use_or_false(target_path))
             )
             try:
                 have = native.volume_size(target_path)
@@ -689,32 +696,58 @@ class BackupEngine:
             )
         self.runner.notify()
 
-    def _restore_target(self, project_id: str, target: Any) -> tuple[VolumeInfo | None, str]:
+    def _restore_target(self, project_id: str, target: Any) -> tuple[VolumeInfo | None, str | int]:
+        """(the registered or resolved volume, or None; the path or borrowed fd to write)."""
         if isinstance(target, str) and canonical_uuid(target) and not os.path.exists(target):
             volume = self.registry.volume(project_id, target)
             if volume is None:
                 raise VolumeNotFound(target)
-            return volume, volume.path
+            if volume.fd is not None:
+                self._check_target_fd(volume.fd, f"volume {volume.id}'s fd {volume.fd}")
+            return volume, volume.source
+        if not isinstance(target, str | bytes | os.PathLike):
+            fd = _target_fd(target)
+            self._check_target_fd(fd, f"restore target fd {fd}")
+            return None, fd
         path = check_user_path(target, self.allowed_paths, "restore target")
         if os.path.isdir(path):
             raise InvalidInput(f"restore target {path!r} is a directory")
         if not os.path.isdir(os.path.dirname(path)):
             raise InvalidInput(f"restore target {path!r}: its directory does not exist")
-        real = os.path.realpath(path)
-        root = self.repo.local_root
-        if root and os.path.commonpath([real, os.path.realpath(root)]) == os.path.realpath(root):
-            raise InvalidInput("restore target must not lie inside the repository")
+        self._check_outside_repository(os.path.realpath(path))
         if os.path.exists(path):
             mode = os.stat(path).st_mode
             if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
                 raise InvalidInput(f"restore target {path!r} is not a file or block device")
         return None, path
 
+    def _check_outside_repository(self, real: str) -> None:
+        root = self.repo.local_root
+        if root and os.path.commonpath([real, os.path.realpath(root)]) == os.path.realpath(root):
+            raise InvalidInput("restore target must not lie inside the repository")
+
+    def _check_target_fd(self, fd: int, label: str) -> None:
+        """An fd target: open, for writing, a regular file or a block device, and not a file
+        of the repository itself (found through ``/proc/self/fd`` where there is one)."""
+        try:
+            st = os.fstat(fd)
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        except OSError as e:
+            raise InvalidInput(f"{label} is not an open file: {e.strerror}") from None
+        if flags & os.O_ACCMODE not in (os.O_WRONLY, os.O_RDWR):
+            raise InvalidInput(f"{label} is not open for writing: open it O_WRONLY or O_RDWR")
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            raise InvalidInput(f"{label} is not a regular file or a block device")
+        with contextlib.suppress(OSError):
+            linked = os.readlink(f"/proc/self/fd/{fd}")
+            if linked.startswith("/"):
+                self._check_outside_repository(os.path.realpath(linked))
+
     def _run_restore(
         self,
         row: dict[str, Any],
         volume: VolumeInfo | None,
-        path: str,
+        path: str | int,
         *,
         allow_damaged: bool,
     ) -> tuple[BaseException | None, list[int]]:
@@ -789,6 +822,32 @@ def _with_held_status(catalog: Catalog, kind: Kind, info: _Held) -> _Held:
     if found is not None and found in _HELD_STATUSES and found != info.status:
         return dataclasses.replace(info, status=found)  # never alter a driver's object
     return info
+
+
+def _target_fd(target: Any) -> int:
+    """The fd of a restore target given as an fd or a file object (InvalidInput else)."""
+    if isinstance(target, bool):
+        raise InvalidInput(
+            "restore target must be a path, a volume id, an open fd or a file object"
+        )
+    if isinstance(target, int):
+        if target < 0:
+            raise InvalidInput(f"restore target fd must not be negative, got {target}")
+        return target
+    fileno = getattr(target, "fileno", None)
+    if callable(fileno):
+        try:
+            return int(fileno())
+        except (OSError, io.UnsupportedOperation, ValueError):
+            pass
+        raise InvalidInput(
+            "restore target is a file object without a file descriptor; pass a path, an fd, "
+            "or a file object whose fileno() works"
+        )
+    raise InvalidInput(
+        "restore target must be a path, a volume id, an open fd or a file object, not "
+        f"{type(target).__name__}"
+    )
 
 
 def _reason(e: BaseException, *, restore_target: str | None = None) -> str:

@@ -129,17 +129,19 @@ def run_restore_job(
     engine: BackupEngine,
     row: dict[str, Any],
     volume: VolumeInfo | None,
-    path: str,
+    path: str | int,
     *,
     allow_damaged: bool,
 ) -> tuple[BaseException | None, list[int]]:
-    """Restore backup ``row`` onto ``path`` (``volume``'s, if a registered one).
+    """Restore backup ``row`` onto ``path`` (``volume``'s, if a registered one), or onto a
+    borrowed fd.
 
     Returns the failure (recorded in ``stats.last_restore``, not raised) and the lost blocks.
     """
     catalog = engine.catalog
     error: BaseException | None = None
     lost: list[int] = []
+    label = path if isinstance(path, str) else f"fd {path}"
     try:
         container = engine.repo.container(row["project_id"], row["container"])
         manifest = container.get_blockmap(row["id"])
@@ -157,13 +159,13 @@ def run_restore_job(
             cancel=engine._cancels.get(row["id"]),
         )
         lost = result.lost_blocks
-        outcome = {"status": "available", "target": path, "completed_at": now()}
+        outcome = {"status": "available", "target": label, "completed_at": now()}
         if lost:
             outcome["lost_blocks"] = lost
     except BaseException as e:  # noqa: BLE001 - a failed restore is recorded, then raised
         log.warning("restore of backup %s failed: %s", row["id"], e)
         error = e
-        outcome = {"status": "error", "target": path, "error": _reason(e, restore_target=path)}
+        outcome = {"status": "error", "target": label, "error": _reason(e, restore_target=label)}
     stats = dict((catalog.backup(row["id"]) or row).get("stats") or {})
     stats["last_restore"] = outcome
     engine._progress_at.pop(row["id"], None)
