@@ -177,7 +177,7 @@ class Output:
 
     def emit(self, value: Any, rows: Sequence[Sequence[Any]] | None = None) -> None:
         if self.as_json or rows is None:
-            print(json.dumps(value, indent=2, default=str))
+            print(json.dumps(value, indent=2, default=str, allow_nan=False))
             return
         widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
@@ -341,7 +341,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     from .engine import BackupEngine
 
     if args.group == "bench":
-        from .bench import format_table, run_bench
+        from .bench import as_json, format_table, run_bench
 
         phases = run_bench(
             args.source,
@@ -352,9 +352,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
             scratch=args.scratch,
         )
         if out.as_json:
-            out.emit(
-                [{**p.__dict__, "mb_per_s": p.mb_per_s, "cpu_per_gb": p.cpu_per_gb} for p in phases]
-            )
+            out.emit(as_json(args.source, phases))
         else:
             print(format_table(args.source, phases))
         return EXIT_OK
