@@ -45,7 +45,7 @@ from ..gc import DEFAULT_GRACE_SECONDS, MIN_GRACE_SECONDS, collect, sweep_contai
 from ..owners import me
 from ..paths import check_user_path, normalise_roots
 from ..repository import Repository
-from ..repository.layout import check_project_id
+from ..repository.layout import check_project_id, check_uuid
 from ..requests import (
     create_response,
     detail_view,
@@ -236,8 +236,14 @@ class BackupEngine:
         changes_base: str | None = None,
         block_size: int | None = None,
         user_id: str | None = None,
+        backup_id: str | None = None,
+        parent_id: str | None = None,
     ) -> dict[str, Any]:
         """Accept a Cinder create-backup request and start the backup; return the 202 body.
+
+        A driver may pass Cinder's own ``backup_id`` (a UUID no backup of this engine has)
+        and ``parent_id`` (the parent Cinder's API chose: the backup is then incremental
+        from exactly it, which must be an ``available`` backup of the same volume).
 
         ``changes`` says what changed since backup ``changes.base_backup_id``: an
         incremental whose parent is exactly that backup then reads only the blocks it
@@ -253,7 +259,9 @@ class BackupEngine:
         version = parse_microversion(microversion)
         request = parse_create_backup(body, version)
         extents = _change_hint(changes, changed_extents, changes_base)
-        backup_id = str(uuid.uuid4())
+        backup_id = _new_backup_id(backup_id)
+        if parent_id is not None:
+            parent_id = check_uuid(parent_id, "parent_id")
         # The driver's resolver, in-use detection (an O_EXCL open) and the size ioctl run
         # before the transaction: it holds the catalog lock and SQLite's write lock, which
         # every status and progress write of every process sharing the catalog waits for.
@@ -279,6 +287,8 @@ class BackupEngine:
                 volume = _with_held_status(self.catalog, Kind.VOLUME, volume)
             if snapshot is not None:
                 snapshot = _with_held_status(self.catalog, Kind.SNAPSHOT, snapshot)
+            if self.catalog.backup(backup_id) is not None:
+                raise InvalidInput(f"backup id {backup_id} is already taken: choose another")
             usage = self.catalog.project_usage(project_id)
             plan = plan_backup(
                 project_id=project_id,
@@ -296,6 +306,7 @@ class BackupEngine:
                 quotas=self.quotas,
                 default_block_size=self.block_size,
                 block_size=block_size,
+                parent_id=parent_id,
             )
             created = now()
             row = {
@@ -822,6 +833,13 @@ def _with_held_status(catalog: Catalog, kind: Kind, info: _Held) -> _Held:
     if found is not None and found in _HELD_STATUSES and found != info.status:
         return dataclasses.replace(info, status=found)  # never alter a driver's object
     return info
+
+
+def _new_backup_id(chosen: str | None) -> str:
+    """A new backup's id: the caller's (a Cinder driver passes Cinder's), else a new UUID."""
+    if chosen is None:
+        return str(uuid.uuid4())
+    return check_uuid(chosen, "backup_id")
 
 
 def _target_fd(target: Any) -> int:
