@@ -136,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("backup")
     r.add_argument("target")
     r.add_argument("--force", action="store_true", help="overwrite an in-use target")
+    r.add_argument(
+        "--allow-damaged",
+        action="store_true",
+        help="restore every readable block; write zeros for damaged ones and list them",
+    )
     w = b.add_parser("wait", help="wait for a backup to finish")
     w.add_argument("backup")
     w.add_argument("--timeout", type=float)
@@ -546,7 +551,14 @@ def _restore(eng, project: str, args: argparse.Namespace, out: Output) -> int:
     b = eng.get_backup(project, args.backup)
     existed = os.path.exists(args.target)
     _following = True  # from here on a signal cancels, it does not raise (see _follow)
-    body = eng.restore_backup(project, args.backup, args.target, force=args.force, wait=False)
+    body = eng.restore_backup(
+        project,
+        args.backup,
+        args.target,
+        force=args.force,
+        wait=False,
+        allow_damaged=args.allow_damaged,
+    )
     done = _follow(
         eng, b["id"], "restore", (b.get("stats") or {}).get("volume_bytes", 0), project=project
     )
@@ -567,8 +579,26 @@ def _restore(eng, project: str, args: argparse.Namespace, out: Output) -> int:
         return _interrupted_status()
     if failed:
         print(f"cinderblock: error: restore failed: {last.get('error')}", file=sys.stderr)
+        if "damaged_block" in last:
+            again = _command(args, "backup", "restore", b["id"], args.target, "--allow-damaged")
+            print(
+                "cinderblock: hint: to restore every other block (zeros where the damage is), "
+                f"run: {again}",
+                file=sys.stderr,
+            )
         return EXIT_ERROR
-    out.emit(body, [("restored", b["id"]), ("target", args.target)])
+    lost = last.get("lost_blocks") or []
+    body = {**body, "lost_blocks": lost} if lost else body
+    rows = [("restored", b["id"]), ("target", args.target)]
+    if lost:
+        rows.append(("lost blocks", ",".join(map(str, lost))))
+        print(
+            f"cinderblock: warning: {len(lost)} damaged block(s) were written as zeros: "
+            + ",".join(map(str, lost[:20]))
+            + (" …" if len(lost) > 20 else ""),
+            file=sys.stderr,
+        )
+    out.emit(body, rows)
     return EXIT_OK
 
 

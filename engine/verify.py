@@ -136,5 +136,5 @@ def _check_object(
         except CorruptionError as e:
             error = e.message
     if error is not None:
-        container.quarantine(digest)
+        container.quarantine(digest, by="verify")
     return error

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..changes import ChangeSet, LegacyExtents
 from ..datapath import backup_volume, restore_volume
+from ..errors import CorruptionError
 from ..owners import me
 from ..sources import OpenedSource, VolumeInfo, open_source
 from .catalog import Catalog, now
@@ -166,6 +167,8 @@ def run_restore_job(
         log.warning("restore of backup %s failed: %s", row["id"], e)
         error = e
         outcome = {"status": "error", "target": label, "error": _reason(e, restore_target=label)}
+        if isinstance(e, CorruptionError) and e.block is not None:
+            outcome["damaged_block"] = e.block  # allow_damaged restores every other block
     stats = dict((catalog.backup(row["id"]) or row).get("stats") or {})
     stats["last_restore"] = outcome
     engine._progress_at.pop(row["id"], None)
