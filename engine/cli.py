@@ -38,22 +38,52 @@ CLI_MICROVERSION = "3.64"  # show every field, metadata included
 DETACH_ENV = "_CINDERBLOCK_DETACH_FD"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cinderblock", description="Block-level incremental backups of volumes."
-    )
+def _add_global_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The options every command takes. Only the top parser has defaults: the copies on
+    each subcommand (``backup list --repo R``, as people type them) set a value only when
+    given, so the option works before or after the subcommand."""
+
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
     p.add_argument(
         "--repo",
-        default=os.environ.get("CINDERBLOCK_REPO"),
+        default=default(os.environ.get("CINDERBLOCK_REPO")),
         help="repository directory (default: $CINDERBLOCK_REPO)",
     )
     p.add_argument(
         "--project",
-        default=os.environ.get("CINDERBLOCK_PROJECT", DEFAULT_PROJECT),
+        default=default(os.environ.get("CINDERBLOCK_PROJECT", DEFAULT_PROJECT)),
         help="project id (default: $CINDERBLOCK_PROJECT or 'default')",
     )
-    p.add_argument("--json", action="store_true", help="print JSON for scripts")
-    p.add_argument("--workers", type=int, default=2, help="concurrent jobs (default 2)")
+    p.add_argument(
+        "--json", action="store_true", default=default(False), help="print JSON for scripts"
+    )
+    p.add_argument("--workers", type=int, default=default(2), help="concurrent jobs (default 2)")
+
+
+def _add_global_options_below(p: argparse.ArgumentParser) -> None:
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                _add_global_options(sub, defaults=False)
+                _add_global_options_below(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _build_commands()
+    _add_global_options_below(p)
+    return p
+
+
+def _build_commands() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog="cinderblock", description="Block-level incremental backups of volumes."
+    )
+    p.add_argument("--version", action="version", version=f"cinderblock {__version__}")
+    _add_global_options(p, defaults=True)
     groups = p.add_subparsers(
         dest="group", required=True, metavar="{init,volume,snapshot,backup,verify,gc,bench}"
     )
@@ -81,8 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--attached", dest="attached", action="store_true", default=None)
     att.add_argument("--detached", dest="attached", action="store_false")
     vol.add_parser("list", help="list volumes")
-    s = vol.add_parser("show", help="show one volume")
+    s = vol.add_parser("show", help="show one volume (by id, unique id prefix or name)")
     s.add_argument("volume")
+    rm = vol.add_parser(
+        "remove",
+        help="forget a registered volume; its backups are kept",
+        description="Forget VOLUME (by id, unique id prefix or name) and the registrations of "
+        "its snapshots. Refused while a backup of it or a restore onto it runs. Its backups "
+        "are kept: they stay listed and restore to a path or another volume; registering the "
+        "volume again under the same id continues their chain.",
+    )
+    rm.add_argument("volume")
 
     snap = groups.add_parser("snapshot", help="register and list snapshots").add_subparsers(
         dest="cmd", required=True
@@ -165,6 +204,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep anything younger than this (default 900)",
     )
     return p
+
+
+_json_errors = False  # --json: errors are JSON objects too (set by main)
+
+
+class UsageError(Exception):
+    """A command-line mistake found after parsing (an ambiguous volume, a bad --property)."""
+
+
+def error(message: str, **fields: Any) -> None:
+    """Say that the command failed: ``cinderblock: error: …`` on stderr, or under ``--json``
+    one JSON object ``{"error": {"message": …, …}}`` on a line of its own (scripts parse it;
+    stdout stays the command's answer)."""
+    if _json_errors:
+        body = {"message": message, **{k: v for k, v in fields.items() if v is not None}}
+        print(json.dumps({"error": body}, default=str), file=sys.stderr)
+    else:
+        print(f"cinderblock: error: {message}", file=sys.stderr)
+
+
+def human_bytes(n: int | None) -> str:
+    """A byte count with a binary unit (``4.0 MiB``), for the size columns."""
+    if n is None:
+        return ""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # not reached
 
 
 def _size_arg(text: str) -> int:
@@ -362,17 +431,16 @@ def run(args: argparse.Namespace, out: Output) -> int:
             print(format_table(args.source, phases))
         return EXIT_OK
     if not args.repo:
-        raise SystemExit(
-            "cinderblock: error: no repository: pass --repo PATH or set CINDERBLOCK_REPO"
-        )
+        error("no repository: pass --repo PATH or set CINDERBLOCK_REPO")
+        return EXIT_USAGE
     if args.group == "init":
         return _init(args, out)
     if not os.path.isfile(os.path.join(args.repo, CONFIG)):
         # Never create one here: a mistyped --repo must not become an empty repository.
-        print(
-            f"cinderblock: error: no repository at {args.repo} "
+        error(
+            f"no repository at {args.repo} "
             f"(create one with: {_command(args, 'init', project=False)})",
-            file=sys.stderr,
+            repository=args.repo,
         )
         return EXIT_ERROR
     project = args.project
@@ -385,6 +453,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
             out.emit(report, [(k, v) for k, v in report.items()])
             return EXIT_OK
         key = (args.group, args.cmd)
+        if getattr(args, "volume", None) is not None and key != ("backup", "restore"):
+            args.volume = volume_id(eng, project, args.volume, args)
         if key == ("volume", "add"):
             v = eng.register_volume(
                 project,
@@ -394,23 +464,30 @@ def run(args: argparse.Namespace, out: Output) -> int:
                 status=args.status,
                 attached=args.attached,
             )
-            out.emit(
-                v,
-                [
-                    ("id", "name", "status", "size", "path"),
-                    (v["id"], v["name"] or "", v["status"], v["size"], v["path"]),
-                ],
-            )
+            out.emit(v, [_VOLUME_COLUMNS, _volume_row(v)])
         elif key == ("volume", "list"):
             vols = eng.list_volumes(project)
-            out.emit(
-                vols,
-                [("id", "name", "status", "size", "path")]
-                + [(v["id"], v["name"] or "", v["status"], v["size"], v["path"]) for v in vols],
-            )
+            out.emit(vols, [_VOLUME_COLUMNS] + [_volume_row(v) for v in vols])
         elif key == ("volume", "show"):
             v = eng.get_volume(project, args.volume)
-            out.emit(v, [(k, v[k]) for k in v])
+            out.emit(v, [(k, human_bytes(v[k]) if k == "size" else _cell(v[k])) for k in v])
+        elif key == ("volume", "remove"):
+            gone = eng.unregister_volume(project, args.volume)
+            out.emit(
+                gone,
+                [
+                    ("removed", gone["id"]),
+                    ("snapshots removed", gone["snapshots_removed"]),
+                    ("backups kept", gone["backups_kept"]),
+                ],
+            )
+            if gone["backups_kept"] and not out.as_json:
+                print(
+                    f"cinderblock: its {gone['backups_kept']} backup(s) are kept: they restore "
+                    "to a path or another volume; register the volume again under the same id "
+                    "to continue their chain",
+                    file=sys.stderr,
+                )
         elif key == ("snapshot", "add"):
             s = eng.register_snapshot(
                 project,
@@ -460,7 +537,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
                         b["id"],
                         b["name"] or "",
                         b["status"],
-                        b["size"],
+                        f"{b['size']} GiB" if b["size"] is not None else "",
                         b["is_incremental"],
                         b["created_at"],
                     )
@@ -512,6 +589,46 @@ def run(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+_VOLUME_COLUMNS = ("id", "name", "status", "size", "path")
+
+
+def _volume_row(v: dict) -> tuple:
+    return (v["id"], v["name"] or "", v["status"], human_bytes(v["size"]), v["path"] or "")
+
+
+def _cell(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def volume_id(eng, project: str, text: str, args: argparse.Namespace) -> str:
+    """The volume ``text`` names: a full id (passed on as it is: a driver's volumes are not
+    listed), else the one volume of the project with that name, else the one whose id
+    starts with it (as the openstack CLI finds resources). Ambiguity is an error that lists
+    the candidates; nothing is guessed."""
+    from .repository.layout import canonical_uuid
+
+    full = canonical_uuid(text)
+    if full is not None:
+        return full
+    if not text:
+        raise UsageError("a volume must be named by its id, a unique id prefix or its name")
+    vols = eng.list_volumes(project)
+    matches = [v for v in vols if v["name"] == text]
+    how = "named"
+    if not matches:
+        matches = [v for v in vols if v["id"].startswith(text.lower())]
+        how = "with an id starting with"
+    if len(matches) == 1:
+        return matches[0]["id"]
+    if not matches:
+        raise UsageError(
+            f"no volume named {text!r} or with an id starting with it in project {project} "
+            f"(see: {_command(args, 'volume', 'list')})"
+        )
+    listing = ", ".join(f"{v['id']} ({v['name'] or 'no name'})" for v in matches)
+    raise UsageError(f"{len(matches)} volumes {how} {text!r}: {listing}; pass the full id")
+
+
 def _command(args: argparse.Namespace, *words: str, project: bool = True) -> str:
     """The cinderblock command line that runs ``words`` on this repository and project."""
     parts = ["cinderblock"]
@@ -531,10 +648,9 @@ def _init(args: argparse.Namespace, out: Output) -> int:
     parent = os.path.dirname(root)
     if not existed and not args.parents and not os.path.isdir(parent):
         what = "is not a directory" if os.path.exists(parent) else "does not exist"
-        print(
-            f"cinderblock: error: cannot create a repository at {args.repo}: its parent "
-            f"directory {parent} {what} (pass --parents to create it)",
-            file=sys.stderr,
+        error(
+            f"cannot create a repository at {args.repo}: its parent "
+            f"directory {parent} {what} (pass --parents to create it)"
         )
         return EXIT_ERROR
     with BackupEngine.open(root, workers=args.workers, create=not existed):
@@ -578,7 +694,7 @@ def _restore(eng, project: str, args: argparse.Namespace, out: Output) -> int:
         print(f"cinderblock: interrupted: the restore of backup {b['id']} {end}", file=sys.stderr)
         return _interrupted_status()
     if failed:
-        print(f"cinderblock: error: restore failed: {last.get('error')}", file=sys.stderr)
+        error(f"restore failed: {last.get('error')}", backup_id=b["id"], target=args.target)
         if "damaged_block" in last:
             again = _command(args, "backup", "restore", b["id"], args.target, "--allow-damaged")
             print(
@@ -635,7 +751,7 @@ def _create(eng, project: str, args: argparse.Namespace, out: Output) -> int:
         for item in args.property:
             k, sep, v = item.partition("=")
             if not sep:
-                raise SystemExit(f"cinderblock: error: --property {item!r} is not KEY=VALUE")
+                raise UsageError(f"--property {item!r} is not KEY=VALUE")
             meta[k] = v
         body["metadata"] = meta
     changes = None
@@ -685,12 +801,20 @@ def _create(eng, project: str, args: argparse.Namespace, out: Output) -> int:
             ("id", bid),
             ("status", done["status"]),
             ("incremental", done["is_incremental"]),
-            ("bytes read", stats.get("bytes_read")),
-            ("bytes stored", stats.get("bytes_stored")),
-            ("blocks changed", stats.get("blocks_changed")),
+            ("read", human_bytes(stats.get("bytes_read"))),
+            ("stored", human_bytes(stats.get("bytes_stored"))),
+            ("blocks changed", _cell(stats.get("blocks_changed"))),
+            *([("consistency", stats["consistency"])] if stats.get("consistency") else []),
             ("fail_reason", done["fail_reason"] or ""),
         ],
     )
+    if stats.get("consistency") == "live" and not out.as_json:
+        print(
+            f"cinderblock: warning: backup {bid} read the volume while it was in use "
+            "(consistency: live): no reflink clone could be made; what was written meanwhile "
+            "may be inconsistent",
+            file=sys.stderr,
+        )
     if _signals:
         end = done["status"]
         if done["status"] == "available":
@@ -707,7 +831,7 @@ def _outcome(done: dict) -> int:
     if done["status"] == "available":
         return EXIT_OK
     why = done.get("fail_reason") or f"it ended {done['status']}"
-    print(f"cinderblock: error: backup {done['id']} failed: {why}", file=sys.stderr)
+    error(f"backup {done['id']} failed: {why}", backup_id=done["id"], status=done["status"])
     return EXIT_ERROR
 
 
@@ -804,6 +928,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    global _json_errors
+    _json_errors = bool(args.json)
     out = Output(args.json)
     _setup_logging()
     _install_signal_handlers()
@@ -813,14 +939,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _start_detached(argv, args)
     try:
         return run(args, out)
+    except BrokenPipeError:
+        return _pipe_closed()
+    except UsageError as e:
+        error(str(e))
     except ApiError as e:
-        print(f"cinderblock: error: {e.message} (HTTP {e.http_status})", file=sys.stderr)
+        error(
+            f"{e.message} (HTTP {e.http_status})", http_status=e.http_status, type=type(e).__name__
+        )
     except (CinderblockError, OSError, ValueError) as e:
-        print(f"cinderblock: error: {e}", file=sys.stderr)
+        error(str(e), type=type(e).__name__)
     except KeyboardInterrupt:
         print("cinderblock: interrupted", file=sys.stderr)
         return _interrupted_status()
     return EXIT_ERROR
+
+
+def _pipe_closed() -> int:
+    """The reader of stdout went away (``| head``): stop quietly, as ``cat`` does.
+
+    Whatever is still buffered for stdout goes to /dev/null, so that the interpreter's
+    final flush does not complain either; the status is that of a process killed by
+    SIGPIPE."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -223,6 +223,32 @@ class BackupEngine:
     def list_snapshots(self, project_id: str) -> list[dict[str, Any]]:
         return self.registry.list_snapshots(project_id)
 
+    def unregister_volume(self, project_id: str, volume_id: str) -> dict[str, Any]:
+        """Forget a registered volume (and its snapshots' registrations); keep its backups.
+
+        Refused while a backup of it or a restore onto it runs. Its backups stay, listed and
+        restorable (to a path or another volume), as Cinder keeps a deleted volume's
+        backups; an incremental backup of a volume registered again under the same id
+        continues their chain. Returns ``{"id", "snapshots_removed", "backups_kept"}``.
+        """
+        check_project_id(project_id)
+        vid = check_uuid(volume_id, "volume id")
+        with self.catalog.transaction():
+            row = self.catalog.volume(vid)
+            if row is None or row["project_id"] != project_id:
+                raise VolumeNotFound(volume_id)
+            running = self.catalog.running_for_volume(vid)
+            if running or row["status"] in ("backing-up", "restoring-backup"):
+                what = ", ".join(f"backup {r['id']} is {r['status']}" for r in running)
+                raise InvalidVolume(
+                    f"volume {vid} is {row['status']}"
+                    + (f" ({what})" if what else "")
+                    + ": remove it once the backup or restore has ended"
+                )
+            kept = len(self.catalog.backups_of_volume(project_id, vid))
+            snapshots = self.catalog.remove_volume(vid)
+        return {"id": vid, "snapshots_removed": snapshots, "backups_kept": kept}
+
     # ------------------------------------------------------------------ create
 
     def create_backup(

@@ -112,12 +112,22 @@ def _bare(*args, env):
 
 def test_repo_from_environment_and_missing_repo(tmp_path, image):
     env = {"CINDERBLOCK_REPO": str(tmp_path / "envrepo")}
-    proc = _bare("--json", "volume", "add", str(image), env=env)
+    proc = _bare("volume", "add", str(image), env=env)
     assert proc.returncode == 1
     assert proc.stderr == (
         f"cinderblock: error: no repository at {tmp_path / 'envrepo'} "
         "(create one with: cinderblock init)\n"
     )
+    # Under --json, the same error is a JSON object.
+    proc = _bare("--json", "volume", "add", str(image), env=env)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert json.loads(proc.stderr) == {
+        "error": {
+            "message": f"no repository at {tmp_path / 'envrepo'} "
+            "(create one with: cinderblock init)",
+            "repository": str(tmp_path / "envrepo"),
+        }
+    }
     assert not (tmp_path / "envrepo").exists()
     assert _bare("init", env=env).returncode == 0
     proc = _bare("--json", "volume", "add", str(image), env=env)

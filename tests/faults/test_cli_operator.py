@@ -115,9 +115,14 @@ def test_backup_create_returns_at_once_and_its_failure_shows_in_wait(tmp_path, f
     assert proc.returncode == 1
     done = json.loads(proc.stdout)
     assert done["status"] == "error" and EIO_REASON in done["fail_reason"]
-    assert proc.stderr == (
-        f"cinderblock: error: backup {done['id']} failed: {done['fail_reason']}\n"
-    )
+    # Under --json the error is a JSON object too (on stderr: stdout is the detail view).
+    assert json.loads(proc.stderr) == {
+        "error": {
+            "message": f"backup {done['id']} failed: {done['fail_reason']}",
+            "backup_id": done["id"],
+            "status": "error",
+        }
+    }
     # And a backup that succeeds exits 0.
     fs.set({})
     proc = _ok(cli(repo, "--json", "backup", "create", vid, "--wait"))
