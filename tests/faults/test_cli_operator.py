@@ -321,3 +321,46 @@ def test_sigterm_during_restore_cancels_it_and_creates_no_target(tmp_path, make_
     # The backup restores normally afterwards.
     _ok(cli(repo, "backup", "restore", bid, str(target)))
     assert target.read_bytes() == data
+
+
+def test_ctrl_c_during_an_in_place_restore_cancels_it_and_says_the_target_is_partial(
+    tmp_path, make_fs
+):
+    repo = _init(tmp_path / "repo")
+    image = tmp_path / "vol.img"
+    size = 96 * MIB  # six 16 MiB runs: more than the restore's four threads hold at once
+    data = make_image(image, size, seed=8)
+    vid = _add_volume(repo, image)
+    bid = json.loads(_ok(cli(repo, "--json", "backup", "create", vid, "--wait")).stdout)["id"]
+    _dev, mnt = make_fs("ext4", 128, "-q", "-m", "0", "-E", "nodiscard")
+    target = mnt / "existing.img"
+    target.write_bytes(b"\xff" * size)
+    fsfreeze = shutil.which("fsfreeze") or pytest.skip("fsfreeze is not installed")
+    subprocess.run([fsfreeze, "-f", str(mnt)], check=True, timeout=60)
+    try:
+        proc = _start(repo, "backup", "restore", bid, str(target))
+        try:
+            _wait_status(repo, bid, "restoring")
+            proc.send_signal(signal.SIGINT)
+            assert _stderr_line(proc) == (
+                f"cinderblock: interrupted (SIGINT): cancelling the restore of backup {bid}; "
+                "waiting for it to stop\n"
+            )
+        finally:
+            subprocess.run([fsfreeze, "-u", str(mnt)], check=True, timeout=60)
+        out, err = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + signal.SIGINT
+    assert err == (
+        f"cinderblock: interrupted: the restore of backup {bid} was cancelled; {target} "
+        "holds part of the backup: restore it again\n"
+    )
+    assert out == ""
+    assert target.read_bytes() != data
+    last = _show(repo, bid)["stats"]["last_restore"]
+    assert (last["status"], last["error"]) == ("error", "the restore was cancelled")
+    _ok(cli(repo, "backup", "restore", bid, str(target)))
+    assert target.read_bytes() == data
