@@ -400,7 +400,8 @@ def _follow(
                 if deadline is not None and time.monotonic() > deadline:
                     raise
     finally:
-        bar.close(finished=done is not None and not _signals)
+        # A job that ended well is drawn at 100% before the bar is cleared.
+        bar.close(finished=done is not None and done.get("status") == "available" and not _signals)
 
 
 def _cancel(eng, project: str, backup_id: str) -> None:
