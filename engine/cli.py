@@ -38,22 +38,53 @@ CLI_MICROVERSION = "3.64"  # show every field, metadata included
 DETACH_ENV = "_CINDERBLOCK_DETACH_FD"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="cinderblock", description="Block-level incremental backups of volumes."
-    )
+def _add_global_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The options every command takes. Only the top parser has defaults: the copies on
+    each subcommand (``backup list --repo R``, as people type them) set a value only when
+    given, so the option works before or after the subcommand."""
+
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
     p.add_argument(
         "--repo",
-        default=os.environ.get("CINDERBLOCK_REPO"),
+        default=default(os.environ.get("CINDERBLOCK_REPO")),
         help="repository directory (default: $CINDERBLOCK_REPO)",
     )
     p.add_argument(
         "--project",
-        default=os.environ.get("CINDERBLOCK_PROJECT", DEFAULT_PROJECT),
+        default=default(os.environ.get("CINDERBLOCK_PROJECT", DEFAULT_PROJECT)),
         help="project id (default: $CINDERBLOCK_PROJECT or 'default')",
     )
-    p.add_argument("--json", action="store_true", help="print JSON for scripts")
-    p.add_argument("--workers", type=int, default=2, help="concurrent jobs (default 2)")
+    p.add_argument(
+        "--json", action="store_true", default=default(False), help="print JSON for scripts"
+    )
+    p.add_argument("--workers", type=int, default=default(2), help="concurrent jobs (default 2)")
+
+
+def _add_global_options_below(p: argparse.ArgumentParser) -> None:
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                _add_global_options(sub, defaults=False)
+                _add_global_options_below(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _build_commands()
+    _add_global_options_below(p)
+    return p
+
+
+def _build_commands() -> argparse.ArgumentParser:
+    # The package's own __version__ (engine/__init__.py, always imported before this
+    # module); read from the loaded package, as the layer rule forbids importing its root.
+    version = getattr(sys.modules[__name__.rpartition(".")[0]], "__version__", "unknown")
+    p = argparse.ArgumentParser(
+        prog="cinderblock", description="Block-level incremental backups of volumes."
+    )
+    p.add_argument("--version", action="version", version=f"cinderblock {version}")
+    _add_global_options(p, defaults=True)
     groups = p.add_subparsers(
         dest="group", required=True, metavar="{init,volume,snapshot,backup,verify,gc,bench}"
     )
@@ -81,8 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--attached", dest="attached", action="store_true", default=None)
     att.add_argument("--detached", dest="attached", action="store_false")
     vol.add_parser("list", help="list volumes")
-    s = vol.add_parser("show", help="show one volume")
+    s = vol.add_parser("show", help="show one volume (by id, unique id prefix or name)")
     s.add_argument("volume")
+    rm = vol.add_parser(
+        "remove",
+        help="forget a registered volume; its backups are kept",
+        description="Forget VOLUME (by id, unique id prefix or name) and the registrations of "
+        "its snapshots. Refused while a backup of it or a restore onto it runs. Its backups "
+        "are kept: they stay listed and restore to a path or another volume; registering the "
+        "volume again under the same id continues their chain.",
+    )
+    rm.add_argument("volume")
 
     snap = groups.add_parser("snapshot", help="register and list snapshots").add_subparsers(
         dest="cmd", required=True
@@ -136,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("backup")
     r.add_argument("target")
     r.add_argument("--force", action="store_true", help="overwrite an in-use target")
+    r.add_argument(
+        "--allow-damaged",
+        action="store_true",
+        help="restore every readable block; write zeros for damaged ones and list them",
+    )
     w = b.add_parser("wait", help="wait for a backup to finish")
     w.add_argument("backup")
     w.add_argument("--timeout", type=float)
@@ -162,6 +207,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_json_errors = False  # --json: errors are JSON objects too (set by main)
+
+
+class UsageError(Exception):
+    """A command-line mistake found after parsing (an ambiguous volume, a bad --property)."""
+
+
+def error(message: str, **fields: Any) -> None:
+    """Say that the command failed: ``cinderblock: error: …`` on stderr, or under ``--json``
+    one JSON object ``{"error": {"message": …, …}}`` on a line of its own (scripts parse it;
+    stdout stays the command's answer)."""
+    if _json_errors:
+        body = {"message": message, **{k: v for k, v in fields.items() if v is not None}}
+        print(json.dumps({"error": body}, default=str), file=sys.stderr)
+    else:
+        print(f"cinderblock: error: {message}", file=sys.stderr)
+
+
+def human_bytes(n: int | None) -> str:
+    """A byte count with a binary unit (``4.0 MiB``), for the size columns."""
+    if n is None:
+        return ""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # not reached
+
+
 def _size_arg(text: str) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     t = text.strip().upper().removesuffix("IB").removesuffix("B")
@@ -177,7 +252,7 @@ class Output:
 
     def emit(self, value: Any, rows: Sequence[Sequence[Any]] | None = None) -> None:
         if self.as_json or rows is None:
-            print(json.dumps(value, indent=2, default=str))
+            print(json.dumps(value, indent=2, default=str, allow_nan=False))
             return
         widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
@@ -185,48 +260,71 @@ class Output:
 
 
 class Progress:
-    """A one-line bar on stderr: percent, rate and ETA; silent when stderr is not a TTY."""
+    """A one-line bar on stderr: percent, rate and ETA; silent when stderr is not a TTY.
 
-    def __init__(self, label: str, total_bytes: int) -> None:
+    A finished job's bar is drawn at 100% and then cleared, so the answer that follows is
+    not mixed with a stale frame.
+    """
+
+    def __init__(self, label: str, total_bytes: int, stream=None) -> None:
         self.label = label
         self.total = max(1, total_bytes)
-        self.enabled = sys.stderr.isatty()
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
         self.start = time.monotonic()
+        self.drawn = False  # a frame is on the current line
 
     def update(self, fraction: float) -> None:
         if not self.enabled:
             return
+        fraction = min(1.0, max(0.0, fraction))
         elapsed = max(1e-6, time.monotonic() - self.start)
         done = fraction * self.total
         rate = done / elapsed
         eta = (self.total - done) / rate if rate > 0 else float("inf")
         bar = "#" * int(fraction * 30)
         eta_s = f"{eta:5.0f}s" if eta != float("inf") else "    ?"
-        sys.stderr.write(
+        self.stream.write(
             f"\r{self.label} [{bar:<30}] {fraction * 100:5.1f}% {rate / 1e6:8.1f} MB/s ETA {eta_s}"
         )
-        sys.stderr.flush()
+        self.stream.flush()
+        self.drawn = True
 
     def interrupt(self) -> None:
         """End the bar's line, so that a message can follow on a line of its own."""
-        if self.enabled:
-            sys.stderr.write("\n")
+        if self.enabled and self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False
 
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
+    def close(self, finished: bool = False) -> None:
+        """Draw 100% when the job ``finished``, then clear the line (cursor at its start)."""
+        if not self.enabled:
+            return
+        if finished:
+            self.update(1.0)
+        if self.drawn:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()
+            self.drawn = False
 
 
 # ---------------------------------------------------------------------- Ctrl-C and SIGTERM
 #
-# While a job of this process runs (``backup create --wait``, ``backup restore``), a signal
-# never raises: stopping the process would kill the job half-way (the engine is embedded),
-# so _follow notices the signal, says so, and reports the job's real end; the exit status is
-# then 128 + the signal. Elsewhere the first signal interrupts the command (KeyboardInterrupt)
-# and later ones are ignored while it cleans up: never a traceback.
-# TODO(cancellation): BackupEngine.cancel exists now (tests/faults/test_cancel.py); calling
-# it from here on the first signal stalled the follow loop in a first try (the next signal
-# was never noted), so the CLI still waits for the job's real end until that is understood.
+# While a job of this process runs (``backup create --wait``, ``backup restore``), the first
+# SIGINT or SIGTERM cancels it (``BackupEngine.cancel``) and the command waits for the job to
+# stop, then reports its real end; later signals are noted and change nothing, so a second
+# Ctrl-C cannot tear the job apart half-way (the engine is embedded: killing the process
+# would). The exit status is then 128 + the first signal. Elsewhere the first signal
+# interrupts the command (KeyboardInterrupt) and later ones are ignored while it cleans up:
+# never a traceback.
+#
+# The handler only records the signal. The cancel itself runs in _follow's loop on the main
+# thread, between two waits: a handler runs between any two bytecodes of the main thread,
+# possibly while it holds the catalog's lock, so calling into the engine from there could
+# deadlock; and the cancel never waits for the job (``wait=False``), because a job stops only
+# at its next window or run — a read held by a slow device can take long — and the loop must
+# go on reporting signals and progress meanwhile.
 
 _signals: list[int] = []
 _following = False
@@ -254,13 +352,27 @@ def _interrupted_status() -> int:
     return 128 + (_signals[0] if _signals else signal.SIGINT)
 
 
-def _follow(eng, backup_id: str, label: str, total: int, timeout: float | None = None) -> dict:
+def _follow(
+    eng,
+    backup_id: str,
+    label: str,
+    total: int,
+    timeout: float | None = None,
+    *,
+    project: str | None = None,
+) -> dict:
+    """Wait for the job on ``backup_id`` with a progress bar; return its detail view.
+
+    With ``project`` (the job runs in this process), the first signal cancels it.
+    """
     bar = Progress(label, total)
     deadline = None if timeout is None else time.monotonic() + timeout
     noted = 0
+    done: dict | None = None
     try:
         while True:
-            if _following and len(_signals) > noted:
+            seen = len(_signals)  # before anything that a signal may interrupt
+            if _following and seen > noted:
                 bar.interrupt()
                 what = f"backup {backup_id}"
                 if label != "backup":
@@ -268,29 +380,44 @@ def _follow(eng, backup_id: str, label: str, total: int, timeout: float | None =
                 if noted == 0:
                     name = signal.Signals(_signals[0]).name
                     print(
-                        f"cinderblock: interrupted ({name}): {what} cannot be cancelled; "
-                        "waiting for it to end",
+                        f"cinderblock: interrupted ({name}): cancelling {what}; "
+                        "waiting for it to stop",
                         file=sys.stderr,
                     )
+                    if project is not None:
+                        _cancel(eng, project, backup_id)
                 else:
-                    print(f"cinderblock: still waiting for {what} to end", file=sys.stderr)
-                noted = len(_signals)
+                    print(
+                        f"cinderblock: still cancelling {what}; waiting for it to stop",
+                        file=sys.stderr,
+                    )
+                noted = seen
             try:
-                return eng.wait(backup_id, timeout=0.25, microversion=CLI_MICROVERSION)
+                done = eng.wait(backup_id, timeout=0.25, microversion=CLI_MICROVERSION)
+                return done
             except TimeoutError:
                 row = eng.catalog.backup(backup_id) or {}
                 bar.update(float(row.get("progress") or 0.0))
                 if deadline is not None and time.monotonic() > deadline:
                     raise
     finally:
-        bar.close()
+        # A job that ended well is drawn at 100% before the bar is cleared.
+        bar.close(finished=done is not None and done.get("status") == "available" and not _signals)
+
+
+def _cancel(eng, project: str, backup_id: str) -> None:
+    """Ask the job to stop; it may have ended meanwhile (then there is nothing to cancel)."""
+    from .errors import InvalidBackup
+
+    with contextlib.suppress(InvalidBackup):
+        eng.cancel(project, backup_id, wait=False)
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
     from .engine import BackupEngine
 
     if args.group == "bench":
-        from .bench import format_table, run_bench
+        from .bench import as_json, format_table, run_bench
 
         phases = run_bench(
             args.source,
@@ -301,24 +428,21 @@ def run(args: argparse.Namespace, out: Output) -> int:
             scratch=args.scratch,
         )
         if out.as_json:
-            out.emit(
-                [{**p.__dict__, "mb_per_s": p.mb_per_s, "cpu_per_gb": p.cpu_per_gb} for p in phases]
-            )
+            out.emit(as_json(args.source, phases))
         else:
             print(format_table(args.source, phases))
         return EXIT_OK
     if not args.repo:
-        raise SystemExit(
-            "cinderblock: error: no repository: pass --repo PATH or set CINDERBLOCK_REPO"
-        )
+        error("no repository: pass --repo PATH or set CINDERBLOCK_REPO")
+        return EXIT_USAGE
     if args.group == "init":
         return _init(args, out)
     if not os.path.isfile(os.path.join(args.repo, CONFIG)):
         # Never create one here: a mistyped --repo must not become an empty repository.
-        print(
-            f"cinderblock: error: no repository at {args.repo} "
+        error(
+            f"no repository at {args.repo} "
             f"(create one with: {_command(args, 'init', project=False)})",
-            file=sys.stderr,
+            repository=args.repo,
         )
         return EXIT_ERROR
     project = args.project
@@ -331,6 +455,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
             out.emit(report, [(k, v) for k, v in report.items()])
             return EXIT_OK
         key = (args.group, args.cmd)
+        if getattr(args, "volume", None) is not None and key != ("backup", "restore"):
+            args.volume = volume_id(eng, project, args.volume, args)
         if key == ("volume", "add"):
             v = eng.register_volume(
                 project,
@@ -340,23 +466,30 @@ def run(args: argparse.Namespace, out: Output) -> int:
                 status=args.status,
                 attached=args.attached,
             )
-            out.emit(
-                v,
-                [
-                    ("id", "name", "status", "size", "path"),
-                    (v["id"], v["name"] or "", v["status"], v["size"], v["path"]),
-                ],
-            )
+            out.emit(v, [_VOLUME_COLUMNS, _volume_row(v)])
         elif key == ("volume", "list"):
             vols = eng.list_volumes(project)
-            out.emit(
-                vols,
-                [("id", "name", "status", "size", "path")]
-                + [(v["id"], v["name"] or "", v["status"], v["size"], v["path"]) for v in vols],
-            )
+            out.emit(vols, [_VOLUME_COLUMNS] + [_volume_row(v) for v in vols])
         elif key == ("volume", "show"):
             v = eng.get_volume(project, args.volume)
-            out.emit(v, [(k, v[k]) for k in v])
+            out.emit(v, [(k, human_bytes(v[k]) if k == "size" else _cell(v[k])) for k in v])
+        elif key == ("volume", "remove"):
+            gone = eng.unregister_volume(project, args.volume)
+            out.emit(
+                gone,
+                [
+                    ("removed", gone["id"]),
+                    ("snapshots removed", gone["snapshots_removed"]),
+                    ("backups kept", gone["backups_kept"]),
+                ],
+            )
+            if gone["backups_kept"] and not out.as_json:
+                print(
+                    f"cinderblock: its {gone['backups_kept']} backup(s) are kept: they restore "
+                    "to a path or another volume; register the volume again under the same id "
+                    "to continue their chain",
+                    file=sys.stderr,
+                )
         elif key == ("snapshot", "add"):
             s = eng.register_snapshot(
                 project,
@@ -406,7 +539,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
                         b["id"],
                         b["name"] or "",
                         b["status"],
-                        b["size"],
+                        f"{b['size']} GiB" if b["size"] is not None else "",
                         b["is_incremental"],
                         b["created_at"],
                     )
@@ -458,6 +591,46 @@ def run(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+_VOLUME_COLUMNS = ("id", "name", "status", "size", "path")
+
+
+def _volume_row(v: dict) -> tuple:
+    return (v["id"], v["name"] or "", v["status"], human_bytes(v["size"]), v["path"] or "")
+
+
+def _cell(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def volume_id(eng, project: str, text: str, args: argparse.Namespace) -> str:
+    """The volume ``text`` names: a full id (passed on as it is: a driver's volumes are not
+    listed), else the one volume of the project with that name, else the one whose id
+    starts with it (as the openstack CLI finds resources). Ambiguity is an error that lists
+    the candidates; nothing is guessed."""
+    from .repository.layout import canonical_uuid
+
+    full = canonical_uuid(text)
+    if full is not None:
+        return full
+    if not text:
+        raise UsageError("a volume must be named by its id, a unique id prefix or its name")
+    vols = eng.list_volumes(project)
+    matches = [v for v in vols if v["name"] == text]
+    how = "named"
+    if not matches:
+        matches = [v for v in vols if v["id"].startswith(text.lower())]
+        how = "with an id starting with"
+    if len(matches) == 1:
+        return matches[0]["id"]
+    if not matches:
+        raise UsageError(
+            f"no volume named {text!r} or with an id starting with it in project {project} "
+            f"(see: {_command(args, 'volume', 'list')})"
+        )
+    listing = ", ".join(f"{v['id']} ({v['name'] or 'no name'})" for v in matches)
+    raise UsageError(f"{len(matches)} volumes {how} {text!r}: {listing}; pass the full id")
+
+
 def _command(args: argparse.Namespace, *words: str, project: bool = True) -> str:
     """The cinderblock command line that runs ``words`` on this repository and project."""
     parts = ["cinderblock"]
@@ -477,10 +650,9 @@ def _init(args: argparse.Namespace, out: Output) -> int:
     parent = os.path.dirname(root)
     if not existed and not args.parents and not os.path.isdir(parent):
         what = "is not a directory" if os.path.exists(parent) else "does not exist"
-        print(
-            f"cinderblock: error: cannot create a repository at {args.repo}: its parent "
-            f"directory {parent} {what} (pass --parents to create it)",
-            file=sys.stderr,
+        error(
+            f"cannot create a repository at {args.repo}: its parent "
+            f"directory {parent} {what} (pass --parents to create it)"
         )
         return EXIT_ERROR
     with BackupEngine.open(root, workers=args.workers, create=not existed):
@@ -495,23 +667,57 @@ def _init(args: argparse.Namespace, out: Output) -> int:
 def _restore(eng, project: str, args: argparse.Namespace, out: Output) -> int:
     global _following
     b = eng.get_backup(project, args.backup)
-    _following = True  # from here on a signal is reported, not raised (see _follow)
-    body = eng.restore_backup(project, args.backup, args.target, force=args.force, wait=False)
-    done = _follow(eng, b["id"], "restore", (b.get("stats") or {}).get("volume_bytes", 0))
+    existed = os.path.exists(args.target)
+    _following = True  # from here on a signal cancels, it does not raise (see _follow)
+    body = eng.restore_backup(
+        project,
+        args.backup,
+        args.target,
+        force=args.force,
+        wait=False,
+        allow_damaged=args.allow_damaged,
+    )
+    done = _follow(
+        eng, b["id"], "restore", (b.get("stats") or {}).get("volume_bytes", 0), project=project
+    )
     last = (done.get("stats") or {}).get("last_restore") or {}
     failed = last.get("status") == "error"
-    if failed:
-        print(f"cinderblock: error: restore failed: {last.get('error')}", file=sys.stderr)
-    else:
-        out.emit(body, [("restored", b["id"]), ("target", args.target)])
     if _signals:
+        if not failed:
+            end = f"completed onto {args.target} before it could be cancelled"
+        elif last.get("error") != "the restore was cancelled":
+            end = f"failed: {last.get('error')}"
+        elif existed:
+            end = f"was cancelled; {args.target} holds part of the backup: restore it again"
+        else:
+            end = f"was cancelled; {args.target} was not created"
+        if not failed:
+            out.emit(body, [("restored", b["id"]), ("target", args.target)])
+        print(f"cinderblock: interrupted: the restore of backup {b['id']} {end}", file=sys.stderr)
+        return _interrupted_status()
+    if failed:
+        error(f"restore failed: {last.get('error')}", backup_id=b["id"], target=args.target)
+        if "damaged_block" in last:
+            again = _command(args, "backup", "restore", b["id"], args.target, "--allow-damaged")
+            print(
+                "cinderblock: hint: to restore every other block (zeros where the damage is), "
+                f"run: {again}",
+                file=sys.stderr,
+            )
+        return EXIT_ERROR
+    lost = last.get("lost_blocks") or []
+    body = {**body, "lost_blocks": lost} if lost else body
+    rows = [("restored", b["id"]), ("target", args.target)]
+    if lost:
+        rows.append(("lost blocks", ",".join(map(str, lost))))
         print(
-            f"cinderblock: interrupted: the restore of backup {b['id']} "
-            + ("failed" if failed else f"completed onto {args.target}"),
+            f"cinderblock: warning: {len(lost)} damaged block(s) were written as zeros: "
+            + ",".join(map(str, lost[:20]))
+            + (" …" if len(lost) > 20 else ""),
             file=sys.stderr,
         )
-        return _interrupted_status()
-    return EXIT_ERROR if failed else EXIT_OK
+    out.emit(body, rows)
+    return EXIT_OK
 
 
 def _verify(eng, project: str, args: argparse.Namespace, out: Output) -> int:
@@ -547,7 +753,7 @@ def _create(eng, project: str, args: argparse.Namespace, out: Output) -> int:
         for item in args.property:
             k, sep, v = item.partition("=")
             if not sep:
-                raise SystemExit(f"cinderblock: error: --property {item!r} is not KEY=VALUE")
+                raise UsageError(f"--property {item!r} is not KEY=VALUE")
             meta[k] = v
         body["metadata"] = meta
     changes = None
@@ -560,7 +766,7 @@ def _create(eng, project: str, args: argparse.Namespace, out: Output) -> int:
                 file=sys.stderr,
             )
     global _following
-    _following = True  # from here on a signal is reported, not raised (see _follow)
+    _following = True  # from here on a signal cancels, it does not raise (see _follow)
     answer = eng.create_backup(
         project,
         {"backup": body},
@@ -582,7 +788,7 @@ def _create(eng, project: str, args: argparse.Namespace, out: Output) -> int:
         _detach()
         return EXIT_OK
     vol = eng.get_volume(project, args.volume)
-    done = _follow(eng, bid, "backup", vol.get("size") or 0)
+    done = _follow(eng, bid, "backup", vol.get("size") or 0, project=project)
     stats = done.get("stats") or {}
     if stats.get("changes_refused"):
         # The engine only uses a change set measured since the parent it picked.
@@ -597,17 +803,29 @@ def _create(eng, project: str, args: argparse.Namespace, out: Output) -> int:
             ("id", bid),
             ("status", done["status"]),
             ("incremental", done["is_incremental"]),
-            ("bytes read", stats.get("bytes_read")),
-            ("bytes stored", stats.get("bytes_stored")),
-            ("blocks changed", stats.get("blocks_changed")),
+            ("read", human_bytes(stats.get("bytes_read"))),
+            ("stored", human_bytes(stats.get("bytes_stored"))),
+            ("blocks changed", _cell(stats.get("blocks_changed"))),
+            *([("consistency", stats["consistency"])] if stats.get("consistency") else []),
             ("fail_reason", done["fail_reason"] or ""),
         ],
     )
-    status = _outcome(done)
+    if stats.get("consistency") == "live" and not out.as_json:
+        print(
+            f"cinderblock: warning: backup {bid} read the volume while it was in use "
+            "(consistency: live): no reflink clone could be made; what was written meanwhile "
+            "may be inconsistent",
+            file=sys.stderr,
+        )
     if _signals:
-        print(f"cinderblock: interrupted: backup {bid} ended {done['status']}", file=sys.stderr)
+        end = done["status"]
+        if done["status"] == "available":
+            end += " (it finished before it could be cancelled)"
+        elif done.get("fail_reason"):
+            end += f": {done['fail_reason']}"
+        print(f"cinderblock: interrupted: backup {bid} ended {end}", file=sys.stderr)
         return _interrupted_status()
-    return status
+    return _outcome(done)
 
 
 def _outcome(done: dict) -> int:
@@ -615,7 +833,7 @@ def _outcome(done: dict) -> int:
     if done["status"] == "available":
         return EXIT_OK
     why = done.get("fail_reason") or f"it ended {done['status']}"
-    print(f"cinderblock: error: backup {done['id']} failed: {why}", file=sys.stderr)
+    error(f"backup {done['id']} failed: {why}", backup_id=done["id"], status=done["status"])
     return EXIT_ERROR
 
 
@@ -712,6 +930,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    global _json_errors
+    _json_errors = bool(args.json)
     out = Output(args.json)
     _setup_logging()
     _install_signal_handlers()
@@ -721,14 +941,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _start_detached(argv, args)
     try:
         return run(args, out)
+    except BrokenPipeError:
+        return _pipe_closed()
+    except UsageError as e:
+        error(str(e))
     except ApiError as e:
-        print(f"cinderblock: error: {e.message} (HTTP {e.http_status})", file=sys.stderr)
+        error(
+            f"{e.message} (HTTP {e.http_status})", http_status=e.http_status, type=type(e).__name__
+        )
     except (CinderblockError, OSError, ValueError) as e:
-        print(f"cinderblock: error: {e}", file=sys.stderr)
+        error(str(e), type=type(e).__name__)
     except KeyboardInterrupt:
         print("cinderblock: interrupted", file=sys.stderr)
         return _interrupted_status()
     return EXIT_ERROR
+
+
+def _pipe_closed() -> int:
+    """The reader of stdout went away (``| head``): stop quietly, as ``cat`` does.
+
+    Whatever is still buffered for stdout goes to /dev/null, so that the interpreter's
+    final flush does not complain either; the status is that of a process killed by
+    SIGPIPE."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

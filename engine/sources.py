@@ -44,6 +44,11 @@ class VolumeInfo:
     attached, say): the engine borrows the fd and never closes it. ``size`` (bytes) is the
     driver's word for quotas and views before anything is read; the backup itself reads the
     source's real size. With an fd, in-use cannot be detected: say ``attached``.
+
+    ``status`` may be Cinder's own ``backing-up`` (or ``restoring-backup``): Cinder's API
+    sets it before it asks the driver to back the volume up (or restore onto it). The engine
+    then judges the volume by ``previous_status`` (Cinder's field: ``available`` or
+    ``in-use``; default ``available``), and keeps its own transient status in its catalog.
     """
 
     id: str
@@ -54,6 +59,7 @@ class VolumeInfo:
     name: str | None = None
     fd: int | None = None
     size: int | None = None
+    previous_status: str | None = None
 
     @property
     def source(self) -> str | int:

@@ -187,5 +187,5 @@ def _check_object(
                 mismatched.append((container, digest))
                 return error
     if error is not None:
-        container.quarantine(digest)
+        container.quarantine(digest, by="verify")
     return error

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from .. import native
 from ..changes import ChangeSet, LegacyExtents, plan_runs
-from ..errors import CinderblockError, InvalidInput
+from ..errors import Cancelled, CinderblockError, InvalidInput
 from ..repository import BlockMap, Container
 from ..store.files import fsync_dir
 from .backup import BackupJob, BackupStats, run_backup
@@ -207,6 +207,9 @@ def backup_volume(
             _check_unchanged(src, source)
             stats.changed_extents_used = changed is not None
             stats.changes_refused = refused
+            # The last windows may have been in flight (a slow or held read) when cancel
+            # was set: the block map is the commit point, so check once more before it.
+            _check_cancel(cancel, "the backup was cancelled")
             lease.check()
             container.put_blockmap(blockmap)
     return blockmap, stats
@@ -283,12 +286,20 @@ def restore_volume(
             progress=report,
             cancel=cancel,
         )
+        # Every run may be written when cancel comes (a held write): the new image's name
+        # is the commit point, so a cancelled restore never gives it one.
+        _check_cancel(cancel, "the restore was cancelled")
         _publish(partial, path)
         fsync_dir(directory)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(partial)
     return RestoreResult(written, lost, created=True)
+
+
+def _check_cancel(cancel: threading.Event | None, message: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(message)
 
 
 def _publish(partial: str, path: str) -> None:

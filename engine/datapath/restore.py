@@ -180,7 +180,7 @@ def run_restore(
                     )
                 return n
             except CorruptionError as e:
-                container.quarantine(digest)
+                container.quarantine(digest, by="restore")
                 if not allow_damaged:
                     raise CorruptionError(
                         e.message, path=e.path, backup_id=manifest.backup_id, block=i

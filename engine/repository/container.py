@@ -82,7 +82,32 @@ class Container:
         try:
             return self.store.get(self.keys.object(digest))
         except BlobNotFound:
-            raise CorruptionError(f"block object {digest.hex()} is missing") from None
+            raise CorruptionError(self._missing(digest)) from None
+
+    def _missing(self, digest: bytes) -> str:
+        """Why an object is not there: set aside as damaged (by whom, when), or missing."""
+        found = self.quarantine_marks(digest)
+        if not found:
+            return f"block object {digest.hex()} is missing"
+        stamp, by = found[0]  # the first finding: later marks repeat it
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp / 1e9))
+        return (
+            f"block object {digest.hex()} was found damaged by {by or 'a check'} on {when} "
+            "and set aside; the next backup of a volume that still holds the block stores "
+            "it again"
+        )
+
+    def quarantine_marks(self, digest: bytes) -> list[tuple[int, str | None]]:
+        """(time in ns, who found it or None) of each quarantine mark of ``digest``, oldest
+        first."""
+        marks = []
+        for key in self.store.keys(f"{self.keys.quarantined}{digest.hex()}."):
+            parts = key.rsplit("/", 1)[-1].split(".")
+            try:
+                marks.append((int(parts[1]), parts[2] if len(parts) > 2 else None))
+            except (IndexError, ValueError):
+                continue
+        return sorted(marks)
 
     def object_head(self, digest: bytes) -> tuple[bytes, int] | None:
         """The object's header bytes and its stored size, or None when it is missing."""
@@ -95,19 +120,21 @@ class Container:
 
     # ------------------------------------------------------------------ quarantine
 
-    def quarantine(self, digest: bytes) -> str:
+    def quarantine(self, digest: bytes, *, by: str | None = None) -> str:
         """Set a damaged object aside so the next backup stores the block afresh.
 
         The damaged bytes are kept as evidence under ``quarantine/`` (an empty marker when
         the object is missing altogether), then the object is removed. Either way the digest
-        is listed by :meth:`quarantined` until a backup stores the block again.
+        is listed by :meth:`quarantined` until a backup stores the block again. ``by``
+        (``verify``, ``restore``) is kept in the mark, so that a later restore can say who
+        found the damage, and when.
         """
         key = self.keys.object(digest)
         try:
             evidence = self.store.get(key)
         except BlobNotFound:
             evidence = b""
-        qkey = self.keys.quarantine(digest, time.time_ns())
+        qkey = self.keys.quarantine(digest, time.time_ns(), by)
         self.store.put(qkey, evidence)
         self.store.delete(key)
         return qkey

@@ -99,8 +99,11 @@ class ContainerKeys:
     def records(self) -> str:
         return f"{self.prefix}{RECORDS}/"
 
-    def quarantine(self, digest: bytes, stamp: int) -> str:
-        return f"{self.prefix}{QUARANTINE}/{digest.hex()}.{stamp}"
+    def quarantine(self, digest: bytes, stamp: int, by: str | None = None) -> str:
+        """``<digest hex>.<ns>``, or ``<digest hex>.<ns>.<by>`` naming who found the damage
+        (``verify``, ``restore``)."""
+        tail = f".{by}" if by else ""
+        return f"{self.prefix}{QUARANTINE}/{digest.hex()}.{stamp}{tail}"
 
     @property
     def quarantined(self) -> str:

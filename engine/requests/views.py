@@ -62,7 +62,9 @@ ENCRYPTION_KEY_ID_IN_DETAILS = Microversion(3, 64)
 
 FIXED_KEY_ID = "00000000-0000-0000-0000-000000000000"
 FAIL_REASON_MAX = 255
-ENGINE_EXTRAS = ("progress", "stats")
+# Engine fields beyond Cinder's view: ``parent_id`` (the backup an incremental continues;
+# Cinder keeps it in its database only, drivers and operators need it), progress and stats.
+ENGINE_EXTRAS = ("parent_id", "progress", "stats")
 
 Backup = Mapping[str, Any]
 

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import numpy as np
 
@@ -36,12 +36,13 @@ from ..errors import (
     InvalidInput,
     InvalidVolume,
     RepositoryError,
+    VolumeNotFound,
 )
 from ..gc import DEFAULT_GRACE_SECONDS, MIN_GRACE_SECONDS, collect, sweep_container
 from ..owners import me
 from ..paths import Roots, normalise_allowed
 from ..repository import Repository
-from ..repository.layout import check_project_id
+from ..repository.layout import check_project_id, check_uuid
 from ..requests import (
     create_response,
     detail_view,
@@ -249,6 +250,32 @@ class BackupEngine:
     def list_snapshots(self, project_id: str) -> list[dict[str, Any]]:
         return self.registry.list_snapshots(project_id)
 
+    def unregister_volume(self, project_id: str, volume_id: str) -> dict[str, Any]:
+        """Forget a registered volume (and its snapshots' registrations); keep its backups.
+
+        Refused while a backup of it or a restore onto it runs. Its backups stay, listed and
+        restorable (to a path or another volume), as Cinder keeps a deleted volume's
+        backups; an incremental backup of a volume registered again under the same id
+        continues their chain. Returns ``{"id", "snapshots_removed", "backups_kept"}``.
+        """
+        check_project_id(project_id)
+        vid = check_uuid(volume_id, "volume id")
+        with self.catalog.transaction():
+            row = self.catalog.volume(vid)
+            if row is None or row["project_id"] != project_id:
+                raise VolumeNotFound(volume_id)
+            running = self.catalog.running_for_volume(vid)
+            if running or row["status"] in ("backing-up", "restoring-backup"):
+                what = ", ".join(f"backup {r['id']} is {r['status']}" for r in running)
+                raise InvalidVolume(
+                    f"volume {vid} is {row['status']}"
+                    + (f" ({what})" if what else "")
+                    + ": remove it once the backup or restore has ended"
+                )
+            kept = len(self.catalog.backups_of_volume(project_id, vid))
+            snapshots = self.catalog.remove_volume(vid)
+        return {"id": vid, "snapshots_removed": snapshots, "backups_kept": kept}
+
     # ------------------------------------------------------------------ create
 
     def create_backup(
@@ -262,8 +289,14 @@ class BackupEngine:
         changes_base: str | None = None,
         block_size: int | None = None,
         user_id: str | None = None,
+        backup_id: str | None = None,
+        parent_id: str | None = None,
     ) -> dict[str, Any]:
         """Accept a Cinder create-backup request and start the backup; return the 202 body.
+
+        A driver may pass Cinder's own ``backup_id`` (a UUID no backup of this engine has)
+        and ``parent_id`` (the parent Cinder's API chose: the backup is then incremental
+        from exactly it, which must be an ``available`` backup of the same volume).
 
         ``changes`` says what changed since backup ``changes.base_backup_id``: an
         incremental whose parent is exactly that backup then reads only the blocks it
@@ -280,7 +313,9 @@ class BackupEngine:
         request = parse_create_backup(body, version)
         self._settle()
         extents = _change_hint(changes, changed_extents, changes_base)
-        backup_id = str(uuid.uuid4())
+        backup_id = _new_backup_id(backup_id)
+        if parent_id is not None:
+            parent_id = check_uuid(parent_id, "parent_id")
         # The driver's resolver, in-use detection (an O_EXCL open) and the size ioctl run
         # before the transaction: it holds the catalog lock and SQLite's write lock, which
         # every status and progress write of every process sharing the catalog waits for.
@@ -306,6 +341,8 @@ class BackupEngine:
                 volume = _with_held_status(self.catalog, Kind.VOLUME, volume)
             if snapshot is not None:
                 snapshot = _with_held_status(self.catalog, Kind.SNAPSHOT, snapshot)
+            if self.catalog.backup(backup_id) is not None:
+                raise InvalidInput(f"backup id {backup_id} is already taken: choose another")
             usage = self.catalog.project_usage(project_id)
             plan = plan_backup(
                 project_id=project_id,
@@ -323,6 +360,7 @@ class BackupEngine:
                 quotas=self.quotas,
                 default_block_size=self.block_size,
                 block_size=block_size,
+                parent_id=parent_id,
             )
             created = now()
             row = {
@@ -629,15 +667,19 @@ class BackupEngine:
         self,
         project_id: str,
         backup_id: str,
-        target: str | os.PathLike,
+        target: str | os.PathLike | int | IO[bytes],
         *,
         force: bool = False,
         wait: bool = True,
         allow_damaged: bool = False,
     ) -> dict[str, Any]:
-        """Restore a backup onto a registered volume (by id) or a path, bit-exact.
+        """Restore a backup onto a registered volume (by id), a path, an open fd or a file
+        object with a working ``fileno()``, bit-exact.
 
-        A path that does not exist becomes a new sparse image file. With ``wait`` (the
+        A path that does not exist becomes a new sparse image file. An fd or file object is
+        borrowed (never closed; keep it open until the restore ends), written in place, must
+        be open for writing and hold the volume's size; in-use cannot be detected on it, so
+        it counts as not in use (the caller chose it). With ``wait`` (the
         default) the call returns when the data is on the target and raises on failure;
         without it, the restore runs on the pool and the answer is Cinder's restore body.
         A damaged block stops the restore with ``CorruptionError`` naming backup and block;
@@ -651,7 +693,8 @@ class BackupEngine:
         # The target's facts are gathered before the transaction (see create_backup: no
         # device I/O under the catalog's write lock); they are checked inside, in Cinder's
         # order, after the catalog state.
-        exists = os.path.exists(target_path)
+        is_fd = isinstance(target_path, int)
+        exists = is_fd or os.path.exists(target_path)
         in_use = False
         have = 0
         size_error: OSError | None = None
@@ -659,7 +702,7 @@ class BackupEngine:
             in_use = (
                 bool(target_volume.attached)
                 if target_volume is not None and target_volume.attached is not None
-                else in_use_or_false(target_path)
+                else (not is_fd and in_use_or_false(target_path))
             )
             try:
                 have = native.volume_size(target_path)
@@ -824,6 +867,13 @@ def _with_held_status(catalog: Catalog, kind: Kind, info: _Held) -> _Held:
     if found is not None and found in _HELD_STATUSES and found != info.status:
         return dataclasses.replace(info, status=found)  # never alter a driver's object
     return info
+
+
+def _new_backup_id(chosen: str | None) -> str:
+    """A new backup's id: the caller's (a Cinder driver passes Cinder's), else a new UUID."""
+    if chosen is None:
+        return str(uuid.uuid4())
+    return check_uuid(chosen, "backup_id")
 
 
 def _reason(e: BaseException, *, restore_target: str | None = None) -> str:

@@ -276,6 +276,21 @@ class Catalog:
         )
         return [r["id"] for r in rows]
 
+    def remove_volume(self, volume_id: str) -> int:
+        """Forget a volume and its snapshots' registrations; return how many snapshots.
+        Its backups are rows of their own and stay."""
+        snapshots = self.execute("DELETE FROM snapshots WHERE volume_id = ?", (volume_id,))
+        self.execute("DELETE FROM volumes WHERE id = ?", (volume_id,))
+        return snapshots
+
+    def running_for_volume(self, volume_id: str) -> list[dict[str, Any]]:
+        """Backups being made of the volume or restored onto it (``creating``, ``restoring``)."""
+        return self.query(
+            "SELECT id, status FROM backups WHERE status IN ('creating', 'restoring') "
+            "AND (volume_id = ? OR restore_volume_id = ?) ORDER BY created_at",
+            (volume_id, volume_id),
+        )
+
     def snapshots_of_project(self, project_id: str) -> list[dict[str, Any]]:
         return self.query(
             "SELECT * FROM snapshots WHERE project_id = ? ORDER BY created_at", (project_id,)

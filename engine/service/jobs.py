@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..changes import ChangeSet, LegacyExtents
 from ..datapath import backup_volume, restore_volume
-from ..errors import CinderblockError
+from ..errors import CinderblockError, CorruptionError
 from ..owners import me
 from ..sources import OpenedSource, VolumeInfo, open_source
 from .catalog import Catalog, now
@@ -171,12 +171,13 @@ def run_restore_job(
     engine: BackupEngine,
     row: dict[str, Any],
     volume: VolumeInfo | None,
-    path: str,
+    path: str | int,
     *,
     allow_damaged: bool,
     checked: RestoreTarget | None = None,
 ) -> tuple[BaseException | None, list[int]]:
-    """Restore backup ``row`` onto ``path`` (``volume``'s, if a registered one).
+    """Restore backup ``row`` onto ``path`` (``volume``'s, if a registered one), or onto a
+    borrowed fd.
 
     With ``checked`` (the target as the restore-target policy saw it), an existing target
     is opened here with ``O_NOFOLLOW`` and must still be that file (engine.service.targets).
@@ -186,11 +187,12 @@ def run_restore_job(
     error: BaseException | None = None
     lost: list[int] = []
     target_fd: int | None = None
+    label = path if isinstance(path, str) else f"fd {path}"
     try:
         container = engine.repo.container(row["project_id"], row["container"])
         manifest = container.get_blockmap(row["id"])
         where: str | int = path
-        if checked is not None and checked.path:
+        if checked is not None and isinstance(checked.path, str) and checked.path:
             target_fd = open_target(checked, engine.repo.local_root)
             if target_fd is not None:
                 where = target_fd
@@ -208,13 +210,15 @@ def run_restore_job(
             cancel=engine._cancels.get(row["id"]),
         )
         lost = result.lost_blocks
-        outcome = {"status": "available", "target": path, "completed_at": now()}
+        outcome = {"status": "available", "target": label, "completed_at": now()}
         if lost:
             outcome["lost_blocks"] = lost
     except BaseException as e:  # noqa: BLE001 - a failed restore is recorded, then raised
         log.warning("restore of backup %s failed: %s", row["id"], e)
         error = e
-        outcome = {"status": "error", "target": path, "error": _reason(e, restore_target=path)}
+        outcome = {"status": "error", "target": label, "error": _reason(e, restore_target=label)}
+        if isinstance(e, CorruptionError) and e.block is not None:
+            outcome["damaged_block"] = e.block  # allow_damaged restores every other block
     finally:
         if target_fd is not None:
             os.close(target_fd)

@@ -104,6 +104,23 @@ def select_parent(
     return max(backups, key=key)
 
 
+def chosen_parent(
+    parent_id: str, backups_of_volume: list[dict[str, Any]], volume_id: str
+) -> dict[str, Any]:
+    """The parent a driver named: one of this volume's backups, and ``available``."""
+    for b in backups_of_volume:
+        if b["id"] == parent_id:
+            if b["status"] != "available":
+                raise InvalidBackup(
+                    f"parent backup {parent_id} is {b['status']}: an incremental backup "
+                    "needs an available parent"
+                )
+            return b
+    raise InvalidBackup(
+        f"parent backup {parent_id} is not a backup of volume {volume_id} in this project"
+    )
+
+
 def plan_backup(
     *,
     project_id: str,
@@ -117,8 +134,14 @@ def plan_backup(
     quotas: Quotas,
     default_block_size: int,
     block_size: int | None = None,
+    parent_id: str | None = None,
 ) -> Plan:
-    """Apply Cinder's semantic checks (reference §1.3) and choose parent and layout."""
+    """Apply Cinder's semantic checks (reference §1.3) and choose parent and layout.
+
+    ``parent_id`` is a driver's own choice of parent (Cinder's API picks it and hands the
+    driver ``backup.parent_id``): it makes the backup incremental from exactly that backup,
+    which must be an ``available`` backup of the same volume.
+    """
     # 1. The volume must exist in this project (another project's volume is "not found").
     if volume is None:
         raise VolumeNotFound(request.volume_id)
@@ -156,7 +179,9 @@ def plan_backup(
         raise BackupLimitExceeded(quotas.backups)
     # 10. Incremental: a parent must exist and be available.
     parent = None
-    if request.incremental:
+    if parent_id is not None:
+        parent = chosen_parent(parent_id, backups_of_volume, volume.id)
+    elif request.incremental:
         parent = select_parent(backups_of_volume, snapshot)
         if parent is None or parent["status"] != "available":
             raise InvalidBackup("No backups available to do an incremental backup.")

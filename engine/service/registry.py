@@ -8,6 +8,7 @@ statuses (``backing-up``, ``restoring-backup``) live in the catalog.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 from typing import Any
@@ -183,6 +184,10 @@ class Registry:
         row = self.catalog.volume(info.id)
         if row is not None and row["status"] in ("backing-up", "restoring-backup"):
             info.status = row["status"]
+        elif info.status in ("backing-up", "restoring-backup"):
+            # Cinder's own status, set by its API for the very operation the driver is about
+            # to ask for: the volume is judged by what it was before (VolumeInfo's doc).
+            info = dataclasses.replace(info, status=info.previous_status or "available")
         self.catalog.upsert_volume(
             {
                 "id": info.id,

@@ -10,6 +10,8 @@ land on what was checked, and on nothing the engine or another project owns:
 * a path that is a registered volume (by resolved path or inode) is that volume: the
   volume's status rules apply (no restore onto a volume that is being backed up), and a
   volume of another project is refused;
+* an open fd or file object (borrowed, never closed) must be open for writing, a regular
+  file or block device, and not a file of the repository (seen through ``/proc/self/fd``);
 * the job opens the target with ``O_NOFOLLOW`` and checks that the opened file is the one
   checked here (device and inode): a swap in between (a symlink, a rename, a hard link put
   in its place) is refused before one byte is written.
@@ -17,8 +19,11 @@ land on what was checked, and on nothing the engine or another project owns:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
+import fcntl
+import io
 import os
 import stat
 from typing import Any
@@ -31,11 +36,12 @@ from .registry import Registry, canonical_uuid
 
 @dataclasses.dataclass(frozen=True)
 class RestoreTarget:
-    """A checked restore target: the registered volume it is (if any), its path, and the
-    ``(st_dev, st_ino)`` of the file that was checked (None: the path does not exist yet)."""
+    """A checked restore target: the registered volume it is (if any), its path (or the
+    borrowed fd to write), and the ``(st_dev, st_ino)`` of the file that was checked (None:
+    the path does not exist yet, or the target is an fd)."""
 
     volume: VolumeInfo | None
-    path: str
+    path: str | int
     identity: tuple[int, int] | None
 
 
@@ -47,9 +53,14 @@ def resolve_target(
         volume = registry.volume(project_id, target)
         if volume is None:
             raise VolumeNotFound(target)
-        if volume.path is None:
-            return RestoreTarget(volume, "", None)  # a driver's fd: nothing to resolve
+        if volume.fd is not None:
+            check_target_fd(volume.fd, f"volume {volume.id}'s fd {volume.fd}", repo_root)
+            return RestoreTarget(volume, volume.fd, None)  # a driver's fd: nothing to resolve
         return RestoreTarget(volume, volume.path, _identity_or_none(volume.path))
+    if not isinstance(target, str | bytes | os.PathLike):
+        fd = _target_fd(target)
+        check_target_fd(fd, f"restore target fd {fd}", repo_root)
+        return RestoreTarget(None, fd, None)
     path = check_user_path(target, registry.roots(project_id), "restore target")
     if os.path.isdir(path):
         raise InvalidInput(f"restore target {path!r} is a directory")
@@ -77,6 +88,52 @@ def resolve_target(
             )
         return RestoreTarget(volume, path, identity)
     return RestoreTarget(None, path, identity)
+
+
+def check_target_fd(fd: int, label: str, repo_root: str | None) -> None:
+    """An fd target: open, for writing, a regular file or a block device, and not a file
+    of the repository itself (found through ``/proc/self/fd`` where there is one)."""
+    try:
+        st = os.fstat(fd)
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    except OSError as e:
+        raise InvalidInput(f"{label} is not an open file: {e.strerror}") from None
+    if flags & os.O_ACCMODE not in (os.O_WRONLY, os.O_RDWR):
+        raise InvalidInput(f"{label} is not open for writing: open it O_WRONLY or O_RDWR")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        raise InvalidInput(f"{label} is not a regular file or a block device")
+    if repo_root and shares_inode_with(st, repo_root):
+        raise InvalidInput("restore target must not be a file of the repository")
+    with contextlib.suppress(OSError):
+        linked = os.readlink(f"/proc/self/fd/{fd}")
+        if linked.startswith("/"):
+            _check_outside_repository(linked, repo_root)
+
+
+def _target_fd(target: Any) -> int:
+    """The fd of a restore target given as an fd or a file object (InvalidInput else)."""
+    if isinstance(target, bool):
+        raise InvalidInput(
+            "restore target must be a path, a volume id, an open fd or a file object"
+        )
+    if isinstance(target, int):
+        if target < 0:
+            raise InvalidInput(f"restore target fd must not be negative, got {target}")
+        return target
+    fileno = getattr(target, "fileno", None)
+    if callable(fileno):
+        try:
+            return int(fileno())
+        except (OSError, io.UnsupportedOperation, ValueError):
+            pass
+        raise InvalidInput(
+            "restore target is a file object without a file descriptor; pass a path, an fd, "
+            "or a file object whose fileno() works"
+        )
+    raise InvalidInput(
+        "restore target must be a path, a volume id, an open fd or a file object, not "
+        f"{type(target).__name__}"
+    )
 
 
 def _identity_or_none(path: str) -> tuple[int, int] | None:
@@ -127,6 +184,8 @@ def open_target(target: RestoreTarget, repo_root: str | None) -> int | None:
     the repository. None when the target did not exist (the data path creates a new image
     under a temporary name and links it into place, never writing through the path).
     """
+    if isinstance(target.path, int):
+        return None  # a borrowed fd: written as it is, never reopened
     if target.identity is None:
         if os.path.lexists(target.path):
             raise InvalidInput(
@@ -159,4 +218,10 @@ def open_target(target: RestoreTarget, repo_root: str | None) -> int | None:
     return fd
 
 
-__all__ = ["RestoreTarget", "open_target", "resolve_target", "shares_inode_with"]
+__all__ = [
+    "RestoreTarget",
+    "check_target_fd",
+    "open_target",
+    "resolve_target",
+    "shares_inode_with",
+]

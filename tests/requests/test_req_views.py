@@ -70,6 +70,8 @@ BASE_DETAIL = {
     "has_dependent_backups": False,
     "snapshot_id": None,
     "data_timestamp": "2026-11-27T04:51:01.090093",
+    # Cinder's fields end here, in Cinder's order; then the engine's extras (parent_id always).
+    "parent_id": None,
 }
 
 
@@ -155,6 +157,12 @@ def test_detail_at_30_has_exactly_the_base_fields():
     view = detail_view(record(), base_url=BASE, project_id=PROJECT, microversion="3.0")
     assert view == BASE_DETAIL
     assert list(view) == list(BASE_DETAIL)  # Cinder's field order
+
+
+def test_detail_shows_the_parent_of_an_incremental():
+    view = detail_view(record(parent_id="p"), base_url=BASE, project_id=PROJECT)
+    assert (view["is_incremental"], view["parent_id"]) == (True, "p")
+    assert list(view)[-1] == "parent_id"
 
 
 @pytest.mark.parametrize("version", ["3.43", "3.63"])
