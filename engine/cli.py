@@ -27,6 +27,7 @@ from .changed_extents import ChangedExtentsError
 from .changed_extents import load as load_changed_extents
 from .errors import ApiError, CinderblockError
 from .repository.layout import CONFIG
+from .requests.faults import http_status
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -722,7 +723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args, out)
     except ApiError as e:
-        print(f"cinderblock: error: {e.message} (HTTP {e.http_status})", file=sys.stderr)
+        print(f"cinderblock: error: {e.message} (HTTP {http_status(e)})", file=sys.stderr)
     except (CinderblockError, OSError, ValueError) as e:
         print(f"cinderblock: error: {e}", file=sys.stderr)
     except KeyboardInterrupt:
