@@ -82,6 +82,10 @@ TRANSITIONS: Mapping[Kind, frozenset[tuple[enum.StrEnum | None, enum.StrEnum | N
             (B.ERROR_DELETING, B.DELETING),  # force-delete retries a failed deletion
             (B.DELETING, B.ERROR_DELETING),  # the deletion failed
             (B.DELETING, None),  # the deletion finished: the row goes
+            (B.AVAILABLE, B.ERROR),  # an admin's os-reset_status
+            (B.ERROR, B.AVAILABLE),  # ... of a backup whose record is committed
+            (B.ERROR_DELETING, B.AVAILABLE),
+            (B.ERROR_DELETING, B.ERROR),
         }
     ),
     Kind.VOLUME: frozenset(
