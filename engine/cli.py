@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     p.add_argument("--workers", type=int, default=2, help="concurrent jobs (default 2)")
     groups = p.add_subparsers(
-        dest="group", required=True, metavar="{init,volume,snapshot,backup,verify,gc,bench}"
+        dest="group", required=True, metavar="{init,volume,snapshot,backup,verify,gc,bench,serve}"
     )
 
     ini = groups.add_parser(
@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="keep anything younger than this (default 900)",
     )
+    from .http.command import add_serve_parser
+
+    add_serve_parser(groups)
     return p
 
 
@@ -322,6 +325,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
+    if args.group == "serve":
+        from .http.command import run_serve
+
+        return run_serve(args)
     project = args.project
     with BackupEngine.open(args.repo, workers=args.workers, create=False) as eng:
         if args.group == "verify":
