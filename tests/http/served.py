@@ -172,3 +172,60 @@ def create(server: Served, volume_id: str, *, project: str = "p1", wait: bool = 
     done = server.wait_status(body["backup"]["id"], project=project)
     assert done["status"] == "available", done
     return done
+
+
+FUSE_SERVER = ROOT / "tests" / "faults" / "fuse_server.py"
+
+
+class SlowImages:
+    """Image files on the tests' FUSE fault server (tests/faults/fuse_server.py), whose
+    reads can be slowed down: ``set({"name": {"delay": seconds}})``."""
+
+    def __init__(self, base: Path) -> None:
+        self.mountpoint = base / "mnt"
+        self.control_dir = base / "control"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, files: dict[str, Path]) -> None:
+        import pytest
+
+        if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+            pytest.skip("needs root and /dev/fuse to mount the FUSE fault server")
+        self.mountpoint.mkdir(parents=True)
+        self.control_dir.mkdir(parents=True)
+        self.set({})
+        self.proc = subprocess.Popen(
+            [PY, str(FUSE_SERVER), str(self.mountpoint), str(self.control_dir)]
+            + [f"{n}={p}" for n, p in files.items()],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while not os.path.ismount(self.mountpoint):
+            assert self.proc.poll() is None, "the FUSE server exited"
+            assert time.monotonic() < deadline, "the FUSE filesystem did not appear"
+            time.sleep(0.02)
+
+    def path(self, name: str) -> Path:
+        return self.mountpoint / name
+
+    def set(self, control: dict) -> None:
+        tmp = self.control_dir / "control.json.new"
+        tmp.write_text(json.dumps(control))
+        os.replace(tmp, self.control_dir / "control.json")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        for _ in range(50):
+            if not os.path.ismount(self.mountpoint):
+                break
+            if subprocess.run(["umount", str(self.mountpoint)], capture_output=True).returncode:
+                time.sleep(0.1)
+        else:
+            subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)

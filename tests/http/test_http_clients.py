@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from served import volumes_of
 
 BIN = Path(sys.executable).parent
@@ -166,6 +167,7 @@ def test_cinderclient_python_api(server):
 # ---------------------------------------------------------------- openstacksdk
 
 
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # the SDK's own notices
 def test_openstacksdk_block_storage(server):
     import openstack
 
