@@ -40,6 +40,12 @@ def add_serve_parser(groups: Any) -> argparse.ArgumentParser:
         "lvm:VOLUME_GROUP (Cinder's LVM naming, /dev/VG/volume-<id>)",
     )
     s.add_argument("--volumes-project", help="the project an lvm: volume group belongs to")
+    s.add_argument(
+        "--lvm-dev-root",
+        default="/dev",
+        metavar="DIR",
+        help="where the volume groups' directories are (default /dev)",
+    )
     s.add_argument("--threads", type=int, default=16, help="HTTP worker threads (16)")
     s.add_argument(
         "--max-body",
@@ -78,7 +84,13 @@ def run_serve(args: argparse.Namespace) -> int:
     except AuthUnavailable as e:
         print(f"cinderblock: error: {e}", file=sys.stderr)
         return 1
-    resolver = resolver_from_spec(args.volumes, args.volumes_project)
+    try:
+        resolver = resolver_from_spec(
+            args.volumes, args.volumes_project, dev_root=args.lvm_dev_root
+        )
+    except CinderblockError as e:
+        print(f"cinderblock: error: {e}", file=sys.stderr)
+        return 1
     options = ServeOptions(
         host=host,
         port=port,

@@ -56,7 +56,9 @@ class LvmResolver:
         return None  # Cinder's LVM snapshots are not served (register them instead)
 
 
-def resolver_from_spec(spec: str | None, project_id: str | None) -> LvmResolver | None:
+def resolver_from_spec(
+    spec: str | None, project_id: str | None, *, dev_root: str = "/dev"
+) -> LvmResolver | None:
     """``None``/``registry`` -> no resolver; ``lvm:VG`` -> an :class:`LvmResolver`."""
     if spec is None or spec == "registry":
         return None
@@ -67,5 +69,5 @@ def resolver_from_spec(spec: str | None, project_id: str | None) -> LvmResolver 
                 "--volumes lvm:VG needs --volumes-project: an LVM volume group names no "
                 "project, so say which one its volumes belong to"
             )
-        return LvmResolver(arg, project_id)
+        return LvmResolver(arg, project_id, dev_root=dev_root)
     raise InvalidInput(f"unknown volume source {spec!r}: use registry or lvm:VOLUME_GROUP")
