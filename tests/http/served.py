@@ -139,17 +139,28 @@ def start_server(repo: Path, *extra: str, listen: str = "127.0.0.1:0", env=None)
     return Served(url=url, port=port, proc=proc, repo=repo, stderr_path=stderr_path)
 
 
+def register(repo: Path, project: str, volumes: list[tuple[str, Path, str | None]]) -> None:
+    """Register volumes in one engine (what ``cinderblock volume add`` does, without a
+    process per volume)."""
+    from engine import BackupEngine
+
+    with BackupEngine.open(repo, create=False) as eng:
+        for vid, path, name in volumes:
+            eng.register_volume(project, vid, str(path), name=name)
+
+
 def new_repo(tmp: Path, *, volumes: int = 2, project: str = "p1", size: int = 4 * MIB):
     """A repository with ``volumes`` registered image files of ``project``."""
     repo = tmp / "repo"
     cli(repo, "init")
-    vols = {}
+    vols, rows = {}, []
     for i in range(volumes):
         vid = str(uuid.uuid4())
         path = tmp / f"{project}-vol{i}.img"
         content = make_volume(path, size)
-        cli(repo, "volume", "add", str(path), "--id", vid, "--name", f"vol{i}", project=project)
+        rows.append((vid, path, f"vol{i}"))
         vols[vid] = {"path": path, "content": content, "project": project}
+    register(repo, project, rows)
     return repo, vols
 
 
