@@ -453,7 +453,8 @@ class BackupEngine:
         if with_count:
             params["with_count"] = "true"
         query = parse_list_query(params, microversion)
-        rows = self.catalog.select_backups(project_id, query.filters, query.sort)
+        # Page over the ids and sort columns only; decode just the page's rows.
+        rows = self.catalog.select_backup_keys(project_id, query.filters, query.sort)
         count = len(rows)
         if query.marker is not None:
             # As Cinder's paginate_query: the marker is looked up by id alone (filters do
@@ -464,6 +465,7 @@ class BackupEngine:
                 raise BackupNotFound(query.marker)
             rows = [r for r in rows if _sorts_after(r, marker, query.sort)]
         rows = rows[query.offset :][: query.limit]
+        rows = self.catalog.backups_by_id([r["id"] for r in rows])
         rows = [self._with_dependents(r) for r in rows]
         next_marker = rows[-1]["id"] if rows and len(rows) == query.limit else None
         link = links or Links(self.base_url, project_id)

@@ -73,6 +73,14 @@ def test_running_backup_is_recovered_at_next_start(tmp_path):
         srv = start_server(repo)
         shown = srv.wait_status(running["id"])
         assert (shown["status"], shown["fail_reason"]) == ("error", RESTART_REASON)
+        # Its data never committed: an admin cannot make it look restorable.
+        status, _h, body = srv.request(
+            "POST",
+            f"/v3/backups/{running['id']}/action",
+            {"os-reset_status": {"status": "available"}},
+        )
+        assert status == 400
+        assert "never committed its data" in body["badRequest"]["message"]
         _s, _h, body = srv.request("GET", f"/v3/volumes/{vid}")
         assert body["volume"]["status"] == "available"
         # Nothing of it is visible in the repository, and the volume backs up again.
