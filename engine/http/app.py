@@ -85,10 +85,10 @@ class CinderApp:
             return Response(200, {"versions": [version_document(self.base_url(request))]})
         if not path.startswith("/v3/"):
             raise HttpError(404, NOT_FOUND)
+        context = environ_context(request.environ)  # who asks comes first: 401 before 404
         version = negotiation.negotiate(request)
         headers.update(negotiation.version_headers(version))
         match = self.router.resolve(request.method, path[len("/v3/") :])
-        context = environ_context(request.environ)
         if match.project_id is not None and match.project_id != context.project_id:
             raise BadRequest("Malformed request url")
         if match.route.min_version is not None and version < match.route.min_version:
