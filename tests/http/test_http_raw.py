@@ -291,6 +291,15 @@ def test_export_import_record(server):
     assert fault(body, "badRequest", 400) == "Invalid backup: Backup already exists in database."
     # Deleted, its objects stay for its twin: the record imports and restores again.
     assert server.request("DELETE", f"/v3/p1/backups/{first['id']}")[0] == 202
+    # Another project (noauth callers are admins) cannot import it into its own: the
+    # objects are looked up in its own container only, so it never reaches p1's data.
+    status, _h, body = server.request(
+        "POST", "/v3/backups/import_record", {"backup-record": record}, token="u2:p2"
+    )
+    assert status == 400
+    assert "is not in this repository" in fault(body, "badRequest", 400)
+    _s, _h, listed = server.request("GET", "/v3/backups", token="u2:p2")
+    assert first["id"] not in [b["id"] for b in listed["backups"]]
     status, _h, body = server.request(
         "POST", "/v3/p1/backups/import_record", {"backup-record": record}
     )
