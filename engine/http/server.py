@@ -90,6 +90,7 @@ def serve(
         (options.host, options.port),
         app,
         numthreads=options.threads,
+        max=options.threads,  # a fixed pool: more connections wait, never more threads
         server_name="cinderblock",
         shutdown_timeout=options.stop_grace,
         request_queue_size=64,
