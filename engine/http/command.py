@@ -6,6 +6,7 @@ engine/cli.py only hooks this in (one parser call, one dispatch); the logic is h
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Any
 
@@ -54,6 +55,11 @@ def add_serve_parser(groups: Any) -> argparse.ArgumentParser:
         help=f"largest request body in bytes ({DEFAULT_MAX_BODY}, Cinder's)",
     )
     s.add_argument(
+        "--log-requests",
+        action="store_true",
+        help="log one line per request on stderr (method, path, status, id, time; no headers)",
+    )
+    s.add_argument(
         "--stop-grace",
         type=float,
         default=5.0,
@@ -79,6 +85,8 @@ def run_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.log_requests:
+        logging.getLogger("engine.http.access").setLevel(logging.INFO)
     try:
         auth = auth_factory(args.auth)
     except AuthUnavailable as e:

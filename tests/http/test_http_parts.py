@@ -154,3 +154,16 @@ def test_noauth_off_loopback_warns_loudly(tmp_path):
     finally:
         assert srv.stop() == 0
     assert "WARNING: noauth on 0.0.0.0, which is not a loopback address" in srv.stderr()
+
+
+def test_request_log_names_the_request_never_the_token(tmp_path):
+    repo = tmp_path / "repo"
+    cli(repo, "init")
+    srv = start_server(repo, "--log-requests")
+    try:
+        _s, h, _b = srv.request("GET", "/v3/backups?limit=1", token="alice:secret-project")
+    finally:
+        assert srv.stop() == 0
+    log = srv.stderr()
+    assert f"GET /v3/backups 200 {h['x-openstack-request-id']}" in log
+    assert "alice" not in log and "secret-project" not in log
