@@ -27,6 +27,7 @@ from .changed_extents import ChangedExtentsError
 from .changed_extents import load as load_changed_extents
 from .errors import ApiError, CinderblockError
 from .repository.layout import CONFIG
+from .requests.faults import http_status
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -86,7 +87,7 @@ def _build_commands() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"cinderblock {version}")
     _add_global_options(p, defaults=True)
     groups = p.add_subparsers(
-        dest="group", required=True, metavar="{init,volume,snapshot,backup,verify,gc,bench}"
+        dest="group", required=True, metavar="{init,volume,snapshot,backup,verify,gc,bench,serve}"
     )
 
     ini = groups.add_parser(
@@ -204,6 +205,9 @@ def _build_commands() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="keep anything younger than this (default 900)",
     )
+    from .http.command import add_serve_parser
+
+    add_serve_parser(groups)
     return p
 
 
@@ -445,6 +449,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
             repository=args.repo,
         )
         return EXIT_ERROR
+    if args.group == "serve":
+        from .http.command import run_serve
+
+        return run_serve(args)
     project = args.project
     with BackupEngine.open(args.repo, workers=args.workers, create=False) as eng:
         if args.group == "verify":
@@ -946,9 +954,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         error(str(e))
     except ApiError as e:
-        error(
-            f"{e.message} (HTTP {e.http_status})", http_status=e.http_status, type=type(e).__name__
-        )
+        status = http_status(e)
+        error(f"{e.message} (HTTP {status})", http_status=status, type=type(e).__name__)
     except (CinderblockError, OSError, ValueError) as e:
         error(str(e), type=type(e).__name__)
     except KeyboardInterrupt:

@@ -2,11 +2,14 @@
 
 Two families live here:
 
-* :class:`ApiError` and its subclasses are errors a *client* caused or must see. They carry
-  the HTTP status and the exact message text Cinder would send, so that the request layer,
-  the planner and any HTTP front end all spell a given failure the same way. The message is
-  the contract: Cinder's clients (python-cinderclient, openstacksdk, scripts that grep the
-  output) show it verbatim, so a reworded message is a compatibility break.
+* :class:`ApiError` and its subclasses are errors a *client* caused or must see. Their
+  families (bad request, not found, forbidden, over limit, ...) say what kind of failure it
+  is, and they carry the exact message text Cinder would send, so that the request layer,
+  the planner and any front end all spell a given failure the same way. The message is the
+  contract: Cinder's clients (python-cinderclient, openstacksdk, scripts that grep the
+  output) show it verbatim, so a reworded message is a compatibility break. They know
+  nothing of HTTP: the status and Cinder's fault envelope are the request layer's
+  (``engine.requests.faults``).
 * :class:`RepositoryError` and its subclasses are storage-level failures (I/O, damaged data,
   unknown on-disk format). They are not client errors; a front end maps them to a 500-class
   response or to a backup's ``fail_reason``.
@@ -18,7 +21,6 @@ can tell deliberate failures from bugs with a single ``except``.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 __all__ = [
     "Cancelled",
@@ -26,7 +28,6 @@ __all__ = [
     "BlobNotFound",
     "StoreError",
     "TransientStoreError",
-    "FAULT_NAMES",
     "ApiError",
     "BackupLimitExceeded",
     "BackupNotFound",
@@ -59,40 +60,23 @@ __all__ = [
     "VolumeNotFound",
 ]
 
-#: Envelope keys of Cinder's ``Fault`` (``api/openstack/wsgi.py``). Any status missing here
-#: is wrapped as ``computeFault`` -- that is why a 406 looks like ``{"computeFault": ...}``.
-FAULT_NAMES: dict[int, str] = {
-    400: "badRequest",
-    403: "forbidden",
-    404: "itemNotFound",
-    405: "badMethod",
-    409: "conflictingRequest",
-    413: "overLimit",
-    503: "serviceUnavailable",
-}
-
-#: The fallback envelope key for statuses without an entry in :data:`FAULT_NAMES`.
-DEFAULT_FAULT_NAME = "computeFault"
-
 
 class CinderblockError(Exception):
     """Base of every error the engine raises on purpose (as opposed to bugs)."""
 
 
 # --------------------------------------------------------------------------------------------
-# API errors: status + Cinder's exact text
+# API errors: the kind of failure + Cinder's exact text
 # --------------------------------------------------------------------------------------------
 
 
 class ApiError(CinderblockError):
-    """An error that is reported to an API client as ``{"<faultName>": {...}}``.
+    """An error that is reported to an API client, with Cinder's exact text.
 
-    ``message`` is the exact text (also ``str(err)``); ``http_status`` picks the envelope key.
-    Subclasses fix the status; construct them with the message only, e.g.
-    ``BadRequest("Malformed request body")``.
+    ``message`` is the text (also ``str(err)``); the class says what kind of failure it is.
+    Construct subclasses with the message only, e.g. ``BadRequest("Malformed request
+    body")``. The HTTP status and envelope are ``engine.requests.faults``'s business.
     """
-
-    http_status: int = 500
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -104,80 +88,41 @@ class ApiError(CinderblockError):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"
 
-    @property
-    def fault_name(self) -> str:
-        """Cinder's envelope key for this status (``computeFault`` when it has none)."""
-        return FAULT_NAMES.get(self.http_status, DEFAULT_FAULT_NAME)
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """Extra response headers the status implies (none, except for 413)."""
-        return {}
-
-    def to_fault(self) -> dict[str, dict[str, Any]]:
-        """Return Cinder's error body, e.g. ``{"badRequest": {"code": 400, "message": ...}}``."""
-        return {self.fault_name: {"code": self.http_status, "message": self.message}}
-
 
 class BadRequest(ApiError):
-    """400: the request itself is wrong (schema, semantics, parameters)."""
-
-    http_status = 400
+    """The request itself is wrong (schema, semantics, parameters)."""
 
 
 class Forbidden(ApiError):
-    """403: a policy denies the action."""
-
-    http_status = 403
+    """A policy denies the action."""
 
 
 class NotFound(ApiError):
-    """404: the addressed resource does not exist or is not visible to the caller."""
-
-    http_status = 404
+    """The addressed resource does not exist or is not visible to the caller."""
 
 
 class MethodNotAllowed(ApiError):
-    """405: the operation is not supported (Cinder's ``badMethod``)."""
-
-    http_status = 405
+    """The operation is not supported here."""
 
 
 class NotAcceptable(ApiError):
-    """406: the requested microversion is outside the supported range.
-
-    Cinder has no fault name for 406, so the envelope key is ``computeFault``.
-    """
-
-    http_status = 406
+    """The requested microversion is outside the supported range."""
 
 
 class OverLimit(ApiError):
-    """413: a quota would be exceeded.
+    """A quota would be exceeded.
 
-    Cinder sends ``Retry-After: 0`` and repeats it as ``"retryAfter": "0"`` in the body.
+    ``retry_after`` is what Cinder tells the client to wait (``"0"``: its quotas do not
+    refill by time).
     """
-
-    http_status = 413
 
     def __init__(self, message: str, *, retry_after: str = "0") -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": self.retry_after}
-
-    def to_fault(self) -> dict[str, dict[str, Any]]:
-        fault = super().to_fault()
-        fault[self.fault_name]["retryAfter"] = self.retry_after
-        return fault
-
 
 class ServiceUnavailable(ApiError):
-    """503: no backup service can take the request right now."""
-
-    http_status = 503
+    """No backup service can take the request right now."""
 
 
 # --------------------------------------------------------------------------------------------

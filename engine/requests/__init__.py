@@ -20,6 +20,7 @@ from engine.requests.microversion import (
 from engine.requests.restore import RestoreBackupRequest, parse_restore_backup
 from engine.requests.update import UpdateBackupRequest, parse_update_backup
 from engine.requests.views import (
+    Links,
     backup_links,
     create_response,
     detail_view,
@@ -36,6 +37,7 @@ __all__ = [
     "MAX_VERSION",
     "MIN_VERSION",
     "CreateBackupRequest",
+    "Links",
     "ListQuery",
     "Microversion",
     "RestoreBackupRequest",

@@ -37,12 +37,14 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 from engine.requests.microversion import Microversion, VersionLike, parse_microversion
 
 __all__ = [
+    "Links",
     "backup_links",
     "create_response",
     "detail_view",
@@ -67,6 +69,18 @@ FAIL_REASON_MAX = 255
 ENGINE_EXTRAS = ("parent_id", "progress", "stats")
 
 Backup = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Links:
+    """Where a response's links point: the endpoint root and the project segment, if any.
+
+    ``project_id`` is ``None`` for a request that came in on a project-less URL
+    (``/v3/backups``): Cinder's links then omit the segment too.
+    """
+
+    base_url: str
+    project_id: str | None
 
 
 def format_timestamp(value: Any) -> Any:

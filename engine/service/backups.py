@@ -44,6 +44,7 @@ from ..paths import Roots, normalise_allowed
 from ..repository import Repository
 from ..repository.layout import check_project_id, check_uuid
 from ..requests import (
+    Links,
     create_response,
     detail_view,
     list_response,
@@ -55,10 +56,11 @@ from ..requests import (
     summary_view,
     update_response,
 )
+from ..requests.actions import RESET_STATUSES, ImportRecordRequest
 from ..sources import Resolver, SnapshotInfo, VolumeInfo
 from ..verify import BackupRef, check_percent
 from ..verify import verify as verify_backups
-from . import jobs, recovery
+from . import jobs, recovery, transfer
 from .catalog import Catalog, now
 from .planner import (
     Plan,
@@ -291,6 +293,7 @@ class BackupEngine:
         user_id: str | None = None,
         backup_id: str | None = None,
         parent_id: str | None = None,
+        links: Links | None = None,
     ) -> dict[str, Any]:
         """Accept a Cinder create-backup request and start the backup; return the 202 body.
 
@@ -306,7 +309,8 @@ class BackupEngine:
         for any other parent, or without a base, is refused: the volume is read in full and
         the backup's stats say why (``changes_refused``), because inheriting from a parent
         the changes are not relative to stores stale blocks. The ``self`` link of the answer
-        is what a service puts in its ``Location`` header.
+        is what a service puts in its ``Location`` header; ``links`` says where links point
+        (default: the engine's ``base_url`` and ``project_id``).
         """
         check_project_id(project_id)
         version = parse_microversion(microversion)
@@ -407,10 +411,11 @@ class BackupEngine:
             self.catalog.set_backup_status(backup_id, BackupStatus.ERROR, fail_reason=_reason(e))
             self.runner.notify()
             raise
+        link = links or Links(self.base_url, project_id)
         return create_response(
             self.catalog.backup(backup_id) or row,
-            base_url=self.base_url,
-            project_id=project_id,
+            base_url=link.base_url,
+            project_id=link.project_id,
             microversion=version,
         )
 
@@ -458,15 +463,27 @@ class BackupEngine:
         return {**row, "num_dependent_backups": n, "stats": stats}
 
     def get_backup(
-        self, project_id: str, backup_id: str, *, microversion: str = "3.0"
+        self,
+        project_id: str,
+        backup_id: str,
+        *,
+        microversion: str = "3.0",
+        links: Links | None = None,
+        show_project_attributes: bool = False,
     ) -> dict[str, Any]:
-        """Cinder's detail view of one backup, plus ``progress`` and ``stats``."""
+        """Cinder's detail view of one backup, plus ``progress`` and ``stats``.
+
+        ``show_project_attributes`` is Cinder's ``backup:backup_project_attribute`` policy
+        (admins): the view then adds the project (3.18+) and user (3.56+) ids.
+        """
         row = self._backup_row(project_id, backup_id)
+        link = links or Links(self.base_url, project_id)
         return detail_view(
             self._with_dependents(row),
-            base_url=self.base_url,
-            project_id=project_id,
+            base_url=link.base_url,
+            project_id=link.project_id,
             microversion=microversion,
+            show_project_attributes=show_project_attributes,
         )
 
     def list_backups(
@@ -481,8 +498,15 @@ class BackupEngine:
         offset: int | None = None,
         with_count: bool = False,
         microversion: str = "3.0",
+        links: Links | None = None,
+        show_project_attributes: bool = False,
     ) -> dict[str, Any]:
-        """Cinder's list body (``{"backups": [...]}`` with ``backups_links`` and ``count``)."""
+        """Cinder's list body (``{"backups": [...]}`` with ``backups_links`` and ``count``).
+
+        ``filters`` may hold the whole query string of a request (``sort``, ``limit``, ...
+        included): it is validated as Cinder does, for a caller who is not an admin, so
+        ``all_tenants`` is dropped and a listing never leaves ``project_id``.
+        """
         check_project_id(project_id)
         params: dict[str, str] = {str(k): str(v) for k, v in (filters or {}).items()}
         if sort is not None:
@@ -496,7 +520,8 @@ class BackupEngine:
         if with_count:
             params["with_count"] = "true"
         query = parse_list_query(params, microversion)
-        rows = self.catalog.select_backups(project_id, query.filters, query.sort)
+        # Page over the ids and sort columns only; decode just the page's rows.
+        rows = self.catalog.select_backup_keys(project_id, query.filters, query.sort)
         count = len(rows)
         if query.marker is not None:
             # As Cinder's paginate_query: the marker is looked up by id alone (filters do
@@ -507,13 +532,16 @@ class BackupEngine:
                 raise BackupNotFound(query.marker)
             rows = [r for r in rows if _sorts_after(r, marker, query.sort)]
         rows = rows[query.offset :][: query.limit]
+        rows = self.catalog.backups_by_id([r["id"] for r in rows])
         rows = [self._with_dependents(r) for r in rows]
         next_marker = rows[-1]["id"] if rows and len(rows) == query.limit else None
+        link = links or Links(self.base_url, project_id)
         return list_response(
             rows,
             detail=detail,
-            base_url=self.base_url,
-            project_id=project_id,
+            base_url=link.base_url,
+            project_id=link.project_id,
+            show_project_attributes=show_project_attributes,
             limit=query.limit,
             microversion=microversion,
             next_marker=next_marker,
@@ -565,7 +593,13 @@ class BackupEngine:
     # ------------------------------------------------------------------ update, delete
 
     def update_backup(
-        self, project_id: str, backup_id: str, body: Any, *, microversion: str = "3.9"
+        self,
+        project_id: str,
+        backup_id: str,
+        body: Any,
+        *,
+        microversion: str = "3.9",
+        links: Links | None = None,
     ) -> dict[str, Any]:
         """Change a backup's name, description or metadata (Cinder's update).
 
@@ -579,8 +613,11 @@ class BackupEngine:
         if changes:
             self._rewrite_record(row, changes)
             self.catalog.update_backup(row["id"], **changes)
+        link = links or Links(self.base_url, project_id)
         return update_response(
-            self.catalog.backup(row["id"]) or row, base_url=self.base_url, project_id=project_id
+            self.catalog.backup(row["id"]) or row,
+            base_url=link.base_url,
+            project_id=link.project_id,
         )
 
     def _rewrite_record(self, row: dict[str, Any], changes: dict[str, Any]) -> None:
@@ -660,6 +697,64 @@ class BackupEngine:
             raise
         finally:
             self.runner.notify()
+
+    # ------------------------------------------------------------------ admin actions
+
+    def reset_status(self, project_id: str, backup_id: str, status: str) -> dict[str, Any]:
+        """Cinder's admin ``os-reset_status``: set a backup to ``available`` or ``error``.
+
+        Two guards Cinder lacks keep the catalog true to the repository: a backup with work
+        in progress (``creating``, ``restoring``, ``deleting``) is refused, and
+        ``available`` needs a committed record -- a backup whose data never committed
+        cannot be made to look restorable. Returns the detail view.
+        """
+        if status not in RESET_STATUSES:
+            raise InvalidInput(
+                f"Backup status: {status} is invalid, valid statuses are: {list(RESET_STATUSES)}."
+            )
+        row = self._backup_row(project_id, backup_id)
+        if row["status"] in ("creating", "restoring", "deleting"):
+            # Work in progress ends by itself (or by cancel / force-delete); a dead owner's is
+            # reset by the restart rule. A reset here would race the job's own status change.
+            raise InvalidBackup(
+                f"backup {row['id']} is {row['status']}: wait for it to end, cancel it or "
+                "force-delete it instead of resetting its status"
+            )
+        if status == BackupStatus.AVAILABLE:
+            container = self.repo.container(row["project_id"], row["container"])
+            try:
+                container.get_record(row["id"])
+            except BlobNotFound:
+                raise InvalidBackup(
+                    f"backup {row['id']} never committed its data, so it cannot be made "
+                    "available; reset it to error or delete it"
+                ) from None
+        with self.catalog.transaction():
+            current = self.catalog.backup(row["id"]) or row
+            if current["status"] != status:
+                self.catalog.set_backup_status(row["id"], BackupStatus(status))
+        self.runner.notify()
+        return self.get_backup(project_id, row["id"])
+
+    def export_record(self, project_id: str, backup_id: str) -> dict[str, Any]:
+        """Cinder's ``export_record``: a record another engine can import (see transfer)."""
+        return transfer.export_record(self, self._backup_row(project_id, backup_id))
+
+    def import_record(
+        self,
+        project_id: str,
+        request: ImportRecordRequest,
+        *,
+        links: Links | None = None,
+    ) -> dict[str, Any]:
+        """Cinder's ``import_record`` into ``project_id``; the 201 body (summary view).
+
+        Accepted only where the backup's objects already are (see engine.service.transfer).
+        """
+        check_project_id(project_id)
+        row = transfer.import_record(self, project_id, request)
+        link = links or Links(self.base_url, project_id)
+        return {"backup": summary_view(row, base_url=link.base_url, project_id=link.project_id)}
 
     # ------------------------------------------------------------------ restore
 

@@ -85,5 +85,10 @@ class Runner:
                 self._changed.wait(step)
             return True
 
+    def pending(self) -> int:
+        """How many submitted jobs have not ended (queued or running)."""
+        with self._changed:
+            return len(self._futures)
+
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)

@@ -87,6 +87,10 @@ TRANSITIONS: Mapping[Kind, frozenset[tuple[enum.StrEnum | None, enum.StrEnum | N
             (None, B.ERROR),
             (B.ERROR, B.RESTORING),
             (B.RESTORING, B.ERROR),
+            (B.AVAILABLE, B.ERROR),  # an admin's os-reset_status
+            (B.ERROR, B.AVAILABLE),  # ... of a backup whose record is committed
+            (B.ERROR_DELETING, B.AVAILABLE),
+            (B.ERROR_DELETING, B.ERROR),
         }
     ),
     Kind.VOLUME: frozenset(

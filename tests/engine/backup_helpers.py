@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from engine.errors import ApiError
+from engine.requests.faults import http_status
 
 KIB = 1024
 MIB = 1024 * 1024
@@ -298,7 +299,7 @@ def api_error(cls, status: int, message: str | None = None):
         yield info
     err = info.value
     assert isinstance(err, ApiError)
-    assert err.http_status == status, f"{err!r} has status {err.http_status}, not {status}"
+    assert http_status(err) == status, f"{err!r} has status {http_status(err)}, not {status}"
     if message is not None:
         assert err.message == message
 

@@ -36,6 +36,7 @@ from engine.errors import (
     ValidationFailed,
     VolumeNotFound,
 )
+from engine.requests.faults import fault_headers, to_fault
 
 IN_USE = "Invalid volume: Backing up an in-use volume must use the force flag."
 NO_PARENT = "Invalid backup: No backups available to do an incremental backup."
@@ -301,12 +302,12 @@ def test_errors_are_api_errors_with_fault_bodies(eng):
     vid = new_id()
     with pytest.raises(ApiError) as info:
         create(eng, vid)
-    assert info.value.to_fault() == {
+    assert to_fault(info.value) == {
         "itemNotFound": {"code": 404, "message": f"Volume {vid} could not be found."}
     }
     with pytest.raises(BadRequest) as info:
         eng.create_backup(PROJECT, {"backup": {}}, microversion=MV)
-    assert info.value.to_fault()["badRequest"]["code"] == 400
+    assert to_fault(info.value)["badRequest"]["code"] == 400
 
 
 # --------------------------------------------------------------------------- quotas (rows 8-9)
@@ -326,8 +327,8 @@ def test_backup_count_quota_is_413(open_engine, tmp_path):
     expected = "BackupLimitExceeded: Maximum number of backups allowed (2) exceeded"
     with api_error(BackupLimitExceeded, 413, expected) as info:
         create(eng, vid, incremental=True)
-    assert info.value.to_fault()["overLimit"]["retryAfter"] == "0"
-    assert info.value.headers == {"Retry-After": "0"}
+    assert to_fault(info.value)["overLimit"]["retryAfter"] == "0"
+    assert fault_headers(info.value) == {"Retry-After": "0"}
     assert len(eng.list_backups(PROJECT)["backups"]) == 2
     assert eng.get_volume(PROJECT, vid)["status"] == "available"
     # Deleting releases the quota.
@@ -368,5 +369,5 @@ def test_unsupported_microversion_is_406(eng, volume):
     expected = "Version 3.72 is not supported by the API. Minimum is 3.0 and maximum is 3.71."
     with api_error(NotAcceptable, 406, expected) as info:
         create(eng, vid, microversion="3.72")
-    assert info.value.to_fault() == {"computeFault": {"code": 406, "message": expected}}
+    assert to_fault(info.value) == {"computeFault": {"code": 406, "message": expected}}
     assert_nothing_created(eng)

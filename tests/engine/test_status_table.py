@@ -37,6 +37,11 @@ USED_BY_THE_ENGINE = [
     (Kind.BACKUP, "restoring", "error"),
     (Kind.BACKUP, "deleting", "error_deleting"),
     (Kind.BACKUP, "deleting", None),
+    # An admin's os-reset_status (available needs a committed record: BackupEngine checks).
+    (Kind.BACKUP, "available", "error"),
+    (Kind.BACKUP, "error", "available"),
+    (Kind.BACKUP, "error_deleting", "available"),
+    (Kind.BACKUP, "error_deleting", "error"),
     (Kind.VOLUME, "available", "backing-up"),
     (Kind.VOLUME, "in-use", "backing-up"),
     (Kind.VOLUME, "backing-up", "available"),
@@ -50,7 +55,7 @@ USED_BY_THE_ENGINE = [
 
 FORBIDDEN = [
     (Kind.BACKUP, "available", "creating"),
-    (Kind.BACKUP, "error", "available"),
+    (Kind.BACKUP, "error", "restoring"),
     (Kind.BACKUP, "creating", "restoring"),
     (Kind.BACKUP, "creating", "deleting"),
     (Kind.BACKUP, "restoring", "deleting"),

@@ -42,6 +42,7 @@ from engine import native
 from engine.errors import ApiError, InvalidVolume, RepositoryError
 from engine.gc import MIN_GRACE_SECONDS
 from engine.repository.leases import CLOCK_SKEW
+from engine.requests.faults import http_status
 
 BUSY = (
     "Invalid volume: Volume to be backed up must be available or in-use, but the current "
@@ -58,6 +59,7 @@ sys.stdin.read()
 _GC_LOCKER = """
 import fcntl, json, os, sys, time
 from engine.owners import me
+from engine.requests.faults import http_status
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o640)
 fcntl.flock(fd, fcntl.LOCK_EX)
 os.ftruncate(fd, 0)
@@ -101,7 +103,7 @@ def test_two_creates_for_one_volume_at_once(eng, volume):
         assert kinds == ["ok", "refused"], results
         err = next(r[1] for r in results if r[0] == "refused")
         assert isinstance(err, InvalidVolume)
-        assert err.http_status == 400
+        assert http_status(err) == 400
         assert err.message == BUSY
         wait_ok(eng, next(r[1] for r in results if r[0] == "ok"))
     # Exactly one backup per round, none for the refused requests.

@@ -7,6 +7,7 @@ import pytest
 from engine.errors import ApiError, BadRequest, NotAcceptable, ValidationFailed
 from engine.requests import CreateBackupRequest, parse_create_backup
 from engine.requests.create import create_schema
+from engine.requests.faults import fault_name, http_status
 from engine.requests.parameter_types import BOOLEAN_STRINGS, printable_description_pattern
 
 U = "98db149d-b9e6-42d7-814d-492563c56fef"
@@ -22,8 +23,8 @@ def field_error(field, value, detail):
 def error_text(body, microversion="3.0"):
     with pytest.raises(ApiError) as info:
         parse_create_backup(body, microversion)
-    assert info.value.http_status == 400
-    assert info.value.fault_name == "badRequest"
+    assert http_status(info.value) == 400
+    assert fault_name(info.value) == "badRequest"
     return str(info.value)
 
 

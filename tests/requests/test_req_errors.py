@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from engine import errors as e
+from engine.requests.faults import fault_headers, fault_name, http_status, to_fault
 
 
 @pytest.mark.parametrize(
@@ -21,12 +22,12 @@ from engine import errors as e
 )
 def test_status_and_envelope(cls, status, fault):
     err = cls("boom")
-    assert err.http_status == status
-    assert err.fault_name == fault
+    assert http_status(err) == status
+    assert fault_name(err) == fault
     assert err.message == "boom"
     assert str(err) == "boom"
-    assert err.to_fault() == {fault: {"code": status, "message": "boom"}}
-    assert err.headers == {}
+    assert to_fault(err) == {fault: {"code": status, "message": "boom"}}
+    assert fault_headers(err) == {}
     assert isinstance(err, e.ApiError)
     assert isinstance(err, e.CinderblockError)
 
@@ -34,9 +35,9 @@ def test_status_and_envelope(cls, status, fault):
 def test_over_limit_carries_retry_after():
     err = e.OverLimit("too much")
     assert err.retry_after == "0"
-    assert err.fault_name == "overLimit"
-    assert err.headers == {"Retry-After": "0"}
-    assert err.to_fault() == {"overLimit": {"code": 413, "message": "too much", "retryAfter": "0"}}
+    assert fault_name(err) == "overLimit"
+    assert fault_headers(err) == {"Retry-After": "0"}
+    assert to_fault(err) == {"overLimit": {"code": 413, "message": "too much", "retryAfter": "0"}}
 
 
 def test_repr_names_the_class():
@@ -101,7 +102,7 @@ def test_repr_names_the_class():
 def test_recurring_texts(err, cls, text):
     assert isinstance(err, cls)
     assert str(err) == text
-    assert err.to_fault()[err.fault_name]["message"] == text
+    assert to_fault(err)[fault_name(err)]["message"] == text
 
 
 def test_helper_attributes_are_kept():
@@ -109,11 +110,11 @@ def test_helper_attributes_are_kept():
     assert e.VolumeNotFound("v").volume_id == "v"
     assert e.BackupNotFound("b").backup_id == "b"
     assert e.PolicyNotAuthorized("a").action == "a"
-    assert e.BackupLimitExceeded(3).to_fault()["overLimit"]["retryAfter"] == "0"
+    assert to_fault(e.BackupLimitExceeded(3))["overLimit"]["retryAfter"] == "0"
 
 
 def test_invalid_global_version_envelope_matches_reference():
-    fault = e.InvalidGlobalAPIVersion("3.72", "3.0", "3.71").to_fault()
+    fault = to_fault(e.InvalidGlobalAPIVersion("3.72", "3.0", "3.71"))
     assert fault == {
         "computeFault": {
             "code": 406,
@@ -156,3 +157,12 @@ def test_storage_hierarchy():
     assert str(e.FormatVersionError("unknown format version 9", path="/r")) == (
         "unknown format version 9 (path /r)"
     )
+
+
+def test_core_errors_know_nothing_of_http():
+    """The envelope is the request layer's: the core errors carry no status or fault body."""
+    source = Path(e.__file__).read_text()
+    for name in ("http_status", "to_fault", "fault_name", "FAULT_NAMES", "Retry-After"):
+        assert name not in source, name
+    for cls in (e.BadRequest, e.NotFound, e.OverLimit, e.ApiError):
+        assert not hasattr(cls("x"), "http_status")

@@ -4,6 +4,7 @@ import pytest
 
 from engine.errors import ApiError, NotAcceptable
 from engine.requests import ListQuery, parse_list_query
+from engine.requests.faults import fault_name, http_status
 
 SORT_COMBINATION = (
     "The 'sort_key' and 'sort_dir' parameters are deprecated and cannot be used with the "
@@ -16,8 +17,8 @@ BAD_KEY = "Invalid input received: Invalid sort key"
 def error_text(params, microversion="3.0", **kwargs):
     with pytest.raises(ApiError) as info:
         parse_list_query(params, microversion, **kwargs)
-    assert info.value.http_status == 400
-    assert info.value.fault_name == "badRequest"
+    assert http_status(info.value) == 400
+    assert fault_name(info.value) == "badRequest"
     return str(info.value)
 
 

@@ -4,6 +4,7 @@ import pytest
 
 from engine.errors import BadRequest, NotAcceptable
 from engine.requests import MAX_VERSION, MIN_VERSION, Microversion, parse_microversion
+from engine.requests.faults import fault_name, http_status
 
 
 def test_defaults_and_latest():
@@ -27,8 +28,8 @@ def test_in_range(text):
 def test_out_of_range_is_406_with_cinder_text(text, shown):
     with pytest.raises(NotAcceptable) as info:
         parse_microversion(text)
-    assert info.value.http_status == 406
-    assert info.value.fault_name == "computeFault"
+    assert http_status(info.value) == 406
+    assert fault_name(info.value) == "computeFault"
     assert str(info.value) == (
         f"Version {shown} is not supported by the API. Minimum is 3.0 and maximum is 3.71."
     )

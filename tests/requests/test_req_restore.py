@@ -4,6 +4,7 @@ import pytest
 
 from engine.errors import ApiError
 from engine.requests import RestoreBackupRequest, parse_restore_backup
+from engine.requests.faults import fault_name, http_status
 
 U = "98db149d-b9e6-42d7-814d-492563c56fef"
 
@@ -15,8 +16,8 @@ def field_error(field, value, detail):
 def error_text(body):
     with pytest.raises(ApiError) as info:
         parse_restore_backup(body)
-    assert info.value.http_status == 400
-    assert info.value.fault_name == "badRequest"
+    assert http_status(info.value) == 400
+    assert fault_name(info.value) == "badRequest"
     return str(info.value)
 
 

@@ -4,6 +4,7 @@ import pytest
 
 from engine.errors import ApiError, NotFound
 from engine.requests import UpdateBackupRequest, parse_update_backup
+from engine.requests.faults import http_status, to_fault
 from engine.requests.parameter_types import printable_description_pattern
 from engine.requests.update import update_schema
 
@@ -17,7 +18,7 @@ def field_error(field, value, detail):
 def error_text(body, microversion="3.9", status=400):
     with pytest.raises(ApiError) as info:
         parse_update_backup(body, microversion)
-    assert info.value.http_status == status
+    assert http_status(info.value) == status
     return str(info.value)
 
 
@@ -26,7 +27,7 @@ def test_method_does_not_exist_before_39(version):
     with pytest.raises(NotFound) as info:
         parse_update_backup({"backup": {"name": "x"}}, version)
     assert str(info.value) == "The resource could not be found."
-    assert info.value.to_fault() == {
+    assert to_fault(info.value) == {
         "itemNotFound": {"code": 404, "message": "The resource could not be found."}
     }
 
