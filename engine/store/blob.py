@@ -49,6 +49,9 @@ class StoreCaps:
 
     list_after_write: bool  # a published blob is listed at once (no eventual consistency)
     range_get: bool = True  # get(offset, length) reads only that range
+    # Commit a batch once this many bytes are staged (None: the data path's default). An
+    # object store holds staged blobs in memory until commit (engine/store/remote.py).
+    batch_bytes: int | None = None
 
 
 @runtime_checkable
