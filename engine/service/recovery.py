@@ -10,7 +10,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BlobNotFound, CinderblockError
+from ..errors import BlobNotFound, CinderblockError, CorruptionError, FormatVersionError
 from ..owners import is_alive
 from ..repository import Repository
 from ..sources import remove_clones
@@ -105,14 +105,29 @@ def recover_creating(engine: BackupEngine, b: dict[str, Any]) -> None:
 def reindex(repo: Repository, catalog: Catalog) -> int:
     """Index every committed backup record the catalog does not know; return how many.
 
-    The repository is the source of truth: a lost or older catalog is completed from it.
+    The repository is the source of truth: a lost or older catalog (the local cache of a
+    remote repository, a second host's own catalog) is completed from it. One listing per
+    container, and a read only of the records the catalog does not know: on an object store
+    reopening costs a request per container, not one per backup.
     """
     added = 0
-    for path, rec in repo.iter_records():
-        if isinstance(rec, Exception):
-            log.warning("unreadable backup record %s: %s", path, rec)
-            continue
-        if catalog.backup(rec["id"]) is None:
+    for project, name in repo.containers():
+        try:
+            container = repo.container(project, name)
+        except CinderblockError:
+            continue  # a name no container of ours could have: not ours
+        known = catalog.container_statuses(project, name)
+        for bid in container.record_ids():
+            if bid in known or catalog.backup(bid) is not None:
+                continue
+            try:
+                rec = container.get_record(bid)
+            except BlobNotFound:
+                continue  # deleted since the listing
+            except (OSError, CorruptionError, FormatVersionError) as e:
+                where = container.where(container.keys.record(bid))
+                log.warning("unreadable backup record %s: %s", where, e)
+                continue
             with catalog.transaction():
                 catalog.insert_backup(row_from_record(rec))
             added += 1

@@ -104,7 +104,7 @@ class BufferedBatch:
             pending, self._pending, self._bytes = self._pending, {}, 0
         items = list(pending.items())
         flags = parallel_map(lambda kv: self._publish_new(kv[0], kv[1]), items, self._workers)
-        return [(k, len(b)) for (k, b), new in zip(items, flags) if new]
+        return [(k, len(b)) for (k, b), new in zip(items, flags, strict=True) if new]
 
     def discard(self) -> None:
         with self._lock:

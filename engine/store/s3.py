@@ -153,16 +153,24 @@ class S3BlobStore:
     ) -> T:
         from botocore.exceptions import (
             BotoCoreError,
-            ConnectionError as BotoConnectionError,
             ClientError,
             HTTPClientError,
             IncompleteReadError,
             NoCredentialsError,
             PartialCredentialsError,
         )
+        from botocore.exceptions import (
+            ConnectionError as BotoConnectionError,
+        )
         from urllib3.exceptions import HTTPError as Urllib3Error
 
-        retryable = (BotoConnectionError, HTTPClientError, IncompleteReadError, Urllib3Error, OSError)
+        retryable = (
+            BotoConnectionError,
+            HTTPClientError,
+            IncompleteReadError,
+            Urllib3Error,
+            OSError,
+        )
         try:
             from botocore.exceptions import ResponseStreamingError
 
@@ -239,7 +247,9 @@ class S3BlobStore:
                 f"S3 bucket {self.bucket!r} does not exist at {self.endpoint}: create the "
                 f"repository with `cinderblock init --repo {self.url}`, or check the name"
             )
-        self._call(f"CreateBucket {self.bucket}", lambda: self.client.create_bucket(Bucket=self.bucket))
+        self._call(
+            f"CreateBucket {self.bucket}", lambda: self.client.create_bucket(Bucket=self.bucket)
+        )
 
     # ------------------------------------------------------------------ blobs
 
@@ -363,9 +373,11 @@ class S3BlobStore:
                 self.client.head_object(Bucket=self.bucket, Key=name)
                 return True
 
-            return self._call(f"HEAD {name[len(self.prefix):]}", head, missing=lambda: False)
+            return self._call(f"HEAD {name[len(self.prefix) :]}", head, missing=lambda: False)
 
-        present = [n for n, ok in zip(names, parallel_map(exists, names, self.workers)) if ok]
+        present = [
+            n for n, ok in zip(names, parallel_map(exists, names, self.workers), strict=True) if ok
+        ]
         for i in range(0, len(present), PAGE):
             chunk = present[i : i + PAGE]
 

@@ -138,9 +138,7 @@ class SwiftAuth:
                 continue
             auth = entry.get("auth") or {}
             if not auth.get("auth_url") or not auth.get("username") or not auth.get("password"):
-                raise StoreError(
-                    f"cloud {cloud!r} in {path} needs auth_url, username and password"
-                )
+                raise StoreError(f"cloud {cloud!r} in {path} needs auth_url, username and password")
             return cls._keystone(
                 auth["auth_url"],
                 auth["username"],
@@ -237,8 +235,14 @@ class SwiftBlobStore:
             )
         return StoreError(f"Swift {what} failed: HTTP {status} {reason}".rstrip())
 
-    def _call(self, what: str, fn: Callable[[Any], T], *, missing: Callable[[], T] | None = None,
-              on_status: Mapping[int, Callable[[], T]] | None = None) -> T:
+    def _call(
+        self,
+        what: str,
+        fn: Callable[[Any], T],
+        *,
+        missing: Callable[[], T] | None = None,
+        on_status: Mapping[int, Callable[[], T]] | None = None,
+    ) -> T:
         """``fn(connection)`` with retries; ``missing()`` answers a 404, ``on_status`` others."""
         from requests.exceptions import RequestException
         from swiftclient.exceptions import ClientException
@@ -280,7 +284,11 @@ class SwiftBlobStore:
         def absent() -> bool:
             return False
 
-        if self._call(f"HEAD container {self.container}", lambda c: c.head_container(self.container) and True, missing=absent):
+        def head(c) -> bool:
+            c.head_container(self.container)
+            return True
+
+        if self._call(f"HEAD container {self.container}", head, missing=absent):
             return
         if not create:
             raise StoreError(
@@ -313,9 +321,7 @@ class SwiftBlobStore:
                 raise Transient(f"short read of {key} ({len(body)} of {hdrs['content-length']})")
             return body
 
-        return self._call(
-            f"GET {key}", get, missing=missing, on_status={416: lambda: b""}
-        )
+        return self._call(f"GET {key}", get, missing=missing, on_status={416: lambda: b""})
 
     def put(self, key: str, data: Data, *, exclusive: bool = False) -> None:
         name = self._name(key)
@@ -361,16 +367,22 @@ class SwiftBlobStore:
         def missing() -> dict:
             raise BlobNotFound(key)
 
-        hdrs = self._call(f"HEAD {key}", lambda c: c.head_object(self.container, name), missing=missing)
+        hdrs = self._call(
+            f"HEAD {key}", lambda c: c.head_object(self.container, name), missing=missing
+        )
         return BlobInfo(key, int(hdrs["content-length"]), float(hdrs["x-timestamp"]))
 
     def _listing(self, prefix: str, delimiter: str | None = None) -> Iterator[dict]:
         full = self.prefix + check_prefix(prefix)
         marker = ""
         while True:
+
             def page(c, marker=marker):
                 return c.get_container(
-                    self.container, prefix=full, marker=marker, limit=self.listing_limit,
+                    self.container,
+                    prefix=full,
+                    marker=marker,
+                    limit=self.listing_limit,
                     delimiter=delimiter,
                 )[1]
 
@@ -420,7 +432,7 @@ class SwiftBlobStore:
                 c.delete_object(self.container, name)
                 return True
 
-            return self._call(f"DELETE {name[len(self.prefix):]}", drop, missing=gone)
+            return self._call(f"DELETE {name[len(self.prefix) :]}", drop, missing=gone)
 
         return sum(parallel_map(delete, names, self.workers))
 

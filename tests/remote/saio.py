@@ -9,8 +9,9 @@ are reaped here, never left as zombies; ``stop`` sends SIGTERM, then SIGKILL aft
 
 Credentials (tempauth): ``test:tester`` / ``testing`` (admin of account ``AUTH_test``),
 ``test:tester3`` / ``testing3`` (no rights of its own: a container read ACL makes it a
-read-only user), ``test2:tester2`` / ``testing2`` (another account). The S3 API takes the
-same pairs as access key and secret.
+read-only user), ``test2:tester2`` / ``testing2`` (another account), ``test:secretive``
+(an admin whose key tests grep outputs for). The S3 API takes the same pairs as access key
+and secret.
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ user_admin_admin = admin .admin .reseller_admin
 user_test_tester = testing .admin
 user_test2_tester2 = testing2 .admin
 user_test_tester3 = testing3
+user_test_secretive = Sup3r-s3cret-K3y-9f2c .admin
 token_life = 86400
 
 [filter:copy]
@@ -179,6 +181,8 @@ class Saio:
     ADMIN = Credentials("test:tester", "testing")
     READER = Credentials("test:tester3", "testing3")
     OTHER = Credentials("test2:tester2", "testing2")
+    # An admin of AUTH_test whose key is unmistakable: tests grep every output for it.
+    SECRETIVE = Credentials("test:secretive", "Sup3r-s3cret-K3y-9f2c")
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -187,7 +191,9 @@ class Saio:
         self.logs = self.root / "log"
         self.procs: dict[str, subprocess.Popen] = {}
         ports = free_ports(5)
-        self.ports = dict(zip(("proxy", "account", "container", "object", "memcached"), ports))
+        self.ports = dict(
+            zip(("proxy", "account", "container", "object", "memcached"), ports, strict=True)
+        )
 
     # ------------------------------------------------------------------ endpoints
 
@@ -269,9 +275,7 @@ class Saio:
             if name == "proxy":
                 text += _PROXY.format(memcached=self.ports["memcached"])
             else:
-                text += _BACKEND.format(
-                    devices=self.devices, cache=self.root / "cache", name=name
-                )
+                text += _BACKEND.format(devices=self.devices, cache=self.root / "cache", name=name)
             (self.etc / f"{name}-server.conf").write_text(text)
 
     def _popen(self, name: str, argv: list[str]) -> None:
@@ -316,7 +320,9 @@ class Saio:
         while pending:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
-                    raise RuntimeError(f"swift {name} exited {proc.returncode}: {self.log_tail(name)}")
+                    raise RuntimeError(
+                        f"swift {name} exited {proc.returncode}: {self.log_tail(name)}"
+                    )
             name = pending[0]
             with contextlib.suppress(OSError):
                 if self._get(self.ports[name], "/healthcheck").status == 200:
