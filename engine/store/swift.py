@@ -185,6 +185,7 @@ class SwiftBlobStore:
         self.listing_limit = listing_limit
         self._local = threading.local()
         self.requests = 0  # every HTTP request made (a benchmark's count), retries included
+        self.failures = 0  # transient failures met (each one retried or, at last, raised)
         self._count_lock = threading.Lock()
 
     @property
@@ -265,10 +266,12 @@ class SwiftBlobStore:
                 if on_status and status in on_status:
                     return on_status[status]()
                 if status is None or status >= 500 or status in (408, 429, 499):
+                    self.failures += 1
                     raise Transient(f"HTTP {status} {e.http_reason or ''}".rstrip()) from None
                 raise self._fail(what, status, e.http_reason or "") from None
             except (RequestException, OSError) as e:
                 self._local.conn = None  # a fresh connection for the next attempt
+                self.failures += 1
                 raise Transient(scrub(f"{type(e).__name__}: {e}", [self.auth.key])) from None
 
         return self.retry.run(once, f"Swift {what} on {self.auth.auth_url}")
