@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
 _HERE = Path(__file__).resolve().parent
 _ENGINE_TESTS = _HERE.parent / "engine"
-for p in (_HERE, _ENGINE_TESTS):
+for p in (_HERE, _ENGINE_TESTS, _HERE.parent / "store"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
@@ -52,7 +51,3 @@ def swift_env(saio, monkeypatch):
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("CINDERBLOCK_STORE_RETRY_SECONDS", "20")
     return saio
-
-
-def unique_name(kind: str) -> str:
-    return f"cb-{kind}-{uuid.uuid4().hex[:12]}"

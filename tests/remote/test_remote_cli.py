@@ -14,9 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import unique_name
+from remote_helpers import swift_store, unique_name
 from saio import Saio
-from test_remote_stores import swift_store
+
+pytestmark = pytest.mark.swift_saio
+
 
 MiB = 1 << 20
 SECRET = Saio.SECRETIVE.key

@@ -10,12 +10,13 @@ import time
 
 import pytest
 from backup_helpers import BS, MIB, PROJECT, assert_same_bytes, create, make_image, new_id
-from conftest import unique_name
-from test_remote_stores import swift_store
+from remote_helpers import swift_store, unique_name
 
 from engine import BackupEngine
 from engine.errors import RepositoryError
 from engine.gc import MIN_GRACE_SECONDS
+
+pytestmark = pytest.mark.swift_saio
 
 
 def open_host(url: str, tmp_path, name: str, **kw) -> BackupEngine:

@@ -7,24 +7,14 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import unique_name
+from remote_helpers import s3_store, swift_store
 from saio import Saio
 from store_contract import BlobStoreContract
 
 from engine.errors import BlobNotFound, StoreError, TransientStoreError
 from engine.store.retry import RetryPolicy
-from engine.store.s3 import S3BlobStore
-from engine.store.swift import SwiftAuth, SwiftBlobStore
 
-
-def swift_store(saio: Saio, container: str | None = None, *, cred=Saio.ADMIN, **kw):
-    auth = SwiftAuth(saio.auth_url, cred.user, cred.key)
-    return SwiftBlobStore(container or unique_name("c"), kw.pop("prefix", ""), auth=auth, **kw)
-
-
-def s3_store(saio: Saio, bucket: str | None = None, *, cred=Saio.ADMIN, **kw):
-    env = saio.s3_env(cred)
-    return S3BlobStore(bucket or unique_name("b"), kw.pop("prefix", ""), env=env, **kw)
+pytestmark = pytest.mark.swift_saio
 
 
 class TestSwiftBlobStore(BlobStoreContract):
