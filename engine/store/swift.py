@@ -183,7 +183,9 @@ class SwiftBlobStore:
         if not 1 <= listing_limit <= LISTING_LIMIT:
             raise ValueError(f"listing_limit must be 1 to {LISTING_LIMIT}")
         self.listing_limit = listing_limit
-        self._local = threading.local()
+        self._pool: list[Any] = []  # idle swiftclient connections
+        self._pool_lock = threading.Lock()
+        self._token: tuple[str, str] | None = None  # (storage URL, token) they share
         self.requests = 0  # every HTTP request made (a benchmark's count), retries included
         self.failures = 0  # transient failures met (each one retried or, at last, raised)
         self._count_lock = threading.Lock()
@@ -205,23 +207,39 @@ class SwiftBlobStore:
     # ------------------------------------------------------------------ requests
 
     def _conn(self):
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            from swiftclient.client import Connection
+        """A connection from the pool, or a new one that reuses the pool's token.
 
-            a = self.auth
-            conn = self._local.conn = Connection(
-                authurl=a.auth_url,
-                user=a.user,
-                key=a.key,
-                retries=0,
-                auth_version=a.auth_version,
-                os_options=dict(a.os_options),
-                insecure=a.insecure,
-                cacert=a.cacert,
-                timeout=self.timeout,
-            )
+        Connections outlive the threads that use them (the batch's request threads come and
+        go), so a commit never re-authenticates: one token per store, shared, renewed on 401.
+        """
+        with self._pool_lock:
+            if self._pool:
+                return self._pool.pop()
+        from swiftclient.client import Connection
+
+        a = self.auth
+        conn = Connection(
+            authurl=a.auth_url,
+            user=a.user,
+            key=a.key,
+            retries=0,
+            auth_version=a.auth_version,
+            os_options=dict(a.os_options),
+            insecure=a.insecure,
+            cacert=a.cacert,
+            timeout=self.timeout,
+        )
+        token = self._token
+        if token is not None:
+            conn.url, conn.token = token
         return conn
+
+    def _release(self, conn) -> None:
+        with self._pool_lock:
+            if len(self._pool) < 4 * self.workers:
+                self._pool.append(conn)
+                return
+        conn.close()
 
     def _fail(self, what: str, status: int | None, reason: str) -> StoreError:
         if status == 401:
@@ -251,16 +269,20 @@ class SwiftBlobStore:
         def once() -> T:
             with self._count_lock:
                 self.requests += 1
+            conn = self._conn()
+            healthy = True
             try:
-                conn = self._conn()
                 if not conn.url or not conn.token:
                     # Authenticate first: swiftclient cannot re-send a PUT body after a
                     # re-authentication inside its own call when its retries are off.
                     conn.url, conn.token = conn.get_auth()
                     conn.close()
+                    self._token = (conn.url, conn.token)
                 return fn(conn)
             except ClientException as e:
                 status = e.http_status
+                if status == 401 or not conn.token:
+                    self._token = None  # expired or refused: the next request authenticates
                 if status == 404 and missing is not None:
                     return missing()
                 if on_status and status in on_status:
@@ -270,9 +292,14 @@ class SwiftBlobStore:
                     raise Transient(f"HTTP {status} {e.http_reason or ''}".rstrip()) from None
                 raise self._fail(what, status, e.http_reason or "") from None
             except (RequestException, OSError) as e:
-                self._local.conn = None  # a fresh connection for the next attempt
+                healthy = False  # a fresh connection for the next attempt
                 self.failures += 1
                 raise Transient(scrub(f"{type(e).__name__}: {e}", [self.auth.key])) from None
+            finally:
+                if healthy:
+                    self._release(conn)
+                else:
+                    conn.close()
 
         return self.retry.run(once, f"Swift {what} on {self.auth.auth_url}")
 
