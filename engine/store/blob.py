@@ -52,6 +52,8 @@ class StoreCaps:
     # Commit a batch once this many bytes are staged (None: the data path's default). An
     # object store holds staged blobs in memory until commit (engine/store/remote.py).
     batch_bytes: int | None = None
+    # Blocks a restore fetches at once (an object store's GETs wait a round trip each).
+    read_parallelism: int = 1
 
 
 @runtime_checkable

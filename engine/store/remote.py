@@ -37,6 +37,8 @@ R = TypeVar("R")
 #: ``StoreCaps.batch_bytes``): two batches (one committing, one staging) bound the memory.
 REMOTE_BATCH_BYTES = 64 << 20
 DEFAULT_WORKERS = 8
+#: GETs a restore keeps in flight on an object store (``StoreCaps.read_parallelism``).
+REMOTE_READ_PARALLELISM = 16
 
 
 def join(data: Data) -> bytes:

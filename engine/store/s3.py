@@ -38,7 +38,14 @@ from typing import Any, TypeVar
 
 from ..errors import BlobConflict, BlobNotFound, StoreError
 from .blob import BlobInfo, Data, StoreCaps, check_key, check_prefix
-from .remote import DEFAULT_WORKERS, REMOTE_BATCH_BYTES, BufferedBatch, join, parallel_map
+from .remote import (
+    DEFAULT_WORKERS,
+    REMOTE_BATCH_BYTES,
+    REMOTE_READ_PARALLELISM,
+    BufferedBatch,
+    join,
+    parallel_map,
+)
 from .retry import RetryPolicy, Transient
 
 T = TypeVar("T")
@@ -74,7 +81,12 @@ def check_bucket_name(name: object) -> str:
 class S3BlobStore:
     """Blobs as objects of one S3 bucket (see the module docstring)."""
 
-    caps = StoreCaps(list_after_write=True, range_get=True, batch_bytes=REMOTE_BATCH_BYTES)
+    caps = StoreCaps(
+        list_after_write=True,
+        range_get=True,
+        batch_bytes=REMOTE_BATCH_BYTES,
+        read_parallelism=REMOTE_READ_PARALLELISM,
+    )
 
     def __init__(
         self,

@@ -37,7 +37,15 @@ from typing import Any, TypeVar
 
 from ..errors import BlobConflict, BlobNotFound, StoreError
 from .blob import BlobInfo, Data, StoreCaps, check_key, check_prefix
-from .remote import DEFAULT_WORKERS, REMOTE_BATCH_BYTES, BufferedBatch, join, parallel_map, scrub
+from .remote import (
+    DEFAULT_WORKERS,
+    REMOTE_BATCH_BYTES,
+    REMOTE_READ_PARALLELISM,
+    BufferedBatch,
+    join,
+    parallel_map,
+    scrub,
+)
 from .retry import RetryPolicy, Transient
 
 T = TypeVar("T")
@@ -158,7 +166,12 @@ class SwiftAuth:
 class SwiftBlobStore:
     """Blobs as objects of one Swift container (see the module docstring)."""
 
-    caps = StoreCaps(list_after_write=True, range_get=True, batch_bytes=REMOTE_BATCH_BYTES)
+    caps = StoreCaps(
+        list_after_write=True,
+        range_get=True,
+        batch_bytes=REMOTE_BATCH_BYTES,
+        read_parallelism=REMOTE_READ_PARALLELISM,
+    )
 
     def __init__(
         self,

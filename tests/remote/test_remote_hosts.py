@@ -13,8 +13,9 @@ from backup_helpers import BS, MIB, PROJECT, assert_same_bytes, create, make_ima
 from remote_helpers import swift_store, unique_name
 
 from engine import BackupEngine
-from engine.errors import RepositoryError
+from engine.errors import CorruptionError, RepositoryError
 from engine.gc import MIN_GRACE_SECONDS
+from engine.native import digest as block_digest
 
 pytestmark = pytest.mark.swift_saio
 
@@ -154,5 +155,39 @@ def test_proxy_stopped_mid_backup(swift_env, monkeypatch, tmp_path, outage):
                 assert fresh.list_backups(PROJECT)["backups"] == []
             finally:
                 fresh.close()
+    finally:
+        eng.close()
+
+
+def test_missing_object_on_swift_names_the_block_and_allow_damaged_restores_the_rest(
+    swift_env, tmp_path
+):
+    """Restore fetches several objects at once from an object store: a missing one is still
+    reported with its block, and ``allow_damaged`` writes zeros there and restores the rest."""
+    saio = swift_env
+    container = unique_name("damaged")
+    eng = open_host(f"swift://{container}", tmp_path, "a")
+    try:
+        image = tmp_path / "vol.img"
+        data = make_image(image, 2 * MIB, seed=4)
+        vid = new_id()
+        eng.register_volume(PROJECT, vid, str(image))
+        bid = create(eng, vid)
+        assert eng.wait(bid, timeout=120)["status"] == "available"
+        store = swift_store(saio, container)
+        objects = sorted(k for k in store.keys("projects/") if "/objects/" in k)
+        assert len(objects) == 2 * MIB // BS
+        victim = 5  # every block of the image is random: its object is its own
+        name = block_digest(data[victim * BS : (victim + 1) * BS], eng.repo.seed).hex()
+        key = next(k for k in objects if k.endswith(name))
+        store.delete(key)
+        with pytest.raises(CorruptionError) as info:
+            eng.restore_backup(PROJECT, bid, str(tmp_path / "strict.img"))
+        assert f"block {victim}" in str(info.value)
+        body = eng.restore_backup(PROJECT, bid, str(tmp_path / "lenient.img"), allow_damaged=True)
+        assert body["restore"]["lost_blocks"] == [victim]
+        got = (tmp_path / "lenient.img").read_bytes()
+        expected = data[: victim * BS] + bytes(BS) + data[(victim + 1) * BS :]
+        assert_same_bytes(got, expected)
     finally:
         eng.close()
