@@ -25,9 +25,10 @@ from typing import Any
 
 from .changed_extents import ChangedExtentsError
 from .changed_extents import load as load_changed_extents
-from .errors import ApiError, CinderblockError
+from .errors import ApiError, BlobNotFound, CinderblockError, RepositoryError
 from .repository.layout import CONFIG
 from .requests.faults import http_status
+from .store import is_url, open_store
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -50,7 +51,8 @@ def _add_global_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     p.add_argument(
         "--repo",
         default=default(os.environ.get("CINDERBLOCK_REPO")),
-        help="repository directory (default: $CINDERBLOCK_REPO)",
+        help="repository: a directory, swift://CONTAINER[/PREFIX] or s3://BUCKET[/PREFIX] "
+        "(default: $CINDERBLOCK_REPO; credentials from OS_*/ST_* or AWS_*)",
     )
     p.add_argument(
         "--project",
@@ -441,20 +443,22 @@ def run(args: argparse.Namespace, out: Output) -> int:
         return EXIT_USAGE
     if args.group == "init":
         return _init(args, out)
-    if not os.path.isfile(os.path.join(args.repo, CONFIG)):
+    remote = is_url(args.repo)
+    if not remote and not os.path.isfile(os.path.join(args.repo, CONFIG)):
         # Never create one here: a mistyped --repo must not become an empty repository.
-        error(
-            f"no repository at {args.repo} "
-            f"(create one with: {_command(args, 'init', project=False)})",
-            repository=args.repo,
-        )
-        return EXIT_ERROR
+        return _no_repository(args)
     if args.group == "serve":
         from .http.command import run_serve
 
         return run_serve(args)
     project = args.project
-    with BackupEngine.open(args.repo, workers=args.workers, create=False) as eng:
+    try:
+        eng = BackupEngine.open(args.repo, workers=args.workers, create=False)
+    except RepositoryError as e:
+        if remote and e.message.startswith("no repository here"):
+            return _no_repository(args)
+        raise
+    with eng:
         if args.group == "verify":
             return _verify(eng, project, args, out)
         if args.group == "gc":
@@ -649,10 +653,41 @@ def _command(args: argparse.Namespace, *words: str, project: bool = True) -> str
     return shlex.join([*parts, *words])
 
 
+def _no_repository(args: argparse.Namespace) -> int:
+    error(
+        f"no repository at {args.repo} (create one with: {_command(args, 'init', project=False)})",
+        repository=args.repo,
+    )
+    return EXIT_ERROR
+
+
+def _init_remote(args: argparse.Namespace, out: Output) -> int:
+    """``init`` of a ``swift://`` or ``s3://`` repository: the container or bucket is made
+    here (and only here), then the repository config inside it."""
+    from .engine import BackupEngine
+
+    store = open_store(args.repo)
+    store.ensure_ready(create=True)
+    try:
+        store.stat(CONFIG)
+        existed = True
+    except BlobNotFound:
+        existed = False
+    with BackupEngine.open(store, workers=args.workers, create=not existed):
+        pass
+    out.emit(
+        {"repository": store.url, "created": not existed},
+        [("repository", store.url), ("status", "already existed" if existed else "created")],
+    )
+    return EXIT_OK
+
+
 def _init(args: argparse.Namespace, out: Output) -> int:
     """Create the repository at ``--repo`` (its parent only with ``--parents``)."""
     from .engine import BackupEngine
 
+    if is_url(args.repo):
+        return _init_remote(args, out)
     root = os.path.abspath(args.repo)
     existed = os.path.isfile(os.path.join(root, CONFIG))
     parent = os.path.dirname(root)

@@ -124,6 +124,9 @@ class _Store:
         self.job = job
         self.stats = stats
         self.batch = container.batch()
+        # An object store holds a batch in memory until commit: it says how much.
+        caps = container.store.caps
+        self.publish_bytes = getattr(caps, "batch_bytes", None) or self.PUBLISH_BYTES
         self.publisher = ThreadPoolExecutor(1, thread_name_prefix="cb-publish")
         self.publishing: Future | None = None
         self._publish_lock = threading.Lock()
@@ -140,9 +143,9 @@ class _Store:
             return
         parts = self.container.codec.encode_parts(data, digest)
         self.batch.stage(self.container.object_key(digest), parts)
-        if self.batch.pending_bytes >= self.PUBLISH_BYTES:
+        if self.batch.pending_bytes >= self.publish_bytes:
             with self._publish_lock:
-                if self.batch.pending_bytes >= self.PUBLISH_BYTES:
+                if self.batch.pending_bytes >= self.publish_bytes:
                     self._wait_published()
                     self.publishing = self.publisher.submit(self._publish)
 

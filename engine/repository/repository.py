@@ -24,7 +24,7 @@ from ..errors import (
     FormatVersionError,
     RepositoryError,
 )
-from ..store import BlobStore, LocalBlobStore, open_store
+from ..store import BlobStore, LocalBlobStore, is_url, open_store
 from .container import Container
 from .layout import CONFIG, PROJECTS, ContainerKeys
 from .objects import BlockCodec
@@ -60,18 +60,23 @@ class Repository:
         create: bool = True,
         compression_level: int = 3,
     ) -> Repository:
-        """Open the repository at ``location`` (a directory path or a store).
+        """Open the repository at ``location``: a directory path, a ``swift://CONTAINER[/PREFIX]``
+        or ``s3://BUCKET[/PREFIX]`` URL (``engine.store.url``), or a store.
 
-        With ``create``, a missing repository is made (with a fresh random seed); a
-        directory that holds other files is never turned into one. A config of another
-        format or version is refused: reading data laid out by a newer engine could
-        misinterpret it.
+        With ``create``, a missing repository is made (with a fresh random seed), and on an
+        object store a missing container or bucket too; without it, a missing container is
+        a ``StoreError`` saying how to create it. A directory that holds other files is
+        never turned into one. A config of another format or version is refused: reading
+        data laid out by a newer engine could misinterpret it.
         """
-        if not isinstance(location, BlobStore):
+        if not isinstance(location, BlobStore) and not is_url(location):
             root = os.fspath(location)
             if os.path.exists(root) and not os.path.isdir(root):
                 raise RepositoryError("repository path is not a directory", path=root)
         store = open_store(location)
+        ensure_ready = getattr(store, "ensure_ready", None)
+        if ensure_ready is not None:
+            ensure_ready(create=create)  # object stores: credentials, container or bucket
         try:
             raw = store.get(CONFIG, 0, MAX_CONFIG_BYTES)
         except BlobNotFound:

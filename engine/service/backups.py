@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import threading
@@ -58,6 +59,7 @@ from ..requests import (
 )
 from ..requests.actions import RESET_STATUSES, ImportRecordRequest
 from ..sources import Resolver, SnapshotInfo, VolumeInfo
+from ..store import BlobStore
 from ..verify import BackupRef, check_percent
 from ..verify import verify as verify_backups
 from . import jobs, recovery, transfer
@@ -126,7 +128,7 @@ class BackupEngine:
     @classmethod
     def open(
         cls,
-        path: str | os.PathLike,
+        path: str | os.PathLike | BlobStore,
         *,
         workers: int = 2,
         block_size: int = DEFAULT_BLOCK_SIZE,
@@ -154,17 +156,20 @@ class BackupEngine:
         ``catalog_path`` puts the catalog elsewhere than ``<path>/catalog.sqlite``: engines
         on several hosts share a repository, each with its own catalog (the repository's
         leases, not the catalog, keep their writers and sweeps apart).
+
+        ``path`` may also be a ``swift://CONTAINER[/PREFIX]`` or ``s3://BUCKET[/PREFIX]`` URL
+        (credentials from the environment: ``engine.store.swift``, ``engine.store.s3``) or a
+        store. The catalog of a remote repository is a local cache, by default
+        ``$XDG_CACHE_HOME/cinderblock/<hash of the repository's identity>/catalog.sqlite``
+        (:func:`default_catalog_path`), completed from the repository's records at every
+        open (and by :meth:`reindex`): a lost cache is rebuilt, one that missed another
+        host's backups catches up.
         """
         check_chain_block_size(block_size)
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"workers must be a positive int, got {workers!r}")
-        root = os.fspath(path)
-        repo = Repository.open(root, create=create, compression_level=compression_level)
-        cpath = (
-            os.fspath(catalog_path)
-            if catalog_path is not None
-            else os.path.join(root, "catalog.sqlite")
-        )
+        repo = Repository.open(path, create=create, compression_level=compression_level)
+        cpath = os.fspath(catalog_path) if catalog_path is not None else default_catalog_path(repo)
         # Read-only media (a read-only mount, a write-protected copy): the catalog is read
         # into memory and nothing is ever written there; restores still work.
         catalog = Catalog(cpath, read_only=_read_only(os.path.dirname(os.path.abspath(cpath))))
@@ -969,6 +974,21 @@ def _new_backup_id(chosen: str | None) -> str:
     if chosen is None:
         return str(uuid.uuid4())
     return check_uuid(chosen, "backup_id")
+
+
+def default_catalog_path(repo: Repository) -> str:
+    """``<root>/catalog.sqlite`` for a local repository; for a remote one a private cache
+    directory named by a hash of the store's identity (endpoint, account, container,
+    prefix: never a credential), so two clouds' containers of one name never share it."""
+    root = repo.local_root
+    if root is not None:
+        return os.path.join(root, "catalog.sqlite")
+    identity = getattr(repo.store, "identity", repo.url)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:32]
+    cache = os.path.join(base, "cinderblock", digest)
+    os.makedirs(cache, mode=0o700, exist_ok=True)
+    return os.path.join(cache, "catalog.sqlite")
 
 
 def _reason(e: BaseException, *, restore_target: str | None = None) -> str:

@@ -106,9 +106,12 @@ def recover_creating(engine: BackupEngine, b: dict[str, Any]) -> None:
 def reindex(repo: Repository, catalog: Catalog) -> int:
     """Index every committed backup record the catalog does not know; return how many.
 
-    The repository is the source of truth: a lost or older catalog is completed from it. A
-    backup whose record is damaged but whose block map reads is listed too, as ``error``
-    with the reason, and can still be restored by id (``records.RECORD_DAMAGED``).
+    The repository is the source of truth: a lost or older catalog (the local cache of a
+    remote repository, a second host's own catalog) is completed from it. One listing per
+    container, and a read only of the records the catalog does not know: on an object store
+    reopening costs a request per container, not one per backup. A backup whose record is
+    damaged but whose block map reads is listed too, as ``error`` with the reason, and can
+    still be restored by id (``records.RECORD_DAMAGED``).
     """
     added = 0
     for project, name in repo.containers():
@@ -116,8 +119,9 @@ def reindex(repo: Repository, catalog: Catalog) -> int:
             container = repo.container(project, name)
         except CinderblockError:
             continue  # a name no container of ours could have: not ours
+        known = catalog.container_statuses(project, name)
         for bid in container.record_ids():
-            if catalog.backup(bid) is not None:
+            if bid in known or catalog.backup(bid) is not None:
                 continue
             try:
                 row = row_from_record(container.get_record(bid))

@@ -49,6 +49,11 @@ class StoreCaps:
 
     list_after_write: bool  # a published blob is listed at once (no eventual consistency)
     range_get: bool = True  # get(offset, length) reads only that range
+    # Commit a batch once this many bytes are staged (None: the data path's default). An
+    # object store holds staged blobs in memory until commit (engine/store/remote.py).
+    batch_bytes: int | None = None
+    # Blocks a restore fetches at once (an object store's GETs wait a round trip each).
+    read_parallelism: int = 1
 
 
 @runtime_checkable
