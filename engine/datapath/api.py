@@ -33,6 +33,7 @@ from ..repository import BlockMap, Container
 from ..store.files import fsync_dir
 from .backup import BackupJob, BackupStats, run_backup
 from .restore import run_restore
+from .stream import FileObject, is_stream
 
 DEFAULT_BLOCK_SIZE = 1 << 20
 
@@ -56,10 +57,10 @@ class RestoreResult:
 
 @dataclass(frozen=True)
 class _Opened:
-    fd: int
+    fd: int | FileObject  # a FileObject: a file object without fileno(), read through Python
     label: str
     size: int
-    identity: tuple[int, int]  # (st_dev, st_ino) when opened
+    identity: tuple[int, int]  # (st_dev, st_ino) when opened; (0, 0) for a FileObject
 
 
 def _fd_of(volume: object, what: str) -> tuple[int | None, str | None]:
@@ -98,6 +99,10 @@ def _check_kind(st: os.stat_result, label: str, what: str) -> None:
 @contextlib.contextmanager
 def _open_source(source: Volume) -> Iterator[_Opened]:
     """Open the source once (non-blocking, so a FIFO can never hang the open)."""
+    if is_stream(source):
+        obj = FileObject(source, "source")
+        yield _Opened(obj, obj.label, obj.size, (0, 0))
+        return
     fd, path = _fd_of(source, "source")
     owned = fd is None
     if fd is None:
@@ -115,7 +120,7 @@ def _open_source(source: Volume) -> Iterator[_Opened]:
 
 def _check_unchanged(src: _Opened, source: Volume) -> None:
     """The source must end the backup as it began: same size, and a path still naming it."""
-    size = native.volume_size(src.fd)
+    size = src.fd.measure() if isinstance(src.fd, FileObject) else native.volume_size(src.fd)
     if size != src.size:
         raise SourceChanged(
             f"the source {src.label} changed size during the backup ({src.size} bytes at the "
