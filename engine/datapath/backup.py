@@ -274,9 +274,7 @@ def _as_runs(runs: np.ndarray | None, mask: np.ndarray | None) -> np.ndarray | N
     return None if mask is None else native.mask_to_runs(mask)
 
 
-def _open_reader(
-    job: BackupJob, seed: int, runs: np.ndarray
-) -> native.BlockReader | StreamReader:
+def _open_reader(job: BackupJob, seed: int, runs: np.ndarray) -> native.BlockReader | StreamReader:
     """The volume's reader: ``O_DIRECT`` for block devices, the page cache for image files.
 
     A nightly backup of a block device reads all of it once; through the page cache that

@@ -20,9 +20,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .. import native
 from ..errors import Cancelled, CorruptionError
 from ..repository import BlockMap, Container
-from .. import native
 from .fanout import fan_out
 from .stream import FileObject
 
