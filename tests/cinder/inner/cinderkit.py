@@ -207,11 +207,18 @@ class Cinder:
     # ------------------------------------------------------------------ restore
 
     def restore(
-        self, backup: objects.Backup, target: str, *, volume_is_new: bool, volume=None, **kw
+        self,
+        backup: objects.Backup,
+        target: str,
+        *,
+        volume_is_new: bool,
+        volume=None,
+        file_wrapper=None,
     ) -> None:
         """API.restore + BackupManager.restore_backup: ``restoring`` → driver → ``available``.
 
-        A new volume is a sparse file of the backup's volume size (opened ``wb``, truncated,
+        ``file_wrapper`` (a callable taking the opened file) stands for a device that is
+        only file-like. A new volume is a sparse file of the backup's volume size (opened ``wb``, truncated,
         as the reference harness did); an existing one is opened for writing without
         truncation (a block device behaves so).
         """
@@ -230,7 +237,10 @@ class Cinder:
             else:
                 f = open(target, "r+b")
             with f:
-                self.driver.restore(backup, volume.id, utils.tpool_wrap(f), volume_is_new)
+                # ``file_wrapper`` stands for a device that is only file-like (an RBD
+                # image, say): it goes under Cinder's proxy, as the manager wraps it.
+                inner = f if file_wrapper is None else file_wrapper(f)
+                self.driver.restore(backup, volume.id, utils.tpool_wrap(inner), volume_is_new)
         except Exception:
             self.db_volume_update(volume, status="error" if volume_is_new else "error_restoring")
             backup.refresh()
@@ -293,18 +303,21 @@ class Cinder:
     def import_record(self, record: dict) -> objects.Backup:
         """API.import_record (row from the URL's id) + BackupManager.import_record."""
         options = objects.Backup.decode_record(record["backup_url"])
-        backup = objects.Backup(
+        backup = objects.BackupImport(
             context=self.ctx,
             id=options["id"],
             user_id=USER,
             project_id=PROJECT,
+            volume_id="00000000-0000-0000-0000-000000000000",  # the API's IMPORT_VOLUME_ID
             status=fields.BackupStatus.CREATING,
-            host="cinderblock-test",
-            service=record["backup_service"],
-            volume_id="0000-0000-0000-0000",
-            size=options["size"],
+            deleted_at=None,
+            deleted=False,
+            metadata={},
         )
         backup.create()
+        backup.host = "cinderblock-test"
+        backup.service = record["backup_service"]
+        backup.save()
         driver_info = dict(options).pop("driver_info", {})
         try:
             self.driver.import_record(backup, driver_info)

@@ -8,8 +8,6 @@ import subprocess
 import cinderkit  # first: monkey-patches as cinder-backup does
 import pytest
 
-pytest.register_assert_rewrite("cinderkit")
-
 
 @pytest.fixture(scope="session")
 def cinder(tmp_path_factory):
