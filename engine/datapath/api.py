@@ -84,8 +84,8 @@ def _fd_of(volume: object, what: str) -> tuple[int | None, str | None]:
         except (OSError, io.UnsupportedOperation, ValueError):
             pass
         raise InvalidInput(
-            f"{what} is a file object without a file descriptor; pass a path, an fd, or a "
-            "file object whose fileno() works"
+            f"{what} is a file object without a file descriptor or seek(); pass a path, an "
+            "fd, or a seekable file object"
         )
     raise InvalidInput(
         f"{what} must be a path, an open fd or a file object, not {type(volume).__name__}"

@@ -348,7 +348,7 @@ def test_cancel_mid_backup_leaves_nothing_referenced(cinder, tmp_path, status):
     repo = repo_of(cinder)
     before = objects_in(repo)
     backup = cinder.start_backup(vol)
-    slow = NoFileno(open(image, "rb"), delay=0.15)
+    slow = NoFileno(open(image, "rb"), delay=0.15)  # noqa: SIM115
 
     def cancel():
         db.backup_update(cinder.ctx, backup.id, {"status": status})
@@ -424,7 +424,7 @@ def test_two_backups_of_different_volumes_at_once(cinder, tmp_path):
     results: dict[int, object] = {}
 
     def run(k):
-        f = NoFileno(open(images[k], "rb"), delay=0.01)
+        f = NoFileno(open(images[k], "rb"), delay=0.01)  # noqa: SIM115
         try:
             results[k] = cinder.run_backup(started[k], f)
         except Exception as e:  # reported below
@@ -516,7 +516,8 @@ def test_progress_notifications_at_cinders_interval(cinder, tmp_path):
     vol = cinder.volume(image)
     cinderkit.notifications().clear()
     backup = cinder.start_backup(vol)
-    slow = NoFileno(open(image, "rb"), delay=0.5)  # 8 windows read one at a time: 4 s
+    # 8 windows, read one at a time: 4 s
+    slow = NoFileno(open(image, "rb"), delay=0.5)  # noqa: SIM115
     try:
         cinder.run_backup(backup, slow)
     finally:
@@ -556,9 +557,7 @@ def test_check_for_setup_error_names_an_unwritable_repository(cinder, tmp_path):
         drv.repository_location = str(ro)
         with pytest.raises(exception.BackupDriverException) as e:
             drv.check_for_setup_error()
-        assert f"backup_cinderblock_repository {ro} is not writable by this process" in str(
-            e.value
-        )
+        assert f"backup_cinderblock_repository {ro} is not writable by this process" in str(e.value)
         assert "Read-only file system" in str(e.value)
     finally:
         subprocess.run(["umount", str(ro)], check=True)

@@ -24,8 +24,8 @@ monkey_patch.patch()  # first, as cinder-backup does (OS_CINDER_DISABLE_EVENTLET
 
 from cinder import context as cinder_context  # noqa: E402
 from cinder import objects, rpc, utils  # noqa: E402
-from cinder.db import api as db  # noqa: E402
 from cinder.common import config  # noqa: E402,F401  (registers state_path and friends)
+from cinder.db import api as db  # noqa: E402
 from cinder.objects import fields  # noqa: E402
 from cinder.volume import volume_types, volume_utils  # noqa: E402
 from oslo_config import cfg  # noqa: E402
@@ -176,12 +176,14 @@ class Cinder:
         opened = None
         try:
             if volume_file is None:
-                opened = volume_file = open(self.path_of(volume), "rb")
+                opened = volume_file = open(self.path_of(volume), "rb")  # noqa: SIM115
             updates = self.driver.backup(
                 backup, utils.tpool_wrap(volume_file) if wrap else volume_file
             )
         except Exception as err:
-            self.db_volume_update(volume, status=previous_status, previous_status="error_backing-up")
+            self.db_volume_update(
+                volume, status=previous_status, previous_status="error_backing-up"
+            )
             volume_utils.update_backup_error(backup, str(err))
             raise
         finally:
@@ -218,9 +220,9 @@ class Cinder:
         """API.restore + BackupManager.restore_backup: ``restoring`` → driver → ``available``.
 
         ``file_wrapper`` (a callable taking the opened file) stands for a device that is
-        only file-like. A new volume is a sparse file of the backup's volume size (opened ``wb``, truncated,
-        as the reference harness did); an existing one is opened for writing without
-        truncation (a block device behaves so).
+        only file-like. A new volume is a sparse file of the backup's volume size (opened
+        ``wb``, truncated, as the reference harness did); an existing one is opened for
+        writing without truncation (a block device behaves so).
         """
         backup.refresh()
         assert backup.status == fields.BackupStatus.AVAILABLE
@@ -232,10 +234,10 @@ class Cinder:
         self.db_volume_update(volume, status="restoring-backup")
         try:
             if volume_is_new and not _is_block_device(target):
-                f = open(target, "wb")
+                f = open(target, "wb")  # noqa: SIM115
                 f.truncate(self.volume_bytes(backup))
             else:
-                f = open(target, "r+b")
+                f = open(target, "r+b")  # noqa: SIM115
             with f:
                 # ``file_wrapper`` stands for a device that is only file-like (an RBD
                 # image, say): it goes under Cinder's proxy, as the manager wraps it.
@@ -298,7 +300,10 @@ class Cinder:
         backup.refresh()
         assert backup.status == fields.BackupStatus.AVAILABLE
         driver_info = self.driver.export_record(backup)
-        return {"backup_service": backup.service, "backup_url": backup.encode_record(driver_info=driver_info)}
+        return {
+            "backup_service": backup.service,
+            "backup_url": backup.encode_record(driver_info=driver_info),
+        }
 
     def import_record(self, record: dict) -> objects.Backup:
         """API.import_record (row from the URL's id) + BackupManager.import_record."""
