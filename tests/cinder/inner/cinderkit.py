@@ -75,14 +75,15 @@ class Cinder:
     """One Cinder 'deployment': its own database file (one per process: the DB engine is
     global; a second deployment runs in a process of its own)."""
 
-    def __init__(self, db_path: str) -> None:
+    def __init__(self, db_path: str, driver: str = DRIVER) -> None:
         self.db_path = db_path
+        self.service = driver
         CONF.set_override("connection", f"sqlite:///{db_path}", group="database")
         from cinder.db import migration
 
         migration.db_sync()
         self.ctx = cinder_context.RequestContext(USER, PROJECT, is_admin=True)
-        self.driver_class = _driver_class()
+        self.driver_class = _driver_class(driver)
         self.driver = self.driver_class(self.ctx)
         self.driver.check_for_setup_error()
 
@@ -155,7 +156,7 @@ class Cinder:
             size=volume.size,
             host="cinderblock-test",
             availability_zone="nova",
-            service=DRIVER,
+            service=self.service,
             metadata={},
         )
         backup.create()
@@ -272,7 +273,12 @@ class Cinder:
         return volume
 
     def volume_bytes(self, backup: objects.Backup) -> int:
-        """The backed-up volume's size in bytes (a new target is made that size)."""
+        """The backed-up volume's size in bytes (a new target is made that size): its
+        image's, or for an imported backup what the cinderblock driver recorded."""
+        path = self._paths.get(backup.volume_id)
+        if path is not None:
+            with open(path, "rb") as f:
+                return f.seek(0, os.SEEK_END)
         return self.driver.export_record(backup)["cinderblock"]["volume_bytes"]
 
     # ------------------------------------------------------------------ delete, export, import
@@ -362,10 +368,10 @@ class Cinder:
         return objects.Backup.get_by_id(self.ctx, backup_id)
 
 
-def _driver_class():
+def _driver_class(path: str):
     from oslo_utils import importutils
 
-    return importutils.import_class(DRIVER)
+    return importutils.import_class(path)
 
 
 def _is_block_device(path: str) -> bool:
