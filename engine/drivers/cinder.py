@@ -149,7 +149,8 @@ class CinderblockBackupDriver(driver.BackupDriver):
         self.compression_level = CONF.backup_cinderblock_compression_level
         self.workers = CONF.backup_cinderblock_workers
         self._repo: Repository | None = None
-        # Backups and restores may both be called by force-delete; Cinder's own flag.
+        # Cinder's flag: a running backup may be force-deleted (its status turns deleting;
+        # the backup stops at its next window and leaves nothing referenced).
         self.support_force_delete = True
 
     # ------------------------------------------------------------------ setup
