@@ -120,6 +120,12 @@ def _real_event() -> Any:
     return threading.Event()
 
 
+def _refresh(backup: Any) -> None:
+    """Re-read the row, also once a force delete has destroyed it (status ``deleted``)."""
+    with backup.as_read_deleted():
+        backup.refresh()
+
+
 def _unwrap(volume_file: Any) -> Any:
     """The object behind Cinder's thread-pool proxy (``eventlet.tpool.Proxy``)."""
     tpool = sys.modules.get("eventlet.tpool")
@@ -314,7 +320,7 @@ class CinderblockBackupDriver(driver.BackupDriver):
         last = [time.monotonic()]
 
         def poll() -> None:
-            backup.refresh()
+            _refresh(backup)
             if backup.status in (
                 fields.BackupStatus.DELETING,
                 fields.BackupStatus.DELETED,
@@ -344,7 +350,7 @@ class CinderblockBackupDriver(driver.BackupDriver):
         except CinderblockError as e:
             raise exception.BackupDriverException(reason=str(e)) from None
         try:
-            backup.refresh()
+            _refresh(backup)
             if backup.status in (fields.BackupStatus.DELETING, fields.BackupStatus.DELETED):
                 raise Cancelled("deleted as it finished")
             volume_meta = self.get_metadata(backup.volume_id)
@@ -420,7 +426,7 @@ class CinderblockBackupDriver(driver.BackupDriver):
         cancel = _real_event()
 
         def poll() -> None:
-            backup.refresh()
+            _refresh(backup)
             if backup.status != fields.BackupStatus.RESTORING:
                 cancel.set()
 
