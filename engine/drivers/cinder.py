@@ -23,7 +23,9 @@ does everything that touches Cinder — the backup row's status (cancellation), 
 notifications — so Cinder's database and notifier are only ever used from the thread that
 called the driver. A ``volume_file`` that is Cinder's thread-pool proxy is unwrapped before
 the data path touches it from its own threads: those are already off the event loop, which
-is all the proxy is for.
+is all the proxy is for. (Under eventlet the data path's own workers are green threads inside
+that OS thread, eventlet having patched ``threading``: about one core; see
+``docs/cinder-driver.md``.)
 """
 
 from __future__ import annotations
