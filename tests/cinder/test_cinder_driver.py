@@ -95,3 +95,13 @@ def test_engine_imports_without_cinder():
         "assert 'cinder' not in sys.modules and 'oslo_config' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_install_cinder_again_is_a_no_op(runs):
+    """Once .venvs/cinder holds what the stamp says, the script installs nothing."""
+    out = subprocess.run(
+        [str(ROOT / "scripts" / "install-cinder")], capture_output=True, text=True, timeout=60
+    )
+    assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
+    stamp = (ROOT / ".venvs" / "cinder" / ".cinderblock-installed").read_text()
+    assert "cinder==29.0.0" in stamp and f"root={ROOT}" in stamp
