@@ -122,6 +122,14 @@ def _real_event() -> Any:
     return threading.Event()
 
 
+def _windowed(done: list[float], fraction: float) -> None:
+    """Progress after each window; under eventlet also a yield, so that the data path's
+    other green threads (its lease refresher among them) run even when no window stores
+    anything (an unchanged volume would otherwise never give them a turn)."""
+    done[0] = fraction
+    time.sleep(0)
+
+
 def _refresh(backup: Any) -> None:
     """Re-read the row, also once a force delete has destroyed it (status ``deleted``)."""
     with backup.as_read_deleted():
@@ -340,7 +348,7 @@ class CinderblockBackupDriver(driver.BackupDriver):
                 backup_id=backup.id,
                 parent=parent_map,
                 block_size=block_size,
-                progress=lambda fraction: done.__setitem__(0, fraction),
+                progress=lambda fraction: _windowed(done, fraction),
                 cancel=cancel,
                 workers=self.workers,
             )
