@@ -182,3 +182,41 @@ def test_the_checker_sees_an_upward_import(tmp_path, monkeypatch):
 )
 def test_layer_of(module, layer):
     assert layer_of(module) == layer
+
+
+# ---------------------------------------------------------------------- drivers (issue 14)
+
+#: What a backup driver embedded in another system may not use: the embedded default's
+#: service (its catalog included), the request layer, and the embedded default's façade.
+DRIVER_FORBIDDEN = ("engine.service", "engine.requests", "engine.engine")
+
+
+def driver_violations(root: Path | None = None) -> list[str]:
+    root = root or ROOT
+    known = _known_modules()
+    problems = []
+    for path in sorted((root / "drivers").rglob("*.py")):
+        for line, target, text in imports_of(path, known):
+            if any(_matches(target, p) for p in DRIVER_FORBIDDEN) or target == "engine":
+                problems.append(f"{path.name}:{line}: a driver imports {target}: {text!r}")
+    return problems
+
+
+def test_drivers_use_only_the_data_path_and_the_repository():
+    """engine.drivers imports neither engine.service (catalog), engine.requests nor the façade."""
+    assert (ROOT / "drivers" / "cinder.py").exists()
+    problems = driver_violations()
+    assert not problems, "\n".join(problems)
+
+
+def test_the_driver_check_sees_a_catalog_import(tmp_path, monkeypatch):
+    fake = tmp_path / "engine"
+    for p in ROOT.rglob("*.py"):
+        dest = fake / p.relative_to(ROOT)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(p.read_text())
+    drv = fake / "drivers" / "cinder.py"
+    drv.write_text(drv.read_text() + "\nfrom ..service import catalog  # noqa\n")
+    monkeypatch.setitem(globals(), "ROOT", fake)
+    problems = driver_violations(fake)
+    assert any("a driver imports engine.service.catalog" in p for p in problems), problems

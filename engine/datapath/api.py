@@ -33,6 +33,7 @@ from ..repository import BlockMap, Container
 from ..store.files import fsync_dir
 from .backup import BackupJob, BackupStats, run_backup
 from .restore import run_restore
+from .stream import FileObject, is_stream
 
 DEFAULT_BLOCK_SIZE = 1 << 20
 
@@ -52,14 +53,15 @@ class RestoreResult:
     bytes_written: int
     lost_blocks: list[int] = field(default_factory=list)  # zeros written (allow_damaged)
     created: bool = False  # the target was a new image file
+    blocks_unchanged: int = 0  # differential: blocks the target already held (not written)
 
 
 @dataclass(frozen=True)
 class _Opened:
-    fd: int
+    fd: int | FileObject  # a FileObject: a file object without fileno(), read through Python
     label: str
     size: int
-    identity: tuple[int, int]  # (st_dev, st_ino) when opened
+    identity: tuple[int, int]  # (st_dev, st_ino) when opened; (0, 0) for a FileObject
 
 
 def _fd_of(volume: object, what: str) -> tuple[int | None, str | None]:
@@ -82,8 +84,8 @@ def _fd_of(volume: object, what: str) -> tuple[int | None, str | None]:
         except (OSError, io.UnsupportedOperation, ValueError):
             pass
         raise InvalidInput(
-            f"{what} is a file object without a file descriptor; pass a path, an fd, or a "
-            "file object whose fileno() works"
+            f"{what} is a file object without a file descriptor or seek(); pass a path, an "
+            "fd, or a seekable file object"
         )
     raise InvalidInput(
         f"{what} must be a path, an open fd or a file object, not {type(volume).__name__}"
@@ -98,6 +100,10 @@ def _check_kind(st: os.stat_result, label: str, what: str) -> None:
 @contextlib.contextmanager
 def _open_source(source: Volume) -> Iterator[_Opened]:
     """Open the source once (non-blocking, so a FIFO can never hang the open)."""
+    if is_stream(source):
+        obj = FileObject(source, "source")
+        yield _Opened(obj, obj.label, obj.size, (0, 0))
+        return
     fd, path = _fd_of(source, "source")
     owned = fd is None
     if fd is None:
@@ -115,7 +121,7 @@ def _open_source(source: Volume) -> Iterator[_Opened]:
 
 def _check_unchanged(src: _Opened, source: Volume) -> None:
     """The source must end the backup as it began: same size, and a path still naming it."""
-    size = native.volume_size(src.fd)
+    size = src.fd.measure() if isinstance(src.fd, FileObject) else native.volume_size(src.fd)
     if size != src.size:
         raise SourceChanged(
             f"the source {src.label} changed size during the backup ({src.size} bytes at the "
@@ -224,15 +230,23 @@ def restore_volume(
     cancel: threading.Event | None = None,
     allow_damaged: bool = False,
     workers: int = 4,
+    target_is_new: bool = False,
+    differential: bool = False,
 ) -> RestoreResult:
     """Write ``blockmap``'s volume onto ``target``, bit-exact; every block is re-hashed.
 
     A path that does not exist becomes a new sparse image file, written under a temporary
     name beside it and renamed only when complete (a failed or killed restore never leaves
-    something that looks like a good image). An existing file, a block device or an fd is
-    written in place and must hold at least the volume's size. A damaged block stops the
-    restore with ``CorruptionError`` naming backup and block, unless ``allow_damaged``: then
-    zeros are written there and the block is listed in ``lost_blocks``.
+    something that looks like a good image). An existing file, a block device, an fd or a
+    file object (with or without ``fileno()``) is written in place and must hold at least
+    the volume's size. A damaged block stops the restore with ``CorruptionError`` naming
+    backup and block, unless ``allow_damaged``: then zeros are written there and the block
+    is listed in ``lost_blocks``.
+
+    ``target_is_new``: the existing target reads as zeros already (a new volume), so zero
+    blocks are left alone (holes stay holes). ``differential``: the existing target holds
+    some older state of the volume; it is read and compared first and only the blocks that
+    differ are written (``blocks_unchanged`` counts the others).
     """
     if not isinstance(container, Container):
         raise InvalidInput("container must be an engine.repository.Container")
@@ -240,14 +254,39 @@ def restore_volume(
         raise InvalidInput("blockmap must be an engine.repository.BlockMap")
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise InvalidInput(f"workers must be a positive int, got {workers!r}")
-    fd, path = _fd_of(target, "target")
+    if target_is_new and differential:
+        raise InvalidInput(
+            "target_is_new and differential exclude each other: a new target holds nothing "
+            "to compare with"
+        )
     report = progress or (lambda fraction: None)
+    counters: dict[str, int] = {}
+    if is_stream(target):
+        obj = FileObject(target, "target", write=True)
+        if obj.size < blockmap.volume_size:
+            raise InvalidInput(
+                f"{obj.label} holds {obj.size} bytes, less than the volume's {blockmap.volume_size}"
+            )
+        written, lost = run_restore(
+            container,
+            blockmap,
+            obj,
+            fresh=target_is_new,
+            workers=workers,
+            allow_damaged=allow_damaged,
+            progress=report,
+            cancel=cancel,
+            differential=differential,
+            counters=counters,
+        )
+        return RestoreResult(written, lost, blocks_unchanged=counters.get("blocks_unchanged", 0))
+    fd, path = _fd_of(target, "target")
     if fd is not None or (path is not None and os.path.exists(path)):
         where: str | int = fd if fd is not None else path  # type: ignore[assignment]
         st = os.stat(where)
         label = path or f"fd {fd}"
         _check_kind(st, label, "target")
-        have = native.volume_size(where)
+        have = _target_size(where, st)
         if have < blockmap.volume_size:
             raise InvalidInput(
                 f"target {label} holds {have} bytes, less than the volume's {blockmap.volume_size}"
@@ -256,13 +295,17 @@ def restore_volume(
             container,
             blockmap,
             where,
-            fresh=False,
+            fresh=target_is_new,
             workers=workers,
             allow_damaged=allow_damaged,
             progress=report,
             cancel=cancel,
+            differential=differential,
+            counters=counters,
         )
-        return RestoreResult(written, lost)
+        return RestoreResult(written, lost, blocks_unchanged=counters.get("blocks_unchanged", 0))
+    if differential:
+        raise InvalidInput(f"target {path!r} does not exist: nothing to restore differentially")
     assert path is not None
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -300,6 +343,14 @@ def restore_volume(
 def _check_cancel(cancel: threading.Event | None, message: str) -> None:
     if cancel is not None and cancel.is_set():
         raise Cancelled(message)
+
+
+def _target_size(where: str | int, st: os.stat_result) -> int:
+    """The target's size, also for an fd open for writing only (Cinder opens ``wb``)."""
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
+    path = f"/proc/self/fd/{where}" if isinstance(where, int) else where
+    return native.volume_size(path)  # a block device: reopened read-only to ask its size
 
 
 def _publish(partial: str, path: str) -> None:

@@ -34,6 +34,7 @@ from .. import native
 from ..errors import Cancelled
 from ..repository import BlockMap, Container
 from .fanout import fan_out
+from .stream import FileObject, StreamReader
 
 
 @dataclass
@@ -57,7 +58,7 @@ class BackupJob:
     project_id: str
     container: str
     backup_id: str
-    source_path: str | int
+    source_path: str | int | FileObject  # FileObject: a file object without fileno()
     volume_size: int
     block_size: int
     parent: BlockMap | None = None
@@ -227,7 +228,7 @@ def run_backup(container: Container, job: BackupJob) -> tuple[BlockMap, BackupSt
         # they are zero blocks without a read, and nothing of the parent's is inherited.
         to_read = native.runs_difference(to_read, zeroed)
         inherit = native.runs_difference(inherit, zeroed)
-    if os.path.isfile(job.source_path):
+    if not isinstance(job.source_path, FileObject) and os.path.isfile(job.source_path):
         to_read = native.data_runs(job.source_path, bs, within=to_read)
     total = max(1, native.runs_count(to_read))
     if known is None:
@@ -276,15 +277,20 @@ def _as_runs(runs: np.ndarray | None, mask: np.ndarray | None) -> np.ndarray | N
     return None if mask is None else native.mask_to_runs(mask)
 
 
-def _open_reader(job: BackupJob, seed: int, runs: np.ndarray) -> native.BlockReader:
+def _open_reader(job: BackupJob, seed: int, runs: np.ndarray) -> native.BlockReader | StreamReader:
     """The volume's reader: ``O_DIRECT`` for block devices, the page cache for image files.
 
     A nightly backup of a block device reads all of it once; through the page cache that
     would evict everything the host had cached (the running guests' data included) for
     bytes nobody reads again. Direct reads also skip a copy per byte. Image files keep the
     page cache: their holes are skipped anyway, and an image being backed up is often still
-    cached from its last use. A device that refuses ``O_DIRECT`` is read buffered.
+    cached from its last use. A device that refuses ``O_DIRECT`` is read buffered. A file
+    object without a descriptor is read through Python (``stream.py``).
     """
+    if isinstance(job.source_path, FileObject):
+        return StreamReader(
+            job.source_path, job.block_size, seed, runs=runs, window_bytes=job.window_bytes
+        )
 
     def reader(direct: bool) -> native.BlockReader:
         return native.BlockReader(

@@ -40,6 +40,15 @@ def write_blocks(path, blocks: dict[int, bytes]) -> bytes:
     return path.read_bytes()
 
 
+class _NoSeek(io.RawIOBase):
+    """A stream with neither a descriptor nor seek(): nothing the data path can read."""
+
+    def fileno(self):
+        raise io.UnsupportedOperation("fileno")
+
+    seek = None
+
+
 @pytest.fixture(params=["local", "memory"])
 def container(request, tmp_path):
     where = tmp_path / "repo" if request.param == "local" else MemoryBlobStore()
@@ -227,9 +236,9 @@ def test_bad_input_is_refused_with_what_to_do(tmp_path):
         ),
         (lambda: backup_volume(src, container, workers=0), "workers must be a positive int, got 0"),
         (
-            lambda: backup_volume(io.BytesIO(b"abc"), container),
-            "source is a file object without a file descriptor; pass a path, an fd, or a "
-            "file object whose fileno() works",
+            lambda: backup_volume(_NoSeek(), container),
+            "source is a file object without a file descriptor or seek(); pass a path, an "
+            "fd, or a seekable file object",
         ),
     ]
     for call, text in cases:

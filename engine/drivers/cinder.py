@@ -1,0 +1,539 @@
+"""``CinderblockBackupDriver``: an OpenStack Cinder backup driver on the engine's data path.
+
+Set ``backup_driver = engine.drivers.cinder.CinderblockBackupDriver`` in ``cinder.conf``
+(``docs/cinder-driver.md``). Importable only where Cinder is installed.
+
+What the driver keeps where:
+
+* Cinder's database holds the backup rows, as for every driver. The driver writes what it
+  needs to find a backup again into ``backup.service_metadata`` (JSON: the format, the
+  project and container, the block map's id and block size) and sets ``container`` and
+  ``object_count``.
+* The repository (``backup_cinderblock_repository``) holds the block objects, one block map
+  per backup (a complete manifest: restores never replay a chain) and one small record per
+  backup carrying the volume metadata (as the chunked driver stores ``volume_meta``). The
+  record is what makes a backup committed for the repository's sweeps.
+
+Threading: Cinder calls the driver on a greenthread (eventlet, the default) or a native
+thread (``OS_CINDER_DISABLE_EVENTLET_PATCHING=1``). Either way the data-path call runs on a
+real OS thread of its own (under eventlet, one eventlet has not patched), where the native
+kernels release the GIL; the calling thread meanwhile sleeps in short steps (cooperatively
+under eventlet, so cinder-backup's other greenthreads keep running), and between steps it
+does everything that touches Cinder — the backup row's status (cancellation), progress
+notifications — so Cinder's database and notifier are only ever used from the thread that
+called the driver. A ``volume_file`` that is Cinder's thread-pool proxy is unwrapped before
+the data path touches it from its own threads: those are already off the event loop, which
+is all the proxy is for. (Under eventlet the data path's own workers are green threads inside
+that OS thread, eventlet having patched ``threading``: about one core; see
+``docs/cinder-driver.md``.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cinder import exception, objects
+from cinder.backup import driver
+from cinder.objects import fields
+from cinder.volume import volume_utils
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from ..datapath import backup_volume, restore_volume
+from ..datapath.stream import has_working_fileno
+from ..errors import BlobNotFound, Cancelled, CinderblockError, CorruptionError, InvalidInput
+from ..gc import MIN_GRACE_SECONDS, sweep_container
+from ..repository import BlockMap, Container, Repository
+from ..repository.layout import DEFAULT_CONTAINER, check_container, check_project_id
+
+LOG = logging.getLogger(__name__)
+
+cinderblock_opts = [
+    cfg.StrOpt(
+        "backup_cinderblock_repository",
+        default="$state_path/backup_cinderblock",
+        help="The cinderblock repository backups are stored in: a directory path (made into "
+        "a repository on first use; the directory itself must exist).",
+    ),
+    cfg.IntOpt(
+        "backup_cinderblock_block_size",
+        default=1 << 20,
+        min=4096,
+        max=16 << 20,
+        help="Block size in bytes of new full backups (a power of two, 4 KiB to 16 MiB): "
+        "the granularity of change tracking and dedup. Incrementals keep their chain's.",
+    ),
+    cfg.IntOpt(
+        "backup_cinderblock_compression_level",
+        default=3,
+        min=1,
+        max=22,
+        help="zstd compression level of stored blocks.",
+    ),
+    cfg.IntOpt(
+        "backup_cinderblock_workers",
+        default=2,
+        min=1,
+        max=64,
+        help="Threads (cores) one backup or restore uses for reading, hashing, compressing.",
+    ),
+]
+
+CONF = cfg.CONF
+CONF.register_opts(cinderblock_opts)
+
+FORMAT = "cinderblock"
+FORMAT_VERSION = 1
+#: How often the calling thread looks at the backup row (cancellation) while data moves.
+POLL_SECONDS = 0.2
+
+
+def _conf(name: str, default: Any) -> Any:
+    """An option another module registers (the progress timer's), or its default."""
+    try:
+        return getattr(CONF, name)
+    except cfg.NoSuchOptError:
+        return default
+
+
+def _eventlet_patched() -> bool:
+    patcher = sys.modules.get("eventlet.patcher")
+    return patcher is not None and patcher.is_monkey_patched("thread")
+
+
+def _real_thread(target: Callable[[], None], name: str) -> Any:
+    """A thread of the OS, also in a process eventlet has monkey-patched."""
+    if _eventlet_patched():
+        real = sys.modules["eventlet.patcher"].original("threading")
+        return real.Thread(target=target, name=name, daemon=True)
+    return threading.Thread(target=target, name=name, daemon=True)
+
+
+def _real_event() -> Any:
+    if _eventlet_patched():
+        return sys.modules["eventlet.patcher"].original("threading").Event()
+    return threading.Event()
+
+
+def _windowed(done: list[float], fraction: float) -> None:
+    """Progress after each window; under eventlet also a yield, so that the data path's
+    other green threads (its lease refresher among them) run even when no window stores
+    anything (an unchanged volume would otherwise never give them a turn)."""
+    done[0] = fraction
+    time.sleep(0)
+
+
+def _refresh(backup: Any) -> None:
+    """Re-read the row, also once a force delete has destroyed it (status ``deleted``)."""
+    with backup.as_read_deleted():
+        backup.refresh()
+
+
+def _unwrap(volume_file: Any) -> Any:
+    """The object behind Cinder's thread-pool proxy (``eventlet.tpool.Proxy``)."""
+    tpool = sys.modules.get("eventlet.tpool")
+    if tpool is not None and isinstance(volume_file, tpool.Proxy):
+        return object.__getattribute__(volume_file, "_obj")
+    return volume_file
+
+
+def _volume_of(volume_file: Any) -> Any:
+    """What the data path reads or writes: an fd when the file has one (the native path),
+    else the file object itself (the data path's Python path), or a path string."""
+    obj = _unwrap(volume_file)
+    if isinstance(obj, str):
+        return obj
+    if has_working_fileno(obj):
+        return obj.fileno()
+    return obj
+
+
+class CinderblockBackupDriver(driver.BackupDriver):
+    """Block-level incremental backups into a cinderblock repository (module docstring)."""
+
+    def __init__(self, context: Any) -> None:
+        super().__init__(context)
+        self.repository_location = CONF.backup_cinderblock_repository
+        self.block_size = CONF.backup_cinderblock_block_size
+        self.compression_level = CONF.backup_cinderblock_compression_level
+        self.workers = CONF.backup_cinderblock_workers
+        self._repo: Repository | None = None
+        # Cinder's flag: a running backup may be force-deleted (its status turns deleting;
+        # the backup stops at its next window and leaves nothing referenced).
+        self.support_force_delete = True
+
+    # ------------------------------------------------------------------ setup
+
+    def _check_location(self) -> str:
+        where = self.repository_location
+        if not where:
+            raise exception.InvalidConfigurationValue(
+                option="backup_cinderblock_repository", value=where
+            )
+        path = os.path.abspath(where)
+        if not os.path.isdir(path):
+            raise exception.BackupDriverException(
+                reason=f"backup_cinderblock_repository {path} does not exist or is not a "
+                "directory: create it (owned by the cinder-backup user) or point the option "
+                "at an existing repository"
+            )
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".cinderblock-write-check-", dir=path)
+        except OSError as e:
+            raise exception.BackupDriverException(
+                reason=f"backup_cinderblock_repository {path} is not writable by this "
+                f"process (uid {os.getuid()}): {e.strerror}; fix its ownership, permissions "
+                "or mount"
+            ) from None
+        os.close(fd)
+        os.unlink(probe)
+        return path
+
+    def check_for_setup_error(self) -> None:
+        """A missing, unwritable or foreign repository fails cinder-backup's start clearly."""
+        path = self._check_location()
+        try:
+            self._repo = Repository.open(path, compression_level=self.compression_level)
+        except CinderblockError as e:
+            raise exception.BackupDriverException(
+                reason=f"backup_cinderblock_repository {path} cannot be used: {e}"
+            ) from None
+
+    def repository(self) -> Repository:
+        if self._repo is None:
+            self.check_for_setup_error()
+        assert self._repo is not None
+        return self._repo
+
+    # ------------------------------------------------------------------ metadata
+
+    @staticmethod
+    def _service_metadata(backup: Any) -> dict[str, Any] | None:
+        """The driver's part of ``backup.service_metadata``; None if there is none yet."""
+        raw = backup.service_metadata
+        if not raw:
+            return None
+        try:
+            meta = json.loads(raw)
+        except ValueError:
+            meta = None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise exception.InvalidBackup(
+                reason=f"backup {backup.id} was not made by the cinderblock driver (its "
+                "service_metadata is not cinderblock's); use the driver that made it, or "
+                "take a full backup"
+            )
+        if meta.get("version") != FORMAT_VERSION:
+            raise exception.InvalidBackup(
+                reason=f"backup {backup.id} has cinderblock metadata version "
+                f"{meta.get('version')!r}, which this driver does not know"
+            )
+        return meta
+
+    def _container_of(self, meta: dict[str, Any]) -> Container:
+        return self.repository().container(meta["project"], meta["container"])
+
+    # ------------------------------------------------------------------ running
+
+    def _run(self, work: Callable[[], Any], poll: Callable[[], None], what: str) -> Any:
+        """Run ``work`` on a real thread; call ``poll`` on this one until it ends."""
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["result"] = work()
+            except BaseException as e:  # handed to the calling thread
+                box["error"] = e
+
+        worker = _real_thread(target, f"cinderblock-{what}")
+        worker.start()
+        while worker.is_alive():
+            time.sleep(POLL_SECONDS)  # cooperative under eventlet (patched)
+            poll()
+        worker.join()
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    def _notify_progress(self, backup: Any, meta: dict[str, Any], percent: float) -> None:
+        info = {"id": meta["blockmap"], "list": [], "prefix": meta["container"]}
+        info["backup_percent"] = percent
+        volume_utils.notify_about_backup_usage(
+            self.context, backup, "createprogress", extra_usage_info=info
+        )
+
+    # ------------------------------------------------------------------ backup
+
+    def backup(self, backup: Any, volume_file: Any, backup_metadata: bool = False) -> dict:
+        """A full backup, or an incremental against ``backup.parent_id``'s block map."""
+        volume = self.db.volume_get(self.context, backup.volume_id)
+        if volume["size"] <= 0:
+            raise exception.InvalidVolume(reason=f"volume {volume['id']} has size 0")
+        project = backup.project_id
+        try:
+            check_project_id(project)
+        except InvalidInput as e:
+            raise exception.InvalidBackup(reason=str(e)) from None
+        parent_meta = None
+        if backup.parent_id:
+            parent = objects.Backup.get_by_id(self.context, backup.parent_id)
+            parent_meta = self._service_metadata(parent)
+            if parent_meta is None:
+                raise exception.InvalidBackup(
+                    reason=f"parent backup {parent.id} has no cinderblock metadata (it never "
+                    "completed); take a full backup"
+                )
+        name = backup.container or (parent_meta or {}).get("container") or DEFAULT_CONTAINER
+        try:
+            name = check_container(name)
+        except InvalidInput as e:
+            raise exception.InvalidBackup(reason=str(e)) from None
+        repo = self.repository()
+        container = repo.container(project, name)
+        block_size = self.block_size
+        parent_map: BlockMap | None = None
+        if parent_meta is not None:
+            if parent_meta["project"] == project and parent_meta["container"] == name:
+                parent_map = container.get_blockmap(parent_meta["blockmap"])
+                block_size = parent_map.block_size
+            else:
+                LOG.info(
+                    "Backup %s: its parent %s is in another container; backing up in full",
+                    backup.id,
+                    backup.parent_id,
+                )
+        meta = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "project": project,
+            "container": name,
+            "blockmap": backup.id,
+            "block_size": block_size,
+            "parent_blockmap": None if parent_map is None else parent_map.backup_id,
+        }
+        backup.container = name
+        backup.service_metadata = json.dumps(meta, sort_keys=True)
+        backup.save()
+
+        source = _volume_of(volume_file)
+        cancel = _real_event()
+        done = [0.0]
+        interval = _conf("backup_timer_interval", 120)
+        timer = _conf("backup_enable_progress_timer", True)
+        last = [time.monotonic()]
+
+        def poll() -> None:
+            _refresh(backup)
+            if backup.status in (
+                fields.BackupStatus.DELETING,
+                fields.BackupStatus.DELETED,
+                fields.BackupStatus.ERROR,
+            ):
+                cancel.set()
+            elif timer and time.monotonic() - last[0] >= interval:
+                last[0] = time.monotonic()
+                self._notify_progress(backup, meta, done[0] * 100)
+
+        def work() -> tuple[BlockMap, Any]:
+            return backup_volume(
+                source,
+                container,
+                backup_id=backup.id,
+                parent=parent_map,
+                block_size=block_size,
+                progress=lambda fraction: _windowed(done, fraction),
+                cancel=cancel,
+                workers=self.workers,
+            )
+
+        try:
+            blockmap, stats = self._run(work, poll, "backup")
+        except Cancelled:
+            return self._cancelled(backup)
+        except CinderblockError as e:
+            raise exception.BackupDriverException(reason=str(e)) from None
+        try:
+            _refresh(backup)
+            if backup.status in (fields.BackupStatus.DELETING, fields.BackupStatus.DELETED):
+                raise Cancelled("deleted as it finished")
+            volume_meta = self.get_metadata(backup.volume_id)
+            container.put_record(
+                {
+                    "id": backup.id,
+                    "driver": "cinder",
+                    "volume_id": backup.volume_id,
+                    "parent_id": backup.parent_id,
+                    "volume_meta": volume_meta,
+                    "block_size": block_size,
+                    "volume_bytes": blockmap.volume_size,
+                }
+            )
+        except Cancelled:
+            self._unpublish(container, backup.id)
+            return self._cancelled(backup)
+        except BaseException:
+            self._unpublish(container, backup.id)
+            raise
+        if backup.status == fields.BackupStatus.ERROR:
+            self._unpublish(container, backup.id)
+            return self._cancelled(backup)
+        self._notify_progress(backup, meta, 100)
+        LOG.info(
+            "Backup %s: %d of %d blocks changed, %d bytes stored in %d objects",
+            backup.id,
+            stats.blocks_changed,
+            stats.blocks_total,
+            stats.bytes_stored,
+            stats.objects_written,
+        )
+        return {"object_count": stats.objects_written}
+
+    def _cancelled(self, backup: Any) -> dict:
+        """Cinder's cancel: a backup being deleted returns (the manager reports it aborted,
+        then deletes it); one whose status turned ``error`` fails with that reason."""
+        if backup.status in (fields.BackupStatus.DELETING, fields.BackupStatus.DELETED):
+            LOG.info("Backup %s was deleted while it ran; nothing of it was kept", backup.id)
+            return {}
+        raise exception.BackupDriverException(
+            reason=f"backup {backup.id} was cancelled: its status turned {backup.status} "
+            "while it ran; nothing of it was kept"
+        )
+
+    def _unpublish(self, container: Container, backup_id: str) -> int:
+        """Remove a backup's block map and record, then the objects nothing else needs."""
+        try:
+            released = container.get_blockmap(backup_id).referenced()
+        except (CorruptionError, BlobNotFound):
+            released = set()
+        container.remove_backup(backup_id)
+        report = sweep_container(container, released=released, grace_seconds=MIN_GRACE_SECONDS)
+        return report.objects_removed
+
+    # ------------------------------------------------------------------ restore
+
+    def restore(self, backup: Any, volume_id: str, volume_file: Any, volume_is_new: bool) -> None:
+        """Bit-exact: holes left on a new volume; over an existing one, only blocks that
+        differ are written (the target is read and compared first)."""
+        meta = self._service_metadata(backup)
+        if meta is None:
+            raise exception.InvalidBackup(reason=f"backup {backup.id} holds no data to restore")
+        container = self._container_of(meta)
+        try:
+            blockmap = container.get_blockmap(meta["blockmap"])
+            record = container.get_record(meta["blockmap"])
+        except (CinderblockError, BlobNotFound) as e:
+            raise exception.BackupDriverException(
+                reason=f"backup {backup.id} cannot be restored: {e}"
+            ) from None
+        target = _volume_of(volume_file)
+        cancel = _real_event()
+
+        def poll() -> None:
+            _refresh(backup)
+            if backup.status != fields.BackupStatus.RESTORING:
+                cancel.set()
+
+        def work() -> Any:
+            return restore_volume(
+                container,
+                blockmap,
+                target,
+                cancel=cancel,
+                target_is_new=bool(volume_is_new),
+                differential=not volume_is_new,
+                workers=self.workers + 2,
+            )
+
+        try:
+            result = self._run(work, poll, "restore")
+        except Cancelled:
+            raise exception.BackupRestoreCancel(back_id=backup.id, vol_id=volume_id) from None
+        except CinderblockError as e:
+            raise exception.BackupDriverException(
+                reason=f"restore of backup {backup.id} failed: {e}"
+            ) from None
+        LOG.info(
+            "Restored backup %s onto volume %s: %d bytes written, %d blocks already right",
+            backup.id,
+            volume_id,
+            result.bytes_written,
+            result.blocks_unchanged,
+        )
+        if record.get("volume_meta"):
+            self.put_metadata(volume_id, record["volume_meta"])
+
+    # ------------------------------------------------------------------ delete
+
+    def delete_backup(self, backup: Any) -> None:
+        """Unpublish the backup; its objects that no other backup needs are removed."""
+        try:
+            meta = self._service_metadata(backup)
+        except exception.InvalidBackup:
+            LOG.warning("Backup %s has no cinderblock metadata; nothing to delete", backup.id)
+            return
+        if meta is None:
+            return  # it never got as far as the repository
+        removed = self._unpublish(self._container_of(meta), meta["blockmap"])
+        LOG.info("Deleted backup %s: %d objects removed", backup.id, removed)
+
+    # ------------------------------------------------------------------ export/import
+
+    def export_record(self, backup: Any) -> dict:
+        """Everything another Cinder with the same repository needs to import the backup."""
+        meta = self._service_metadata(backup)
+        if meta is None:
+            raise exception.InvalidBackup(reason=f"backup {backup.id} holds no data to export")
+        blockmap = self._container_of(meta).get_blockmap(meta["blockmap"])
+        return {
+            "cinderblock": dict(
+                meta,
+                blockmap_checksum=blockmap.checksum().hex(),
+                volume_bytes=blockmap.volume_size,
+            )
+        }
+
+    def import_record(self, backup: Any, driver_info: dict) -> None:
+        """Check the exported backup is in this repository, intact, then adopt it."""
+        info = driver_info.get("cinderblock") if isinstance(driver_info, dict) else None
+        if not isinstance(info, dict) or info.get("format") != FORMAT:
+            raise exception.InvalidBackup(
+                reason="the record was not exported by the cinderblock driver"
+            )
+        meta = {
+            k: info.get(k)
+            for k in (
+                "format",
+                "version",
+                "project",
+                "container",
+                "blockmap",
+                "block_size",
+                "parent_blockmap",
+            )
+        }
+        backup.service_metadata = json.dumps(meta, sort_keys=True)
+        self._service_metadata(backup)  # its version
+        try:
+            check_project_id(meta["project"])
+            check_container(meta["container"])
+            blockmap = self._container_of(meta).get_blockmap(meta["blockmap"])
+            self._container_of(meta).get_record(meta["blockmap"])
+        except (CinderblockError, BlobNotFound) as e:
+            raise exception.InvalidBackup(
+                reason=f"backup {meta['blockmap']} is not in the repository "
+                f"{self.repository().url}: {e}"
+            ) from None
+        if blockmap.checksum().hex() != info.get("blockmap_checksum"):
+            raise exception.InvalidBackup(
+                reason=f"backup {meta['blockmap']}'s block map in the repository differs from "
+                "the exported one"
+            )
+        backup.container = meta["container"]
+        backup.save()
