@@ -45,6 +45,7 @@ from ..errors import CinderblockError, Forbidden
 from .context import CONTEXT_KEY, RequestContext
 
 __all__ = [
+    "CONFIG_ENV",
     "ENV_PREFIX",
     "SECTION",
     "KeystoneConfigError",
@@ -57,6 +58,8 @@ __all__ = [
 SECTION = "keystone_authtoken"
 #: Environment variables ``CINDERBLOCK_KEYSTONE_<OPTION>`` override the file, option by option.
 ENV_PREFIX = "CINDERBLOCK_KEYSTONE_"
+#: The environment variable naming the config file when none is given.
+CONFIG_ENV = "CINDERBLOCK_KEYSTONE_CONFIG"
 
 #: keystonemiddleware's own 401 text, used too when an unconfirmed identity reaches us.
 UNAUTHORIZED_MESSAGE = "The request you have made requires authentication."
@@ -155,13 +158,17 @@ def load_keystone_settings(
 ) -> KeystoneSettings:
     """Read the settings from ``config_file``'s ``[keystone_authtoken]`` and the environment.
 
-    Environment variables (``CINDERBLOCK_KEYSTONE_AUTH_URL``, ``..._PASSWORD``, ...) override
-    the file option by option, so the password can stay out of the file. Unknown options are
+    Without ``config_file``, the file named by ``CINDERBLOCK_KEYSTONE_CONFIG`` is read, if
+    that is set. Environment variables (``CINDERBLOCK_KEYSTONE_AUTH_URL``,
+    ``..._PASSWORD``, ...) override the file option by option, so the password can stay out
+    of the file. Unknown options are
     refused rather than ignored: a misspelt ``project_name`` would otherwise surface only as a
     401 for every client.
     """
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
+    if config_file is None and environ.get(CONFIG_ENV):
+        config_file = environ[CONFIG_ENV]
     if config_file is not None:
         path = Path(config_file)
         parser = configparser.ConfigParser(interpolation=None)
@@ -239,11 +246,15 @@ def keystone_auth(
 ) -> WSGIApp:
     """Wrap ``app`` so that every request carries a Keystone-validated ``RequestContext``.
 
-    Give either ``settings`` (see :func:`load_keystone_settings`) or the options as keywords:
-    ``keystone_auth(app, auth_url=..., username=..., password=..., project_name=...)``;
-    keywords given with ``settings`` replace those fields.
+    Give ``settings`` (see :func:`load_keystone_settings`), or the options as keywords:
+    ``keystone_auth(app, auth_url=..., username=..., password=..., project_name=...)``
+    (keywords given with ``settings`` replace those fields), or nothing: then the settings
+    come from the environment (``CINDERBLOCK_KEYSTONE_CONFIG`` and ``CINDERBLOCK_KEYSTONE_*``),
+    which is how ``serve --auth keystone`` is configured.
     """
-    if settings is None:
+    if settings is None and not options:
+        settings = load_keystone_settings()
+    elif settings is None:
         unknown = sorted(set(options) - set(_OPTIONS))
         if unknown:
             raise TypeError(f"keystone_auth got unknown options: {', '.join(unknown)}")

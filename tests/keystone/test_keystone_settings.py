@@ -145,3 +145,14 @@ def test_import_is_cheap_when_unused():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == ""
+
+
+def test_config_file_named_by_the_environment(tmp_path):
+    path = write(tmp_path, FILE)
+    env = {"CINDERBLOCK_KEYSTONE_CONFIG": str(path), "CINDERBLOCK_KEYSTONE_USERNAME": "other"}
+    s = load_keystone_settings(None, environ=env)
+    assert (s.auth_url, s.username, s.password) == (
+        "http://keystone.example:5000/v3",
+        "other",
+        "file-secret-1234",
+    )
