@@ -28,6 +28,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +57,15 @@ class Identity:
     project_name: str
     project_id: str
     roles: tuple[str, ...]
+
+
+def wait_until_expired(expires_at: str) -> float:
+    """Sleep until a token's ``expires_at`` (Keystone's ISO 8601 UTC) has passed, plus a
+    margin; return the seconds it had left when called."""
+    end = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
+    left = (end - datetime.now(timezone.utc)).total_seconds()
+    time.sleep(max(0.0, left) + 1.5)
+    return left
 
 
 def _http(method: str, url: str, body: dict | None = None, token: str | None = None):
