@@ -41,7 +41,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import CinderblockError, Forbidden
+from ..errors import CinderblockError
 from .context import CONTEXT_KEY, RequestContext
 
 __all__ = [
@@ -296,7 +296,8 @@ class _KeystoneContext:
                 (("WWW-Authenticate", self.www_authenticate),),
             )
         if not project_id:
-            return _json(start_response, "403 Forbidden", Forbidden(NO_PROJECT_MESSAGE).to_fault())
+            body = {"forbidden": {"code": 403, "message": NO_PROJECT_MESSAGE}}  # Cinder's envelope
+            return _json(start_response, "403 Forbidden", body)
         roles = tuple(r.strip() for r in environ.get("HTTP_X_ROLES", "").split(",") if r.strip())
         environ[CONTEXT_KEY] = RequestContext(
             user_id=user_id,

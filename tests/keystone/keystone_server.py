@@ -196,8 +196,11 @@ class KeystoneServer:
             f"key_repository = {self.workdir / 'fernet-keys'}\n"
             "[credential]\n"
             f"key_repository = {self.workdir / 'credential-keys'}\n"
+            # Keystone's own cache, in process: validations get cheap. A revocation made
+            # through this server invalidates it; the short-lived server only mints.
             "[cache]\n"
-            "enabled = false\n"
+            "enabled = true\n"
+            "backend = oslo_cache.dict\n"
             "[identity]\n"
             "password_hash_rounds = 4\n"  # bcrypt's minimum: logins in milliseconds
         )
