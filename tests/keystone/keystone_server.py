@@ -214,13 +214,6 @@ class KeystoneServer:
             timeout=300,
         )
 
-    def _manage_async(self, conf: Path, *args: str) -> subprocess.Popen:
-        return subprocess.Popen(
-            [str(VENV / "bin" / "keystone-manage"), "--config-file", str(conf), *args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-
     def start(self) -> KeystoneServer:
         self.conf = self._write_conf("keystone.conf", expiration=3600)
         sock = _listening_socket()
@@ -229,16 +222,11 @@ class KeystoneServer:
         group = os.getgid()
         try:
             ids = ("--keystone-user", str(user), "--keystone-group", str(group))
-            # The key repositories do not touch the database: made while db_sync runs.
-            keys = [
-                self._manage_async(self.conf, "fernet_setup", *ids),
-                self._manage_async(self.conf, "credential_setup", *ids),
-            ]
+            # One at a time: run beside db_sync, a key setup can open the SQLite file while
+            # alembic holds it, and the start then fails now and then.
             self._manage(self.conf, "db_sync")
-            for proc in keys:
-                _, err = proc.communicate(timeout=300)
-                if proc.returncode != 0:
-                    raise subprocess.CalledProcessError(proc.returncode, proc.args, stderr=err)
+            self._manage(self.conf, "fernet_setup", *ids)
+            self._manage(self.conf, "credential_setup", *ids)
             self._manage(
                 self.conf,
                 "bootstrap",
@@ -259,8 +247,11 @@ class KeystoneServer:
             )
         except subprocess.CalledProcessError as err:
             sock.close()
+            log = self.workdir / "keystone.conf.log"
+            logged = log.read_text(errors="replace")[-4000:] if log.exists() else ""
             raise RuntimeError(
-                f"keystone-manage {err.cmd[3:]} failed: {err.stderr.decode(errors='replace')}"
+                f"keystone-manage {err.cmd[3:]} failed:\n"
+                f"{err.stderr.decode(errors='replace')[-4000:]}\n{logged}"
             ) from err
         server = _Gunicorn(self.conf, self.workdir / "gunicorn.log", sock)
         self._servers.append(server)
