@@ -279,7 +279,9 @@ class _KeystoneContext:
         self.www_authenticate = f'Keystone uri="{auth_uri}"'
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        # auth_token takes X-Storage-Token when X-Auth-Token is absent; so do we.
         token = environ.pop("HTTP_X_AUTH_TOKEN", None)
+        token = environ.pop("HTTP_X_STORAGE_TOKEN", None) if token is None else token
         environ.pop("HTTP_X_STORAGE_TOKEN", None)
         environ.pop("HTTP_X_SERVICE_TOKEN", None)
         user_id = environ.get("HTTP_X_USER_ID", "")

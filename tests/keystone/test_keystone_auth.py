@@ -120,6 +120,14 @@ def test_member_token_gives_its_own_project(keystone, app_url, user):
     assert token not in resp.text()
 
 
+def test_x_storage_token_works_as_the_token(keystone, app_url):
+    token = keystone.token("bob")
+    resp = call(app_url, headers={"X-Storage-Token": token})
+    assert resp.status == 200, resp.body
+    assert resp.json()["project_id"] == keystone.users["bob"].project_id
+    assert resp.json()["token_in_environ"] is False
+
+
 def test_projects_a_and_b_are_different(keystone, app_url):
     a = call(app_url, keystone.token("alice")).json()
     b = call(app_url, keystone.token("bob")).json()
