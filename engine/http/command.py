@@ -22,7 +22,6 @@ def add_serve_parser(groups: Any) -> argparse.ArgumentParser:
         "serve",
         help="serve Cinder's backup API over HTTP (python-cinderclient, openstacksdk, openstack)",
     )
-    s.add_argument("--repo", default=argparse.SUPPRESS, help="repository directory")
     s.add_argument(
         "--listen",
         default=DEFAULT_LISTEN,
