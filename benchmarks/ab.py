@@ -32,6 +32,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -155,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None, help="write the rows here")
     args = ap.parse_args(argv)
+    # A TERM (or a HUP) unwinds like an exception, so the scratch filesystem is unmounted
+    # and its loop device detached.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     size = parse_size(args.size)
     work = args.workdir or tempfile.mkdtemp(prefix="cinderblock-ab-", dir="/var/tmp")
     os.makedirs(work, exist_ok=True)
