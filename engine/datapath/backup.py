@@ -145,8 +145,11 @@ class _Store:
         known: set[bytes] | _Asked | _Listed,
         job: BackupJob,
         stats: BackupStats,
+        fence: Callable[[], None] = lambda: None,
     ) -> None:
         self.container = container
+        self.fence = fence
+        self._fenced = False
         self.known = known
         self.job = job
         self.stats = stats
@@ -165,6 +168,9 @@ class _Store:
             if digest in self.seen:
                 return
             self.seen.add(digest)
+        if not self._fenced:
+            self.fence()  # dedup answers and publication need the write lease held
+            self._fenced = True
         if known or digest in self.known:
             return
         parts = self.container.codec.encode_parts(data, digest)
@@ -203,7 +209,9 @@ class _Store:
         self.batch.discard()
 
 
-def run_backup(container: Container, job: BackupJob) -> tuple[BlockMap, BackupStats]:
+def run_backup(
+    container: Container, job: BackupJob, *, fence: Callable[[], None] = lambda: None
+) -> tuple[BlockMap, BackupStats]:
     """Store the volume's changed blocks and return its complete manifest (not yet written).
 
     Which blocks are read, cheapest knowledge first: a changed-extents hint limits reading to
@@ -215,6 +223,10 @@ def run_backup(container: Container, job: BackupJob) -> tuple[BlockMap, BackupSt
     All of that is worked out on runs of blocks, never on per-block arrays: memory is the
     windows, plus the runs and digests of the data blocks (the new map's and the
     parent's), whatever the volume's size.
+
+    ``fence`` (the write lease's ``ready``) is called before anything that depends on the
+    container's objects: the first dedup lookup, any publication, the end of the job. The
+    source may be read before it returns.
     """
     bs = job.block_size
     nblocks = -(-job.volume_size // bs)
@@ -230,6 +242,8 @@ def run_backup(container: Container, job: BackupJob) -> tuple[BlockMap, BackupSt
     damaged: set[bytes] = set()
     if parent is not None:
         marks = {d for d, _info in container.iter_quarantine()}
+        if marks:
+            fence()
         if len(marks) > ASK_AT_MOST:
             known = container.known()
             damaged = marks - known
@@ -262,7 +276,7 @@ def run_backup(container: Container, job: BackupJob) -> tuple[BlockMap, BackupSt
         few = inherit.size and native.runs_count(to_read) <= ASK_AT_MOST
         known = _Asked(container) if few else _Listed(container)
 
-    store = _Store(container, known, job, stats)
+    store = _Store(container, known, job, stats, fence)
     pieces: list[tuple[np.ndarray, np.ndarray]] = []
     if parent is not None and inherit.size:
         pieces.append(parent.rows(inherit))
@@ -270,6 +284,7 @@ def run_backup(container: Container, job: BackupJob) -> tuple[BlockMap, BackupSt
         with _open_reader(job, container.seed, to_read) as reader:
             done, changed_read = _pipeline(reader, job, total, parent, pieces, store, damaged)
             stats.bytes_read = reader.bytes_read
+        fence()
         store.finish()
     except BaseException:
         store.abort()

@@ -144,10 +144,14 @@ class BlockMap:
         if not pieces:
             runs, data = np.empty((0, 2), np.int64), np.empty((0, DIGEST_SIZE), np.uint8)
         else:
+            # A backup's pieces are its windows' (each in order, none interleaved) and
+            # perhaps one inherited piece: in order of their first run they are usually in
+            # block order already, which one comparison confirms; else sort every run.
+            pieces.sort(key=lambda p: int(p[0][0, 0]))
             runs = np.concatenate([p[0] for p in pieces])
             data = np.concatenate([p[1] for p in pieces])
-            order = np.argsort(runs[:, 0], kind="stable")
-            if (order[1:] < order[:-1]).any():
+            if len(runs) > 1 and (runs[1:, 0] < runs[:-1, 0]).any():
+                order = np.argsort(runs[:, 0], kind="stable")
                 # Put the runs, and their digests with them, in block order.
                 row = np.zeros(len(runs), np.int64)
                 np.cumsum(runs[:-1, 1], out=row[1:])
