@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             repos = work
             if os.geteuid() == 0:
-                scratch = max(4 << 30, int(size * 0.8 * 2 * args.repeat) + size)
+                scratch = max(4 << 30, int(size * 1.2 * 2 * args.repeat) + 2 * size)
                 repos = stack.enter_context(scratch_filesystem(work, scratch))
             else:
                 print("not root: repositories go in the work directory")
