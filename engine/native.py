@@ -583,6 +583,46 @@ def diff(
     return _bitmap.diff(d, z, pd, pz)
 
 
+_NO_DIGESTS = np.empty((0, DIGEST_SIZE), np.uint8)
+_NO_ROWS = np.empty(0, np.int64)
+
+
+def window_delta(
+    first_block: int,
+    digests: np.ndarray,
+    zero: np.ndarray,
+    parent_runs: np.ndarray | None = None,
+    parent_rows: np.ndarray | None = None,
+    parent_digests: np.ndarray | None = None,
+    parent_nblocks: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """A backup window against its parent's sparse map, in one GIL-free pass.
+
+    The window is blocks ``[first_block, first_block + n)`` with their ``digests`` and
+    ``zero`` flags; the parent is its data runs (normalized), the row in ``parent_digests``
+    of each run's first block, its data digests and its block count (all None / 0 for a
+    full backup). Returns ``(runs, data_digests, store, n_changed)``: the window's data
+    runs (absolute) with their digests, the window indices of its data blocks that differ
+    from the parent's (what must be stored), and how many of its blocks inside the parent's
+    extent changed. This is what ``diff`` against a dense parent window, ``mask_to_runs``
+    and the masks between them computed, without building any of those per window.
+    """
+    d, z = _check_digests(digests, zero, "")
+    first = _check_count(first_block, "first_block")
+    if parent_runs is None:
+        return _bitmap.window_delta(first, d, z, _NO_RUNS, _NO_ROWS, _NO_DIGESTS, 0)
+    pr = np.ascontiguousarray(parent_runs, np.int64)
+    rows = np.ascontiguousarray(parent_rows, np.int64)
+    pd = np.ascontiguousarray(parent_digests, np.uint8)
+    if pr.ndim != 2 or pr.shape[1] != 2 or rows.shape != (len(pr),):
+        raise ValueError("parent_runs must be (k, 2) runs with one row each in parent_rows")
+    if pd.ndim != 2 or pd.shape[1] != DIGEST_SIZE:
+        raise ValueError("parent_digests must be a uint8 array of shape (m, 16)")
+    return _bitmap.window_delta(
+        first, d, z, pr, rows, pd, _check_count(parent_nblocks, "parent_nblocks")
+    )
+
+
 def extents_to_blocks(
     extents: Iterable[tuple[int, int]] | np.ndarray, block_size: int, nblocks: int
 ) -> np.ndarray:

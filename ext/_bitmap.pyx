@@ -107,3 +107,82 @@ def runs_to_mask(const int64_t[:, ::1] runs, Py_ssize_t nblocks):
             for b in range(runs[k, 0], runs[k, 0] + runs[k, 1]):
                 m[b] = 1
     return mask
+
+
+cdef Py_ssize_t _first_run_ending_after(const int64_t[:, ::1] runs, int64_t b) noexcept nogil:
+    """Index of the first run whose end is past block ``b`` (runs sorted, disjoint)."""
+    cdef Py_ssize_t lo = 0, hi = runs.shape[0], mid
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if runs[mid, 0] + runs[mid, 1] <= b:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def window_delta(int64_t first, const uint8_t[:, ::1] digests, const uint8_t[::1] zero,
+                 const int64_t[:, ::1] p_runs, const int64_t[::1] p_row,
+                 const uint8_t[:, ::1] p_data, int64_t p_nblocks):
+    """One window of a backup against its parent's sparse map, in one pass.
+
+    The window holds blocks ``[first, first + n)`` with their digests and zero flags; the
+    parent is given as its data runs, the row in ``p_data`` of each run's first block, and
+    its data digests (``p_nblocks`` 0 and no runs for a full backup). Returns
+    ``(runs, data_digests, store, n_changed)``: the window's data runs (absolute block
+    numbers) and their digests, the window indices of the data blocks that differ from the
+    parent (to be stored), and how many blocks inside the parent's extent changed. A block
+    is unchanged when both are zero blocks or both are data blocks with equal digests.
+    """
+    cdef Py_ssize_t n = digests.shape[0]
+    cdef Py_ssize_t nr = 0, nd = 0, ns = 0, nchanged = 0, i, k
+    cdef int64_t b, run_start = 0, run_end = 0
+    cdef bint in_run = False, p_is_data, changed
+    runs = np.empty(((n + 1) // 2, 2), dtype=np.int64)
+    data = np.empty((n, 16), dtype=np.uint8)
+    store = np.empty(n, dtype=np.int64)
+    if n == 0:
+        return runs[:0], data[:0], store[:0], 0
+    cdef int64_t[:, ::1] r = runs
+    cdef uint8_t[:, ::1] d = data
+    cdef int64_t[::1] s = store
+    cdef Py_ssize_t nruns = p_runs.shape[0]
+    cdef int64_t row, nrows = p_data.shape[0]
+    if p_row.shape[0] != nruns:
+        raise ValueError("parent rows and runs differ in length")
+    with nogil:
+        k = _first_run_ending_after(p_runs, first)
+        for i in range(n):
+            b = first + i
+            while k < nruns and p_runs[k, 0] + p_runs[k, 1] <= b:
+                k += 1
+            p_is_data = k < nruns and p_runs[k, 0] <= b
+            if zero[i]:
+                changed = p_is_data or b >= p_nblocks
+                in_run = False
+            else:
+                if in_run:
+                    r[nr - 1, 1] += 1
+                else:
+                    r[nr, 0] = b
+                    r[nr, 1] = 1
+                    nr += 1
+                    in_run = True
+                memcpy(&d[nd, 0], &digests[i, 0], 16)
+                nd += 1
+                if p_is_data:
+                    row = p_row[k] + b - p_runs[k, 0]
+                    if row < 0 or row >= nrows:
+                        nchanged = -1  # inconsistent parent arrays: refused below
+                        break
+                    changed = memcmp(&digests[i, 0], &p_data[row, 0], 16) != 0
+                else:
+                    changed = True
+                if changed:
+                    s[ns] = i
+                    ns += 1
+            if changed and b < p_nblocks:
+                nchanged += 1
+    if nchanged < 0:
+        raise ValueError("parent runs, rows and digests are inconsistent")
+    return runs[:nr], data[:nd], store[:ns], nchanged

@@ -208,9 +208,16 @@ def backup_volume(
             cancel=cancel,
         )
         cancelled = cancel.is_set if cancel is not None else (lambda: False)
-        with container.write_lease(owner=lease_owner, cancelled=cancelled) as lease:
-            blockmap, stats = run_backup(container, job)
+        # The lease is taken while the first windows are read: run_backup waits for it
+        # (``fence``) before its first dedup lookup or object publication, and
+        # ``lease.check`` before the commit, so nothing that needs the fence runs without it.
+        with container.write_lease(
+            owner=lease_owner, cancelled=cancelled, background=True
+        ) as lease:
+            blockmap, stats = run_backup(container, job, fence=lease.ready)
             _check_unchanged(src, source)
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("the backup was cancelled")
             stats.changed_extents_used = changed is not None
             stats.changes_refused = refused
             # The last windows may have been in flight (a slow or held read) when cancel

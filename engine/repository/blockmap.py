@@ -51,6 +51,14 @@ KINDS_CHUNK = 4 << 20
 ONE_SHOT_BYTES = 4 << 20
 
 
+_KEY = np.dtype((np.void, DIGEST_SIZE))
+
+
+def _as_keys(rows: np.ndarray) -> np.ndarray:
+    """Digest rows as one comparable, sortable item each (bytewise order)."""
+    return np.ascontiguousarray(rows).view(_KEY).ravel()
+
+
 @dataclass(init=False, eq=False)
 class BlockMap:
     """A backup's block map: which blocks are zeros, and the digest of every data block.
@@ -94,6 +102,7 @@ class BlockMap:
         self.volume_size = volume_size
         self._zero_digest = zero_digest
         self._dense: tuple[np.ndarray, np.ndarray] | None = None
+        self._sorted: np.ndarray | None = None  # data digests as sorted keys (on first use)
         if zero is not None:
             if digests is None or runs is not None or data_digests is not None:
                 raise TypeError("give digests and zero, or runs and data_digests")
@@ -135,10 +144,14 @@ class BlockMap:
         if not pieces:
             runs, data = np.empty((0, 2), np.int64), np.empty((0, DIGEST_SIZE), np.uint8)
         else:
+            # A backup's pieces are its windows' (each in order, none interleaved) and
+            # perhaps one inherited piece: in order of their first run they are usually in
+            # block order already, which one comparison confirms; else sort every run.
+            pieces.sort(key=lambda p: int(p[0][0, 0]))
             runs = np.concatenate([p[0] for p in pieces])
             data = np.concatenate([p[1] for p in pieces])
-            order = np.argsort(runs[:, 0], kind="stable")
-            if (order[1:] < order[:-1]).any():
+            if len(runs) > 1 and (runs[1:, 0] < runs[:-1, 0]).any():
+                order = np.argsort(runs[:, 0], kind="stable")
                 # Put the runs, and their digests with them, in block order.
                 row = np.zeros(len(runs), np.int64)
                 np.cumsum(runs[:-1, 1], out=row[1:])
@@ -227,6 +240,31 @@ class BlockMap:
             digests[s - lo : e - lo] = self._data[row : row + e - s]
             zero[s - lo : e - lo] = False
         return digests, zero
+
+    def delta(
+        self, first: int, digests: np.ndarray, zero: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """A new window of blocks from ``first`` against this map (``native.window_delta``):
+        ``(its data runs, their digests, indices of its blocks to store, how many changed
+        inside this map's extent)``. One native pass over the window and this map's runs
+        there; nothing dense is built."""
+        return native.window_delta(
+            first, digests, zero, self._runs, self._row, self._data, self._nblocks
+        )
+
+    def contains_digests(self, digests: np.ndarray) -> np.ndarray:
+        """Mask: which of ``digests`` (uint8 ``(k, 16)``) are among this map's data digests.
+
+        The first call sorts a copy of the digests (16 bytes per data block, no Python
+        object per block); later calls cost a binary search each.
+        """
+        keys = _as_keys(np.ascontiguousarray(digests, np.uint8).reshape(-1, DIGEST_SIZE))
+        if self._sorted is None:
+            self._sorted = np.unique(_as_keys(self._data))
+        if not len(self._sorted):
+            return np.zeros(len(keys), np.bool_)
+        at = np.minimum(np.searchsorted(self._sorted, keys), len(self._sorted) - 1)
+        return self._sorted[at] == keys
 
     def runs_of_digests(self, wanted: set[bytes]) -> np.ndarray:
         """Runs of the data blocks whose digest is one of ``wanted``."""

@@ -21,7 +21,13 @@ from ..errors import BlobConflict, BlobNotFound, CorruptionError, FormatVersionE
 from ..store.blob import BlobBatch, BlobInfo, BlobStore
 from .blockmap import BlockMap
 from .layout import ContainerKeys, check_uuid, digest_of_key
-from .leases import DEFAULT_TTL, HeldLease, hold_write_lease, try_sweep_lease
+from .leases import (
+    DEFAULT_TTL,
+    HeldLease,
+    hold_write_lease,
+    start_write_lease,
+    try_sweep_lease,
+)
 from .objects import HEADER_SIZE, BlockCodec
 from .records import MAX_RECORD_BYTES, decode_record, encode_record
 
@@ -258,9 +264,21 @@ class Container:
 
     # ------------------------------------------------------------------ leases
 
-    def write_lease(self, *, owner: str | None = None, ttl: float = DEFAULT_TTL, cancelled=None):
-        """Hold a write lease for a running backup (``leases.py``); use as a context."""
-        return hold_write_lease(
+    def write_lease(
+        self,
+        *,
+        owner: str | None = None,
+        ttl: float = DEFAULT_TTL,
+        cancelled=None,
+        background: bool = False,
+    ):
+        """Hold a write lease for a running backup (``leases.py``); use as a context.
+
+        ``background``: return at once with the lease being taken on its own thread
+        (``PendingWriteLease``); call its ``ready()`` before relying on the fence.
+        """
+        take = start_write_lease if background else hold_write_lease
+        return take(
             self.store, self.keys, owner=owner, ttl=ttl, cancelled=cancelled or (lambda: False)
         )
 

@@ -198,6 +198,88 @@ def hold_write_lease(
     return lease
 
 
+class PendingWriteLease(HeldLease):
+    """A write lease taken on its own thread while its holder starts on work that needs no
+    fence (reading and hashing the source); :meth:`ready` waits until it is held.
+
+    The fence is what ``hold_write_lease`` gives, only later: the lease is published, then
+    its thread waits until no live sweep is left, then :meth:`ready` returns. The holder
+    calls :meth:`ready` before anything that depends on the container's objects (its dedup
+    lookups, publishing objects, committing its block map), so a sweep that started first
+    still finishes before any of that, and one that starts later sees the lease and gives
+    up. What overlaps is only the lease's own publication (a durable put: an fsync or a
+    request) with the first windows' reads.
+    """
+
+    def __init__(self, *args, cancelled: Callable[[], bool] = lambda: False, **kw) -> None:
+        super().__init__(*args, **kw)
+        self._cancelled = cancelled
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self) -> PendingWriteLease:
+        self._thread = threading.Thread(
+            target=self._acquire_then_refresh, name=f"cb-lease-{self.kind}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def _acquire_then_refresh(self) -> None:
+        try:
+            self._write(exclusive=True)
+            warned = False
+            while sweeps := live_leases(self.store, self.keys, SWEEP):
+                if self._cancelled():
+                    raise InterruptedError("cancelled while waiting for a sweep to finish")
+                if self._stop.is_set():
+                    return
+                if not warned:
+                    log.info(
+                        "%s: waiting for the sweep of %s to finish",
+                        self.keys.prefix,
+                        sweeps[0].owner,
+                    )
+                    warned = True
+                time.sleep(POLL_SECONDS)
+        except BaseException as e:
+            self._error = e
+            return
+        finally:
+            self._ready.set()
+        self._refresh_loop()
+
+    def ready(self) -> None:
+        """Wait until the lease is held and no sweep runs; raise what prevented that."""
+        if not self._ready.is_set():
+            while not self._ready.wait(POLL_SECONDS):
+                if self._cancelled():
+                    raise InterruptedError("cancelled while waiting for a sweep to finish")
+        if self._error is not None:
+            raise self._error
+
+    def check(self) -> None:
+        self.ready()
+        super().check()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        super().release()  # deleting a lease never published is a no-op
+
+
+def start_write_lease(
+    store: BlobStore,
+    keys: ContainerKeys,
+    *,
+    owner: str | None = None,
+    ttl: float = DEFAULT_TTL,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> PendingWriteLease:
+    """A write lease being taken on its own thread (:class:`PendingWriteLease`)."""
+    return PendingWriteLease(store, keys, WRITE, owner=owner, ttl=ttl, cancelled=cancelled).start()
+
+
 def try_sweep_lease(
     store: BlobStore, keys: ContainerKeys, *, owner: str | None = None, ttl: float = DEFAULT_TTL
 ) -> tuple[HeldLease | None, str | None]:

@@ -282,7 +282,7 @@ def test_a_backup_holds_a_write_lease_and_waits_for_a_running_sweep(tmp_path):
 
     t = threading.Thread(target=run)
     t.start()
-    assert not done.wait(0.5)  # held behind the sweep, having read nothing
+    assert not done.wait(0.5)  # held behind the sweep, having published nothing
     assert len(live_leases(container.store, container.keys, WRITE)) == 1
     lease.release()
     t.join(30)
