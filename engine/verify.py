@@ -137,7 +137,7 @@ def verify(
                 v.errors.append(f"block {i} (object {digest.hex()}): {error}")
     _blame_the_key(repo, mismatched, thorough_checks)
     for container, digest in mismatched:
-        container.quarantine(digest)
+        container.quarantine(digest, by="verify")
     return {
         "ok": all(v.ok for v in verdicts),
         "mode": "deep" if deep else (f"sample {percent}%" if percent else "quick"),

@@ -55,7 +55,6 @@ USED_BY_THE_ENGINE = [
 
 FORBIDDEN = [
     (Kind.BACKUP, "available", "creating"),
-    (Kind.BACKUP, "error", "restoring"),
     (Kind.BACKUP, "creating", "restoring"),
     (Kind.BACKUP, "creating", "deleting"),
     (Kind.BACKUP, "restoring", "deleting"),

@@ -42,6 +42,7 @@ from engine.errors import (
     InvalidVolume,
 )
 from engine.repository.records import MAX_RECORD_BYTES, encode_record
+from engine.requests.faults import http_status
 
 # Names that came with the fixes are imported where they are used, so that every other test
 # of this file still runs (and fails) against the code before them.
@@ -611,7 +612,7 @@ def test_13_huge_extents_and_deep_bodies_are_400s(eng, volume):
     ):
         with pytest.raises(BadRequest) as info:
             eng.create_backup(PROJECT, body, microversion="3.43")
-        assert info.value.http_status == 400
+        assert http_status(info.value) == 400
     assert eng.list_backups(PROJECT)["backups"] == []
 
 
