@@ -6,9 +6,24 @@ configures gunicorn in code and leaves Keystone an empty command line. The confi
 file comes from ``OS_KEYSTONE_CONFIG_FILES``.
 """
 
+import ctypes
+import os
+import signal
 import sys
 
 from gunicorn.app.base import BaseApplication
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """End when the test process ends, however it ends: a pytest killed by a timeout must
+    not leave a Keystone behind (an orphaned gunicorn whose files are gone respawns its
+    worker forever, a core at 100%)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent was already gone before prctl
+        sys.exit(1)
 
 
 class KeystoneApplication(BaseApplication):
@@ -31,6 +46,7 @@ class KeystoneApplication(BaseApplication):
 
 
 if __name__ == "__main__":
+    die_with_parent()
     fd = int(sys.argv[1])
     sys.argv = sys.argv[:1]
     KeystoneApplication(fd).run()
