@@ -268,35 +268,12 @@ def restore_volume(
         )
     report = progress or (lambda fraction: None)
     counters: dict[str, int] = {}
-    if is_stream(target):
-        obj = FileObject(target, "target", write=True)
-        if obj.size < blockmap.volume_size:
-            raise InvalidInput(
-                f"{obj.label} holds {obj.size} bytes, less than the volume's {blockmap.volume_size}"
-            )
-        written, lost = run_restore(
-            container,
-            blockmap,
-            obj,
-            fresh=target_is_new,
-            workers=workers,
-            allow_damaged=allow_damaged,
-            progress=report,
-            cancel=cancel,
-            differential=differential,
-            counters=counters,
-        )
-        return RestoreResult(written, lost, blocks_unchanged=counters.get("blocks_unchanged", 0))
-    fd, path = _fd_of(target, "target")
-    if fd is not None or (path is not None and os.path.exists(path)):
-        where: str | int = fd if fd is not None else path  # type: ignore[assignment]
-        st = os.stat(where)
-        label = path or f"fd {fd}"
-        _check_kind(st, label, "target")
-        have = _target_size(where, st)
+
+    def in_place(where: str | int | FileObject, have: int, label: str) -> RestoreResult:
+        """Write over an existing target that must hold the volume's size."""
         if have < blockmap.volume_size:
             raise InvalidInput(
-                f"target {label} holds {have} bytes, less than the volume's {blockmap.volume_size}"
+                f"{label} holds {have} bytes, less than the volume's {blockmap.volume_size}"
             )
         written, lost = run_restore(
             container,
@@ -311,6 +288,17 @@ def restore_volume(
             counters=counters,
         )
         return RestoreResult(written, lost, blocks_unchanged=counters.get("blocks_unchanged", 0))
+
+    if is_stream(target):
+        obj = FileObject(target, "target", write=True)
+        return in_place(obj, obj.size, obj.label)
+    fd, path = _fd_of(target, "target")
+    if fd is not None or (path is not None and os.path.exists(path)):
+        where: str | int = fd if fd is not None else path  # type: ignore[assignment]
+        st = os.stat(where)
+        label = path or f"fd {fd}"
+        _check_kind(st, label, "target")
+        return in_place(where, _target_size(where, st), f"target {label}")
     if differential:
         raise InvalidInput(f"target {path!r} does not exist: nothing to restore differentially")
     assert path is not None
