@@ -1,11 +1,11 @@
 """Which microversion a request asked for, and the headers that say which one it got.
 
 Cinder reads ``OpenStack-API-Version``, a comma-separated list of ``<service> <version>``
-entries, and takes the ``volume`` one; no such entry is "no header" (3.0). This service
-also reads the older per-service spelling ``X-OpenStack-Volume-API-Version: <version>``
-(the pattern of microversion-parse's legacy headers) when the new one has no ``volume``
-entry. Every answer of a versioned route names the negotiated version and says the
-response varies with it.
+entries, and takes the ``volume`` one; no such entry is "no header" (3.0). Cinder 29 reads
+no other header (``cinder/api/openstack/wsgi.py``: ``API_VERSION_REQUEST_HEADER`` only), so
+neither does this service: a client that sends some other spelling gets 3.0 here as it would
+from Cinder, not a version Cinder would never have given it. Every answer of a versioned
+route names the negotiated version and says the response varies with it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from .wire import Request
 
 __all__ = [
     "HEADER",
-    "LEGACY_HEADER",
     "SERVICE",
     "negotiate",
     "requested_version",
@@ -23,7 +22,6 @@ __all__ = [
 ]
 
 HEADER = "OpenStack-API-Version"
-LEGACY_HEADER = "X-OpenStack-Volume-API-Version"
 SERVICE = "volume"
 
 
@@ -35,8 +33,7 @@ def requested_version(request: Request) -> str | None:
             parts = entry.split()
             if len(parts) == 2 and parts[0].lower() == SERVICE:
                 return parts[1]
-    legacy = request.header(LEGACY_HEADER)
-    return legacy.strip() if legacy else None
+    return None
 
 
 def negotiate(request: Request) -> Microversion:

@@ -79,7 +79,9 @@ def test_every_response_has_a_fresh_request_id(server):
         ({"OpenStack-API-Version": "volume latest"}, "3.71"),
         ({"OpenStack-API-Version": "compute 2.1, volume 3.45"}, "3.45"),
         ({"OpenStack-API-Version": "compute 2.1"}, "3.0"),
-        ({"X-OpenStack-Volume-API-Version": "3.40"}, "3.40"),
+        # Cinder 29 reads only OpenStack-API-Version: other spellings are no header at all.
+        ({"X-OpenStack-Volume-API-Version": "3.40"}, "3.0"),
+        ({"X-OpenStack-Cinder-API-Version": "3.40"}, "3.0"),
     ],
 )
 def test_microversion_negotiation(server, sent, got):
