@@ -33,6 +33,7 @@ from typing import Any
 from .errors import InvalidInput, RepositoryError
 from .owners import is_alive, me
 from .repository import Container, Repository
+from .repository.packed import sweep_packs
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,12 @@ class GcReport:
     temporary_files_removed: int = 0
     orphan_manifests_removed: int = 0
     quarantine_removed: int = 0
+    # Version-2 containers (pack files): packs deleted (wholly dead, or rewritten), packs
+    # rewritten, the bytes those rewrites wrote, and packs indexed again from their own index.
+    packs_removed: int = 0
+    packs_rewritten: int = 0
+    bytes_rewritten: int = 0
+    packs_adopted: int = 0
     containers_swept: int = 0
     containers_skipped: list[dict[str, str]] = field(default_factory=list)
 
@@ -195,9 +202,18 @@ def _sweep(
             report.skip(container, f"manifest {bid} is unreadable ({e}); nothing removed")
             return
     garbage = []
-    for digest, info in container.iter_objects():
-        if digest not in referenced and (info.mtime < cutoff or digest in released):
-            garbage.append(info)
+    if container.packed is not None:
+        swept = sweep_packs(container.packed, referenced, cutoff, released, dry_run=dry_run)
+        report.objects_removed += swept.entries_removed
+        report.packs_removed += swept.packs_removed
+        report.packs_rewritten += swept.packs_rewritten
+        report.bytes_rewritten += swept.bytes_written
+        report.packs_adopted += swept.packs_adopted
+        report.bytes_reclaimed += max(0, swept.bytes_removed - swept.bytes_written)
+    else:
+        for digest, info in container.iter_objects():
+            if digest not in referenced and (info.mtime < cutoff or digest in released):
+                garbage.append(info)
     quarantine = []
     known = None
     for digest, info in container.iter_quarantine():
