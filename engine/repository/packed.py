@@ -34,6 +34,7 @@ from .packs import (
     decode_index,
     encode_index,
     entries_array,
+    new_pack_id,
     pack_id_of,
     pack_tail,
     parse_pack_index,
@@ -315,7 +316,7 @@ class PackBatch:
     def _seal(self, buf: bytearray, rows: list) -> None:
         entries = entries_array(rows)
         buf += pack_tail(entries, len(buf))
-        pid = pack_id_of(buf)
+        pid = new_pack_id()
         self._store_batch.stage(self._packed.keys.pack(pid), buf)
         with self._seal_lock:
             self._sealed.append((pid, len(buf), entries))
@@ -530,7 +531,7 @@ class _PackBuilder:
             return
         entries = entries_array(self.rows)
         self.buf += pack_tail(entries, len(self.buf))
-        pid = pack_id_of(self.buf)
+        pid = new_pack_id()
         self.packed.store.put(self.packed.keys.pack(pid), self.buf)
         self.done.append((pid, len(self.buf), entries))
         self.res.packs_written += 1

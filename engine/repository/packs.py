@@ -18,6 +18,7 @@ is 0 today (readers ignore bits they do not know).
 
 from __future__ import annotations
 
+import secrets
 import struct
 from collections.abc import Sequence
 
@@ -73,8 +74,15 @@ def entries_array(rows: Sequence[tuple[bytes, bytes, int, int, int, int]]) -> np
 
 
 def pack_id_of(blob: bytes | bytearray | memoryview) -> bytes:
-    """A pack's name: xxh3-128 (seed 0) of all its bytes, so a listing names whole packs."""
+    """An index file's name: xxh3-128 (seed 0) of all its bytes."""
     return xxhash.xxh3_128_digest(blob)
+
+
+def new_pack_id() -> bytes:
+    """A pack's name: 16 random bytes, never reused. Not the hash of its bytes: a pack
+    stored again after damage (the same blocks in the same order) must not take the name
+    of the damaged one, whose quarantine marks name it."""
+    return secrets.token_bytes(16)
 
 
 def pack_tail(entries: np.ndarray, index_offset: int) -> bytes:
