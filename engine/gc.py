@@ -33,7 +33,7 @@ from typing import Any
 from .errors import InvalidInput, RepositoryError
 from .owners import is_alive, me
 from .repository import Container, Repository
-from .repository.packed import sweep_packs
+from .repository.packed import sweep_packs, sweep_released
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,16 @@ def _sweep(
                 "repository disagree); nothing removed — run verify",
             )
             return
+    if container.packed is not None and released:
+        # A delete on pack files: only the packs the deleted backup alone used go, found
+        # through the remaining backups' pack lists (no block map is read); gc does the rest.
+        fast = sweep_released(container.packed, released, set(blockmaps), dry_run=dry_run)
+        if fast is not None:
+            report.objects_removed += fast.entries_removed
+            report.packs_removed += fast.packs_removed
+            report.bytes_reclaimed += fast.bytes_removed
+            report.containers_swept += 1
+            return
     referenced: set[bytes] = set()
     orphans = []
     for bid, info in sorted(blockmaps.items()):
@@ -204,6 +214,8 @@ def _sweep(
     garbage = []
     if container.packed is not None:
         swept = sweep_packs(container.packed, referenced, cutoff, released, dry_run=dry_run)
+        if not dry_run:
+            _refresh_refs(container, blockmaps, orphans)
         report.objects_removed += swept.entries_removed
         report.packs_removed += swept.packs_removed
         report.packs_rewritten += swept.packs_rewritten
@@ -237,6 +249,24 @@ def _sweep(
     report.temporary_files_removed += n
     report.bytes_reclaimed += size
     report.containers_swept += 1
+
+
+def _refresh_refs(container: Container, blockmaps: dict, orphans: list[str]) -> None:
+    """Rewrite the pack lists that a sweep made stale (entries moved by a rewrite, or read
+    from another copy), and remove those of block maps that are gone."""
+    gone = set(orphans)
+    for bid, info in blockmaps.items():
+        if info.key in gone:
+            continue
+        with contextlib.suppress(RepositoryError):
+            container.put_refs(container.get_blockmap(bid))
+    stale = [
+        i.key
+        for i in container.store.list(container.keys.refs_prefix)
+        if i.key.rsplit("/", 1)[-1] not in blockmaps
+        or container.keys.manifest(i.key.rsplit("/", 1)[-1]) in gone
+    ]
+    container.store.delete_many(stale)
 
 
 def collect(

@@ -35,7 +35,7 @@ from .leases import (
 )
 from .objects import HEADER_SIZE, BlockCodec
 from .packed import PackBatch, PackedObjects
-from .packs import DEFAULT_PACK_SIZE
+from .packs import DEFAULT_PACK_SIZE, decode_refs, encode_refs
 from .packview import PackView
 from .records import MAX_RECORD_BYTES, decode_record, encode_record
 
@@ -304,7 +304,23 @@ class Container:
     # ------------------------------------------------------------------ block maps
 
     def put_blockmap(self, blockmap: BlockMap) -> None:
+        """Publish a block map; in version 2 then its pack list (``refs/<backup id>``, the
+        packs its entries are in), which lets a delete find the packs only it used
+        without reading every other block map."""
         self.store.put(self.keys.manifest(blockmap.backup_id), blockmap.encode())
+        if self.packed is not None:
+            self.put_refs(blockmap)
+
+    def put_refs(self, blockmap: BlockMap) -> bool:
+        """(Re)write a version-2 block map's pack list; False when it was already right."""
+        assert self.packed is not None
+        packs = self.packed.view().packs_of(blockmap.data_digests)
+        key = self.keys.refs(blockmap.backup_id)
+        with contextlib.suppress(BlobNotFound, CorruptionError):
+            if decode_refs(self.store.get(key), what=key) == packs:
+                return False
+        self.store.put(key, encode_refs(packs))
+        return True
 
     def get_blockmap(self, backup_id: str) -> BlockMap:
         key = self.keys.manifest(backup_id)
@@ -374,7 +390,10 @@ class Container:
         Durable before it returns: the sweep that follows may remove the objects, and a
         record that came back after a crash would name a backup whose data is gone.
         """
-        self.store.delete_many([self.keys.record(backup_id), self.keys.manifest(backup_id)])
+        keys = [self.keys.record(backup_id), self.keys.manifest(backup_id)]
+        if self.packed is not None:
+            keys.append(self.keys.refs(backup_id))
+        self.store.delete_many(keys)
 
     # ------------------------------------------------------------------ leases
 

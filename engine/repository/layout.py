@@ -5,6 +5,7 @@ influence.
     projects/<project>/<container>/objects/<d[0:2]>/<digest hex>     (version 1)
     projects/<project>/<container>/packs/<p[0:2]>/<pack id hex>      (version 2)
     projects/<project>/<container>/index/<index id hex>             (version 2)
+    projects/<project>/<container>/refs/<backup id>                 (version 2)
     projects/<project>/<container>/manifests/<backup id>          (block maps)
     projects/<project>/<container>/records/<backup id>.json
     projects/<project>/<container>/quarantine/<digest hex>.<ns>   (damaged, set aside)
@@ -32,6 +33,7 @@ PROJECTS = "projects"
 OBJECTS = "objects"
 PACKS = "packs"
 INDEX = "index"
+REFS = "refs"
 MANIFESTS = "manifests"
 RECORDS = "records"
 QUARANTINE = "quarantine"
@@ -103,6 +105,13 @@ class ContainerKeys:
     @property
     def indexes(self) -> str:
         return f"{self.prefix}{INDEX}/"
+
+    def refs(self, backup_id: str) -> str:
+        return f"{self.prefix}{REFS}/{check_uuid(backup_id, 'backup id')}"
+
+    @property
+    def refs_prefix(self) -> str:
+        return f"{self.prefix}{REFS}/"
 
     def manifest(self, backup_id: str) -> str:
         return f"{self.prefix}{MANIFESTS}/{check_uuid(backup_id, 'backup id')}"

@@ -14,6 +14,7 @@ each other in one pack into one GET.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -32,6 +33,7 @@ from .packs import (
     NO_BASE,
     PACK_TRAILER_SIZE,
     decode_index,
+    decode_refs,
     encode_index,
     entries_array,
     new_pack_id,
@@ -557,3 +559,68 @@ def _pack_id_of_key(key: str) -> bytes | None:
         return bytes.fromhex(name)
     except ValueError:
         return None
+
+
+def sweep_released(
+    packed: PackedObjects, released: set[bytes], remaining: set[str], *, dry_run: bool = False
+) -> SweepResult | None:
+    """The sweep after a delete: remove the packs only the deleted backup used.
+
+    Cost: one listing and one small GET per remaining backup's pack list
+    (``refs/<backup id>``), the index files, and one new index — never a block map. The
+    packs that held ``released`` digests and that no remaining backup's pack list names
+    are deleted (with the sweep lease held no writer is running; every entry in them was
+    the deleted backup's or already dead); a partly dead pack is left for gc, which
+    reclaims entries and rewrites packs. None (the caller does the full sweep) when some
+    remaining block map has no readable pack list or an index file is unreadable.
+    """
+    store, keys = packed.store, packed.keys
+    others: set[bytes] = set()
+    found: set[str] = set()
+    for info in store.list(keys.refs_prefix):
+        bid = info.key.rsplit("/", 1)[-1]
+        if bid not in remaining:
+            continue
+        try:
+            others |= decode_refs(store.get(info.key), what=info.key)
+        except (BlobNotFound, CorruptionError):
+            return None
+        found.add(bid)
+    if found != remaining:
+        return None
+    files, bad = packed.index_files()
+    if bad:
+        return None
+    view = PackView(([p[0] for p in f.packs], f.entries) for f in files)
+    candidates = {loc.pack_id for d in released if (loc := view.locate(d)) is not None}
+    dead = candidates - others
+    res = SweepResult(damaged_entries=[])
+    if not dead:
+        return res
+    keep: dict[bytes, tuple[int, list[np.ndarray]]] = {}
+    for f in files:
+        for n, (pid, size, _count) in enumerate(f.packs):
+            mine = f.entries[f.entries["pack"] == n]
+            if pid in dead:
+                res.entries_removed += len(mine)
+            else:
+                keep.setdefault(pid, (size, []))[1].append(mine)
+    listed = {keys.pack(p): 0 for p in dead}
+    for p in dead:
+        with contextlib.suppress(BlobNotFound):
+            listed[keys.pack(p)] = store.stat(keys.pack(p)).size
+    res.packs_removed = len(dead)
+    res.bytes_removed = sum(listed.values())
+    if dry_run:
+        return res
+    final = []
+    for pid, (size, parts) in sorted(keep.items()):
+        entries = np.concatenate(parts)
+        _u, first = np.unique(entries["offset"], return_index=True)
+        final.append((pid, size, entries[np.sort(first)]))
+    if final:
+        packed.publish_index(final)
+    res.index_files_removed = store.delete_many([f.key for f in files])
+    store.delete_many(sorted(listed))
+    packed._view = None
+    return res

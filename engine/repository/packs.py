@@ -162,3 +162,29 @@ def digest_keys(digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     in the digests' byte order."""
     halves = np.frombuffer(np.ascontiguousarray(digests).tobytes(), ">u8").reshape(-1, 2)
     return halves[:, 0].astype(np.uint64), halves[:, 1].astype(np.uint64)
+
+
+REFS_MAGIC = b"CBRF"
+REFS_VERSION = 2
+# magic | version u16 | reserved u16 | packs u32 | reserved u32
+REFS_HEADER = struct.Struct("<4sHHII")
+REFS_MAX = 1 << 24
+
+
+def encode_refs(pack_ids: set[bytes] | list[bytes]) -> bytes:
+    """A backup's pack list: the packs its block map's entries are in (sorted ids)."""
+    ids = sorted(pack_ids)
+    body = REFS_HEADER.pack(REFS_MAGIC, REFS_VERSION, 0, len(ids), 0) + b"".join(ids)
+    return body + xxhash.xxh3_128_digest(body)
+
+
+def decode_refs(blob: bytes, *, what: str) -> set[bytes]:
+    if len(blob) < REFS_HEADER.size + 16 or xxhash.xxh3_128_digest(blob[:-16]) != blob[-16:]:
+        raise CorruptionError(f"{what} fails its checksum (truncated or damaged)")
+    magic, version, _r, n, _r2 = REFS_HEADER.unpack_from(blob)
+    if magic != REFS_MAGIC or version != REFS_VERSION or n > REFS_MAX:
+        raise CorruptionError(f"{what} has a bad header")
+    if REFS_HEADER.size + 16 * n + 16 != len(blob):
+        raise CorruptionError(f"{what} has inconsistent lengths")
+    body = blob[REFS_HEADER.size : -16]
+    return {body[i : i + 16] for i in range(0, len(body), 16)}

@@ -9,6 +9,8 @@ tests/remote/test_remote_packs.py.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -227,3 +229,67 @@ def test_bad_creation_choices_are_refused_before_anything_is_written(kw, message
     with pytest.raises(InvalidInput, match=message):
         Repository.open(store, **kw)
     assert list(store.keys("")) == []
+
+
+def _blockmap(digests: list[bytes]):
+    import uuid
+
+    from engine.repository import BlockMap
+
+    arr = np.frombuffer(b"".join(digests), np.uint8).reshape(-1, 16)
+    return BlockMap(
+        str(uuid.uuid4()), None, BS, len(digests) * BS, arr, np.zeros(len(digests), np.bool_)
+    )
+
+
+def test_a_delete_removes_the_packs_only_it_used_without_reading_block_maps():
+    from engine.gc import sweep_container
+
+    clock = Clock()
+    store, repo, c, data, digests = setup(40, clock=clock)  # packs: 16 | 16 | 8 entries
+    view = c.known()
+    packs = [view.locate(d).pack_id for d in digests]
+    a = _blockmap(digests[:16])  # the first pack only
+    b = _blockmap(digests[16:])  # the second and third
+    c.put_blockmap(a)
+    c.put_blockmap(b)
+    assert c.packed.view().packs_of(b.data_digests) == {packs[16], packs[39]}
+    from engine.repository.packs import decode_refs
+
+    assert decode_refs(store.get(c.keys.refs(a.backup_id)), what="a") == {packs[0]}
+    c.remove_backup(b.backup_id)
+    store.calls.clear()
+    manifest_gets = []
+    real_get = store.get
+
+    def get(key, offset=0, length=None):
+        if "/manifests/" in key:
+            manifest_gets.append(key)
+        return real_get(key, offset, length)
+
+    store.get = get
+    report = sweep_container(c, released=set(digests[16:]), grace_seconds=60)
+    assert report.packs_removed == 2 and report.objects_removed == 24
+    assert manifest_gets == []
+    assert {k.rsplit("/", 1)[-1] for k in pack_keys(store, c)} == {packs[0].hex()}
+    assert list(store.keys(c.keys.refs_prefix)) == [c.keys.refs(a.backup_id)]
+    fresh = repo.container("proj", "backups")
+    assert set(fresh.known()) == set(digests[:16])
+    for d, b_ in zip(digests[:16], data[:16], strict=True):
+        assert fresh.codec.decode(fresh.get_object(d), d) == b_
+
+
+def test_gc_rewrites_the_pack_lists_its_rewrites_made_stale():
+    from engine.gc import sweep_container
+    from engine.repository.packs import decode_refs
+
+    clock = Clock()
+    clock.now = time.time() - 7200  # gc compares with the real time: written 2 h ago
+    store, repo, c, data, digests = setup(32, clock=clock)  # two packs of 16
+    keep = _blockmap(digests[:4] + digests[16:])  # pack 1 is 75% dead: rewritten
+    c.put_blockmap(keep)
+    # A backup still being committed (no record yet) keeps its block map referenced.
+    report = sweep_container(c, live={keep.backup_id: "creating"}, grace_seconds=60)
+    assert report.packs_rewritten == 1, report
+    now = {bytes.fromhex(k.rsplit("/", 1)[-1]) for k in pack_keys(store, c)}
+    assert decode_refs(store.get(c.keys.refs(keep.backup_id)), what="refs") == now
