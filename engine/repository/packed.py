@@ -422,6 +422,16 @@ def sweep_packs(
     for f in files:
         for n, (pid, size, _count) in enumerate(f.packs):
             named.setdefault(pid, (size, []))[1].append(f.entries[f.entries["pack"] == n])
+    # An entry encoded against a base (a delta) keeps its base alive.
+    bases = set()
+    for f in files:
+        has = f.entries["base"] != np.void(NO_BASE)
+        rows = f.entries[has]
+        for d, b in zip(rows["digest"].tolist(), rows["base"].tolist(), strict=True):
+            if bytes(d) in referenced:
+                bases.add(bytes(b))
+    if bases:
+        referenced = referenced | bases
     claimed: set[bytes] = set()
     # (pack id, size, kept entries, dead bytes, mtime)
     survey: list[tuple[bytes, int, np.ndarray, int, float]] = []

@@ -102,11 +102,22 @@ class PackView:
         ok = i < len(self._hi)
         j = np.where(ok, i, 0)
         hit = ok & (self._hi[j] == hi) & (self._lo[j] == lo) if len(self._hi) else ok & False
+        bases: list[bytes] = []
         if len(self._hi):
-            for n in np.unique(self.entries["pack"][j[hit]]).tolist():
+            rows = self.entries[j[hit]]
+            for n in np.unique(rows["pack"]).tolist():
                 out.add(self.pack_ids[int(n)])
+            with_base = rows["base"].tolist()
+            bases = [bytes(b) for b in with_base if bytes(b) != NO_BASE]
         for k in np.flatnonzero(~hit).tolist():  # a rare equal high half, or a new entry
             loc = self.locate(raw[k].tobytes())
+            if loc is not None:
+                out.add(loc.pack_id)
+                if loc.base != NO_BASE:
+                    bases.append(loc.base)
+        # An entry encoded against a base (a delta) needs the base's pack as well.
+        for b in set(bases):
+            loc = self.locate(b)
             if loc is not None:
                 out.add(loc.pack_id)
         return out

@@ -293,3 +293,29 @@ def test_gc_rewrites_the_pack_lists_its_rewrites_made_stale():
     assert report.packs_rewritten == 1, report
     now = {bytes.fromhex(k.rsplit("/", 1)[-1]) for k in pack_keys(store, c)}
     assert decode_refs(store.get(c.keys.refs(keep.backup_id)), what="refs") == now
+
+
+def test_an_entry_with_a_base_keeps_the_bases_pack_in_lists_and_in_gc():
+    from engine.gc import sweep_container
+    from engine.repository.packs import decode_refs
+
+    clock = Clock()
+    clock.now = time.time() - 7200
+    store = MemoryBlobStore(clock)
+    repo = Repository.open(store, format_version=2)
+    c = repo.container("proj", "backups")
+    full, delta = blocks(2, seed=3)
+    fd, dd = (native.digest(x, repo.seed) for x in (full, delta))
+    for d, blob, base in ((fd, full, None), (dd, delta, fd)):  # one pack each
+        batch = c.batch()
+        batch.stage(d, c.codec.encode(blob, d), base=base)
+        batch.commit()
+    view = c.known()
+    base_pack, delta_pack = view.locate(fd).pack_id, view.locate(dd).pack_id
+    assert base_pack != delta_pack
+    bm = _blockmap([dd])  # references only the entry encoded against fd
+    c.put_blockmap(bm)
+    assert decode_refs(store.get(c.keys.refs(bm.backup_id)), what="r") == {base_pack, delta_pack}
+    report = sweep_container(c, live={bm.backup_id: "creating"}, grace_seconds=60)
+    assert report.packs_removed == 0 and report.objects_removed == 0
+    assert len(pack_keys(store, c)) == 2
