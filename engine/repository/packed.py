@@ -52,6 +52,9 @@ INDEX_EVERY_PACKS = 32
 #: Adjacent entries are read in one GET up to this size, across gaps of at most ``GAP``.
 COALESCE_BYTES = 8 << 20
 COALESCE_GAP = 64 << 10
+#: A job that loaded at least this many index files writes one merged index in their place
+#: (so loading the index stays a handful of GETs however many backups were made).
+MERGE_INDEX_FILES = 16
 
 
 @dataclass
@@ -70,6 +73,7 @@ class PackedObjects:
         self.keys = keys
         self.pack_size = pack_size
         self._view: PackView | None = None
+        self._files: list[IndexFile] | None = None  # the index files the view was built from
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ the index
@@ -103,8 +107,18 @@ class PackedObjects:
         files, _bad = self.index_files()
         view = PackView((([p[0] for p in f.packs], f.entries) for f in files), dropped=self.marks())
         with self._lock:
-            self._view = view
+            self._view, self._files = view, files
         return view
+
+    def all_there(self, files: list[IndexFile]) -> bool:
+        """Whether every one of ``files`` is still published: a sweep since they were read
+        replaced them all, and an index built from them would be stale."""
+        for f in files:
+            try:
+                self.store.stat(f.key)
+            except BlobNotFound:
+                return False
+        return True
 
     def view(self) -> PackView:
         v = self._view
@@ -232,6 +246,20 @@ class PackedObjects:
             view.drop(digest)
 
 
+def merge_index_files(files: list[IndexFile]) -> list[tuple[bytes, int, np.ndarray]]:
+    """(pack id, size, entries) of every pack the files name, each entry once."""
+    by_pack: dict[bytes, tuple[int, list[np.ndarray]]] = {}
+    for f in files:
+        for n, (pid, size, _count) in enumerate(f.packs):
+            by_pack.setdefault(pid, (size, []))[1].append(f.entries[f.entries["pack"] == n])
+    out = []
+    for pid, (size, parts) in sorted(by_pack.items()):
+        entries = np.concatenate(parts)
+        _u, first = np.unique(entries["offset"], return_index=True)
+        out.append((pid, size, entries[np.sort(first)]))
+    return out
+
+
 class _Pending:
     """One entry's bytes out of a (shared) ranged GET: ``result()`` like a future's."""
 
@@ -343,7 +371,18 @@ class PackBatch:
             self._unindexed.append((pid, size, entries))
         if self._unindexed and (final or len(self._unindexed) >= INDEX_EVERY_PACKS):
             packs, self._unindexed = self._unindexed, []
-            self._packed.publish_index(packs)
+            files = self._packed._files
+            if final and files is not None and len(files) >= MERGE_INDEX_FILES:
+                files = files if self._packed.all_there(files) else None
+            if files is not None and final and len(files) >= MERGE_INDEX_FILES:
+                # One index naming the loaded files' entries and the new packs replaces
+                # them (written before they go; a file another writer adds meanwhile is
+                # not among them and stays).
+                self._packed._files = None
+                self._packed.publish_index(merge_index_files(files) + packs)
+                self._packed.store.delete_many([f.key for f in files])
+            else:
+                self._packed.publish_index(packs)
             self._packed.remember(packs)
         return out
 
@@ -519,7 +558,7 @@ def sweep_packs(
     old = [f.key for f in files] + [info.key for info, _why in bad if info.mtime < cutoff]
     res.index_files_removed = store.delete_many(old)
     store.delete_many([keys.pack(p) for p, _s in doomed] + [keys.pack(p) for p, _s, _k in rewrite])
-    packed._view = None
+    packed._view, packed._files = None, None
     return res
 
 
@@ -632,5 +671,5 @@ def sweep_released(
         packed.publish_index(final)
     res.index_files_removed = store.delete_many([f.key for f in files])
     store.delete_many(sorted(listed))
-    packed._view = None
+    packed._view, packed._files = None, None
     return res

@@ -319,3 +319,48 @@ def test_an_entry_with_a_base_keeps_the_bases_pack_in_lists_and_in_gc():
     report = sweep_container(c, live={bm.backup_id: "creating"}, grace_seconds=60)
     assert report.packs_removed == 0 and report.objects_removed == 0
     assert len(pack_keys(store, c)) == 2
+
+
+def test_a_job_that_loaded_many_index_files_merges_them_into_one():
+    from engine.repository.packed import MERGE_INDEX_FILES
+
+    store = MemoryBlobStore(Clock())
+    repo = Repository.open(store, format_version=2)
+    c = repo.container("proj", "backups")
+    data = blocks(MERGE_INDEX_FILES + 1, seed=6)
+    digests = [native.digest(b, repo.seed) for b in data]
+    for b, d in zip(data[:-1], digests[:-1], strict=True):  # one index file per job
+        batch = c.batch()
+        batch.stage(d, c.codec.encode(b, d))
+        batch.commit()
+    assert len(list(store.keys(c.keys.indexes))) == MERGE_INDEX_FILES
+    job = repo.container("proj", "backups")
+    assert len(job.known()) == MERGE_INDEX_FILES  # the job loads the index...
+    batch = job.batch()
+    batch.stage(digests[-1], job.codec.encode(data[-1], digests[-1]))
+    batch.commit()  # ...and its index replaces every file it loaded
+    assert len(list(store.keys(c.keys.indexes))) == 1
+    assert set(repo.container("proj", "backups").known()) == set(digests)
+
+
+def test_no_merge_from_index_files_a_sweep_has_replaced():
+    from engine.repository.packed import MERGE_INDEX_FILES
+
+    store = MemoryBlobStore(Clock())
+    repo = Repository.open(store, format_version=2)
+    c = repo.container("proj", "backups")
+    data = blocks(MERGE_INDEX_FILES + 1, seed=7)
+    digests = [native.digest(b, repo.seed) for b in data]
+    for b, d in zip(data[:-1], digests[:-1], strict=True):
+        batch = c.batch()
+        batch.stage(d, c.codec.encode(b, d))
+        batch.commit()
+    job = repo.container("proj", "backups")
+    job.known()
+    # Meanwhile a sweep deleted every block but the first (and replaced the index files).
+    clock_cut = NOW + 1
+    sweep_packs(c.packed, {digests[0]}, clock_cut, set(digests[1:]))
+    batch = job.batch()
+    batch.stage(digests[-1], job.codec.encode(data[-1], digests[-1]))
+    batch.commit()
+    assert set(repo.container("proj", "backups").known()) == {digests[0], digests[-1]}
