@@ -200,6 +200,7 @@ class Container:
     def object_head(self, digest: bytes) -> tuple[bytes, int] | None:
         """The object's header bytes and its stored size, or None when it is missing."""
         if self.packed is not None:
+            self._locate(digest)  # reload the view once if it lacks the digest
             return self.packed.head(digest, HEADER_SIZE)
         key = self.keys.object(digest)
         try:

@@ -125,12 +125,9 @@ class PackedObjects:
         return v if v is not None else self.load()
 
     def locate(self, digest: bytes) -> Location | None:
-        """Where ``digest`` is; the index is read again once before it is called missing
-        (another host may have published it since the view was loaded)."""
-        loc = self.view().locate(digest)
-        if loc is None:
-            loc = self.load().locate(digest)
-        return loc
+        """Where ``digest`` is in the loaded view (``Container`` reloads it, once, on a
+        miss: another host may have published the digest since)."""
+        return self.view().locate(digest)
 
     # ------------------------------------------------------------------ reads
 
