@@ -178,9 +178,9 @@ def _sweep(
 ) -> None:
     store = container.store
     records = set(container.record_ids())
-    blockmaps = {info.key.rsplit("/", 1)[-1]: info for info in container.blockmaps()}
+    manifest_ids = set(container.blockmap_ids())
     for bid, status in sorted(live.items()):
-        if status in COMMITTED_STATUSES and bid not in blockmaps:
+        if status in COMMITTED_STATUSES and bid not in manifest_ids:
             report.skip(container, f"backup {bid} is {status} but its block map is missing")
             return
         if status in COMMITTED_STATUSES and bid not in records:
@@ -193,13 +193,14 @@ def _sweep(
     if container.packed is not None and released:
         # A delete on pack files: only the packs the deleted backup alone used go, found
         # through the remaining backups' pack lists (no block map is read); gc does the rest.
-        fast = sweep_released(container.packed, released, set(blockmaps), dry_run=dry_run)
+        fast = sweep_released(container.packed, released, manifest_ids, dry_run=dry_run)
         if fast is not None:
             report.objects_removed += fast.entries_removed
             report.packs_removed += fast.packs_removed
             report.bytes_reclaimed += fast.bytes_removed
             report.containers_swept += 1
             return
+    blockmaps = {info.key.rsplit("/", 1)[-1]: info for info in container.blockmaps()}
     referenced: set[bytes] = set()
     orphans = []
     for bid, info in sorted(blockmaps.items()):

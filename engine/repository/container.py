@@ -350,7 +350,8 @@ class Container:
         return [i for i in self.store.list(self.keys.manifests) if _uuid_name(i.key)]
 
     def blockmap_ids(self) -> list[str]:
-        return [_uuid_name(i.key) for i in self.blockmaps()]  # type: ignore[misc]
+        """The backup ids of every block map (a listing of names only: no sizes, times)."""
+        return [n for n in map(_uuid_name, self.store.keys(self.keys.manifests)) if n]
 
     # ------------------------------------------------------------------ records
 
@@ -368,8 +369,8 @@ class Container:
 
     def record_ids(self) -> list[str]:
         out = []
-        for info in self.store.list(self.keys.records):
-            name = info.key.rsplit("/", 1)[-1]
+        for key in self.store.keys(self.keys.records):
+            name = key.rsplit("/", 1)[-1]
             if name.endswith(".json") and _uuid_name(name[: -len(".json")]):
                 out.append(name[: -len(".json")])
         return out

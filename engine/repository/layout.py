@@ -109,6 +109,9 @@ class ContainerKeys:
     def refs(self, backup_id: str) -> str:
         return f"{self.prefix}{REFS}/{check_uuid(backup_id, 'backup id')}"
 
+    def refs_all(self, refs_id: bytes) -> str:
+        return f"{self.prefix}{REFS}/all.{refs_id.hex()}"
+
     @property
     def refs_prefix(self) -> str:
         return f"{self.prefix}{REFS}/"

@@ -32,8 +32,10 @@ from .packs import (
     ENTRY,
     NO_BASE,
     PACK_TRAILER_SIZE,
+    decode_all_refs,
     decode_index,
     decode_refs,
+    encode_all_refs,
     encode_index,
     entries_array,
     new_pack_id,
@@ -49,6 +51,8 @@ log = logging.getLogger(__name__)
 #: Packs published by one batch before an index file names them (the last ones are named at
 #: the end of the job whatever their number): about 1 GiB at the default pack size.
 INDEX_EVERY_PACKS = 32
+#: ``refs/all.<id>``: the pack lists of many backups in one file (written by deletes).
+REFS_ALL_PREFIX = "all."
 #: Adjacent entries are read in one GET up to this size, across gaps of at most ``GAP``.
 COALESCE_BYTES = 8 << 20
 COALESCE_GAP = 64 << 10
@@ -621,19 +625,27 @@ def sweep_released(
     remaining block map has no readable pack list or an index file is unreadable.
     """
     store, keys = packed.store, packed.keys
-    others: set[bytes] = set()
-    found: set[str] = set()
-    for info in store.list(keys.refs_prefix):
-        bid = info.key.rsplit("/", 1)[-1]
-        if bid not in remaining:
-            continue
-        try:
-            others |= decode_refs(store.get(info.key), what=info.key)
-        except (BlobNotFound, CorruptionError):
-            return None
-        found.add(bid)
-    if found != remaining:
+    lists: dict[str, set[bytes]] = {}
+    combined: list[str] = []
+    single: list[str] = []
+    try:
+        for key in store.keys(keys.refs_prefix):
+            name = key.rsplit("/", 1)[-1]
+            if name.startswith(REFS_ALL_PREFIX):
+                combined.append(key)
+            elif name in remaining:
+                single.append(key)
+        for key in combined:
+            for bid, packs in decode_all_refs(store.get(key), what=key).items():
+                if bid in remaining:
+                    lists[bid] = packs
+        for key in single:  # a backup's own list is newer than a combined one
+            lists[key.rsplit("/", 1)[-1]] = decode_refs(store.get(key), what=key)
+    except (BlobNotFound, CorruptionError):
         return None
+    if set(lists) != remaining:
+        return None
+    others: set[bytes] = set().union(*lists.values()) if lists else set()
     files, bad = packed.index_files()
     if bad:
         return None
@@ -641,6 +653,12 @@ def sweep_released(
     candidates = {loc.pack_id for d in released if (loc := view.locate(d)) is not None}
     dead = candidates - others
     res = SweepResult(damaged_entries=[])
+    if not dry_run and len(single) + len(combined) > 1:
+        # Compact the pack lists into one file: the next delete reads one GET, not one per
+        # backup. Written before the files it replaces go.
+        blob = encode_all_refs(lists)
+        store.put(keys.refs_all(pack_id_of(blob)), blob)
+        store.delete_many(combined + single)
     if not dead:
         return res
     keep: dict[bytes, tuple[int, list[np.ndarray]]] = {}

@@ -188,3 +188,48 @@ def decode_refs(blob: bytes, *, what: str) -> set[bytes]:
         raise CorruptionError(f"{what} has inconsistent lengths")
     body = blob[REFS_HEADER.size : -16]
     return {body[i : i + 16] for i in range(0, len(body), 16)}
+
+
+REFS_ALL_MAGIC = b"CBRA"
+# magic | version u16 | reserved u16 | backups u32 | reserved u32; then per backup:
+# backup id (UUID bytes) 16 | packs u32 | pack ids 16 each; trailer xxh3-128
+REFS_ALL_ROW = struct.Struct("<16sI")
+
+
+def encode_all_refs(refs: dict[str, set[bytes]]) -> bytes:
+    """The pack lists of many backups in one file (what a delete writes back)."""
+    import uuid
+
+    parts = [REFS_HEADER.pack(REFS_ALL_MAGIC, REFS_VERSION, 0, len(refs), 0)]
+    for bid in sorted(refs):
+        ids = sorted(refs[bid])
+        parts.append(REFS_ALL_ROW.pack(uuid.UUID(bid).bytes, len(ids)))
+        parts.extend(ids)
+    body = b"".join(parts)
+    return body + xxhash.xxh3_128_digest(body)
+
+
+def decode_all_refs(blob: bytes, *, what: str) -> dict[str, set[bytes]]:
+    import uuid
+
+    if len(blob) < REFS_HEADER.size + 16 or xxhash.xxh3_128_digest(blob[:-16]) != blob[-16:]:
+        raise CorruptionError(f"{what} fails its checksum (truncated or damaged)")
+    magic, version, _r, n, _r2 = REFS_HEADER.unpack_from(blob)
+    if magic != REFS_ALL_MAGIC or version != REFS_VERSION:
+        raise CorruptionError(f"{what} has a bad header")
+    out: dict[str, set[bytes]] = {}
+    pos, end = REFS_HEADER.size, len(blob) - 16
+    for _ in range(n):
+        if pos + REFS_ALL_ROW.size > end:
+            raise CorruptionError(f"{what} has inconsistent lengths")
+        raw, count = REFS_ALL_ROW.unpack_from(blob, pos)
+        pos += REFS_ALL_ROW.size
+        if pos + 16 * count > end:
+            raise CorruptionError(f"{what} has inconsistent lengths")
+        out[str(uuid.UUID(bytes=raw))] = {
+            blob[p : p + 16] for p in range(pos, pos + 16 * count, 16)
+        }
+        pos += 16 * count
+    if pos != end:
+        raise CorruptionError(f"{what} has inconsistent lengths")
+    return out

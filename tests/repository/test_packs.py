@@ -364,3 +364,30 @@ def test_no_merge_from_index_files_a_sweep_has_replaced():
     batch.stage(digests[-1], job.codec.encode(data[-1], digests[-1]))
     batch.commit()
     assert set(repo.container("proj", "backups").known()) == {digests[0], digests[-1]}
+
+
+def test_a_delete_compacts_the_pack_lists_into_one_file():
+    from engine.gc import sweep_container
+    from engine.repository.packed import REFS_ALL_PREFIX
+    from engine.repository.packs import decode_all_refs
+
+    store, repo, c, data, digests = setup(40)
+    maps = [_blockmap(digests[:16]), _blockmap(digests[:20]), _blockmap(digests[20:])]
+    for bm in maps:
+        c.put_blockmap(bm)
+    c.remove_backup(maps[2].backup_id)
+    report = sweep_container(c, released=set(digests[20:]), grace_seconds=60)
+    assert report.packs_removed == 1  # the third pack: only the deleted backup used it
+    [key] = store.keys(c.keys.refs_prefix)
+    assert key.rsplit("/", 1)[-1].startswith(REFS_ALL_PREFIX)
+    lists = decode_all_refs(store.get(key), what=key)
+    assert set(lists) == {maps[0].backup_id, maps[1].backup_id}
+    # The next delete reads that one file, and a new backup's own list beside it.
+    late = _blockmap(digests[16:20])
+    c.put_blockmap(late)
+    c.remove_backup(maps[1].backup_id)
+    report = sweep_container(c, released=set(digests[:20]), grace_seconds=60)
+    assert report.packs_removed == 0  # pack 1 is maps[0]'s, pack 2 late's
+    fresh = repo.container("proj", "backups")
+    for d in digests[:20]:
+        assert fresh.codec.decode(fresh.get_object(d), d) == data[digests.index(d)]
