@@ -33,6 +33,7 @@ from typing import Any
 from .errors import InvalidInput, RepositoryError
 from .owners import is_alive, me
 from .repository import Container, Repository
+from .repository.packed import sweep_packs, sweep_released
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,12 @@ class GcReport:
     temporary_files_removed: int = 0
     orphan_manifests_removed: int = 0
     quarantine_removed: int = 0
+    # Version-2 containers (pack files): packs deleted (wholly dead, or rewritten), packs
+    # rewritten, the bytes those rewrites wrote, and packs indexed again from their own index.
+    packs_removed: int = 0
+    packs_rewritten: int = 0
+    bytes_rewritten: int = 0
+    packs_adopted: int = 0
     containers_swept: int = 0
     containers_skipped: list[dict[str, str]] = field(default_factory=list)
 
@@ -171,9 +178,9 @@ def _sweep(
 ) -> None:
     store = container.store
     records = set(container.record_ids())
-    blockmaps = {info.key.rsplit("/", 1)[-1]: info for info in container.blockmaps()}
+    manifest_ids = set(container.blockmap_ids())
     for bid, status in sorted(live.items()):
-        if status in COMMITTED_STATUSES and bid not in blockmaps:
+        if status in COMMITTED_STATUSES and bid not in manifest_ids:
             report.skip(container, f"backup {bid} is {status} but its block map is missing")
             return
         if status in COMMITTED_STATUSES and bid not in records:
@@ -183,6 +190,17 @@ def _sweep(
                 "repository disagree); nothing removed — run verify",
             )
             return
+    if container.packed is not None and released:
+        # A delete on pack files: only the packs the deleted backup alone used go, found
+        # through the remaining backups' pack lists (no block map is read); gc does the rest.
+        fast = sweep_released(container.packed, released, manifest_ids, dry_run=dry_run)
+        if fast is not None:
+            report.objects_removed += fast.entries_removed
+            report.packs_removed += fast.packs_removed
+            report.bytes_reclaimed += fast.bytes_removed
+            report.containers_swept += 1
+            return
+    blockmaps = {info.key.rsplit("/", 1)[-1]: info for info in container.blockmaps()}
     referenced: set[bytes] = set()
     orphans = []
     for bid, info in sorted(blockmaps.items()):
@@ -195,9 +213,20 @@ def _sweep(
             report.skip(container, f"manifest {bid} is unreadable ({e}); nothing removed")
             return
     garbage = []
-    for digest, info in container.iter_objects():
-        if digest not in referenced and (info.mtime < cutoff or digest in released):
-            garbage.append(info)
+    if container.packed is not None:
+        swept = sweep_packs(container.packed, referenced, cutoff, released, dry_run=dry_run)
+        if not dry_run:
+            _refresh_refs(container, blockmaps, orphans)
+        report.objects_removed += swept.entries_removed
+        report.packs_removed += swept.packs_removed
+        report.packs_rewritten += swept.packs_rewritten
+        report.bytes_rewritten += swept.bytes_written
+        report.packs_adopted += swept.packs_adopted
+        report.bytes_reclaimed += max(0, swept.bytes_removed - swept.bytes_written)
+    else:
+        for digest, info in container.iter_objects():
+            if digest not in referenced and (info.mtime < cutoff or digest in released):
+                garbage.append(info)
     quarantine = []
     known = None
     for digest, info in container.iter_quarantine():
@@ -221,6 +250,24 @@ def _sweep(
     report.temporary_files_removed += n
     report.bytes_reclaimed += size
     report.containers_swept += 1
+
+
+def _refresh_refs(container: Container, blockmaps: dict, orphans: list[str]) -> None:
+    """Rewrite the pack lists that a sweep made stale (entries moved by a rewrite, or read
+    from another copy), and remove those of block maps that are gone."""
+    gone = set(orphans)
+    for bid, info in blockmaps.items():
+        if info.key in gone:
+            continue
+        with contextlib.suppress(RepositoryError):
+            container.put_refs(container.get_blockmap(bid))
+    stale = [
+        i.key
+        for i in container.store.list(container.keys.refs_prefix)
+        if i.key.rsplit("/", 1)[-1] not in blockmaps
+        or container.keys.manifest(i.key.rsplit("/", 1)[-1]) in gone
+    ]
+    container.store.delete_many(stale)
 
 
 def collect(

@@ -178,15 +178,17 @@ class _Store:
         if known or digest in self.known:
             return
         parts = self.container.codec.encode_parts(data, digest)
-        self.batch.stage(self.container.object_key(digest), parts)
+        self.batch.stage(digest, parts)
         if self.batch.pending_bytes >= self.publish_bytes:
             with self._publish_lock:
                 if self.batch.pending_bytes >= self.publish_bytes:
                     self._wait_published()
-                    self.publishing = self.publisher.submit(self._publish)
+                    self.publishing = self.publisher.submit(self._publish, False)
 
-    def _publish(self) -> None:
-        for _key, size in self.batch.commit():
+    def _publish(self, final: bool = True) -> None:
+        # ``final`` names the job's last packs in an index file (version 2); packs of an
+        # intermediate commit are durable and named by a later index.
+        for _key, size in self.batch.commit(final=final):
             self.stats.bytes_stored += size
             self.stats.objects_written += 1
 

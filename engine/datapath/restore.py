@@ -301,11 +301,13 @@ def run_restore(
                     unchanged[0] += count - sum(c for _f, c in todo)
             else:
                 todo = [(0, count)]
+            # Every block of the run is asked for at once: on an object store they are
+            # fetched on the pool, and in a pack file adjacent entries share one ranged GET.
             pending: list[Future | None] = [None] * count
-            if pool is not None:
-                for f, c in todo:
-                    for k in range(f, f + c):
-                        pending[k] = pool.submit(container.get_object, bytes(digests[row + k]))
+            wanted = [k for f, c in todo for k in range(f, f + c)]
+            reads = container.get_objects([bytes(digests[row + k]) for k in wanted], pool)
+            for k, read in zip(wanted, reads, strict=True):
+                pending[k] = read
             written = 0
             for f, c in todo:
                 n = 0

@@ -4,11 +4,16 @@ This is what the data path, ``verify`` and ``gc`` work with. Everything goes thr
 store's primitives with keys from ``layout.ContainerKeys``; nothing here knows whether the
 store is a directory or an object store. Two rules that matter on object stores:
 
-* the dedup index is loaded once per job (:meth:`Container.known`: one listing), never one
-  request per block;
+* the dedup index is loaded once per job (:meth:`Container.known`: one listing, plus one GET
+  per index file in a version-2 container), never one request per block;
 * a missing key surfaces as the repository's own errors (``CorruptionError`` for a block
   or a block map that should be there, ``BlobNotFound`` for a record, which may simply not
   exist yet), never as an ``OSError`` of a path.
+
+Block objects are kept one of two ways, chosen by the repository's format version: one blob
+per object (version 1, ``objects/``), or entries of pack files named by index files
+(version 2, ``packed.py``). Every method below works on both; only
+``supports_base`` (a delta's base digest in the index) is version 2's alone.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import time
 from collections.abc import Iterator
 
 from ..errors import BlobConflict, BlobNotFound, CorruptionError, FormatVersionError, InvalidInput
-from ..store.blob import BlobBatch, BlobInfo, BlobStore
+from ..store.blob import BlobBatch, BlobInfo, BlobStore, Data
 from .blockmap import BlockMap
 from .layout import ContainerKeys, check_uuid, digest_of_key
 from .leases import (
@@ -29,6 +34,9 @@ from .leases import (
     try_sweep_lease,
 )
 from .objects import HEADER_SIZE, BlockCodec
+from .packed import PackBatch, PackedObjects
+from .packs import DEFAULT_PACK_SIZE, decode_refs, encode_refs
+from .packview import PackView
 from .records import MAX_RECORD_BYTES, decode_record, encode_record
 
 MAX_RECORD_READ = MAX_RECORD_BYTES + 1  # one byte more: an oversized record is seen as one
@@ -37,11 +45,22 @@ MAX_RECORD_READ = MAX_RECORD_BYTES + 1  # one byte more: an oversized record is 
 class Container:
     """A (project, container) of a repository (see the module docstring)."""
 
-    def __init__(self, store: BlobStore, keys: ContainerKeys, codec: BlockCodec) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        keys: ContainerKeys,
+        codec: BlockCodec,
+        *,
+        format_version: int = 1,
+        pack_size: int = DEFAULT_PACK_SIZE,
+    ) -> None:
         self.store = store
         self.keys = keys
         self.codec = codec
         self.seed = codec.seed
+        self.format_version = format_version
+        self.packed = PackedObjects(store, keys, pack_size) if format_version >= 2 else None
+        self._reloaded = False
 
     @property
     def project_id(self) -> str:
@@ -50,6 +69,11 @@ class Container:
     @property
     def name(self) -> str:
         return self.keys.container
+
+    @property
+    def supports_base(self) -> bool:
+        """Whether staged objects can name a base (a delta's): version 2 only."""
+        return self.packed is not None
 
     def where(self, key: str) -> str:
         """Where a key is, for messages: the file's path in a local repository."""
@@ -61,39 +85,96 @@ class Container:
     # ------------------------------------------------------------------ block objects
 
     def object_key(self, digest: bytes) -> str:
+        """The blob that holds ``digest``: its own (version 1), or its pack (version 2; the
+        object key of version 1 when no pack holds it)."""
+        if self.packed is not None:
+            loc = self.packed.view().locate(digest)
+            if loc is not None:
+                return self.keys.pack(loc.pack_id)
         return self.keys.object(digest)
 
-    def known(self) -> set[bytes]:
-        """Digests of every object the container holds: one listing, for a whole job."""
+    def known(self) -> set[bytes] | PackView:
+        """Digests of every object the container holds, loaded once for a whole job: one
+        listing (version 1), or one listing and one GET per index file (version 2: a
+        :class:`PackView`, with ``in`` and ``base_of(digest)``)."""
+        if self.packed is not None:
+            return self.packed.load()
         return {d for d in map(digest_of_key, self.store.keys(self.keys.objects)) if d}
 
     def iter_objects(self) -> Iterator[tuple[bytes, BlobInfo]]:
+        """(digest, blob info) of every object; in version 2 the info is the pack's key
+        and time with the entry's length."""
+        if self.packed is not None:
+            packs = {i.key: i for i in self.store.list(self.keys.packs)}
+            view = self.packed.load()
+            for digest in view:
+                loc = view.locate(digest)
+                info = packs.get(self.keys.pack(loc.pack_id)) if loc else None
+                if loc is not None and info is not None:
+                    yield digest, BlobInfo(info.key, loc.length, info.mtime)
+            return
         for info in self.store.list(self.keys.objects):
             digest = digest_of_key(info.key)
             if digest is not None:
                 yield digest, info
 
     def has_object(self, digest: bytes) -> bool:
+        if self.packed is not None:
+            return digest in self.packed.view()
         try:
             self.store.stat(self.keys.object(digest))
         except BlobNotFound:
             return False
         return True
 
-    def batch(self) -> BlobBatch:
-        """A batch for this container's new objects (``BlobStore.batch``)."""
-        return self.store.batch()
+    def batch(self) -> ObjectBatch:
+        """A batch for this container's new objects: ``stage(digest, data, base=None)``,
+        ``pending_bytes``, ``commit(final=True)``, ``discard()``."""
+        if self.packed is not None:
+            return self.packed.batch()
+        return LooseBatch(self.store.batch(), self.keys)
 
-    def get_object(self, digest: bytes) -> bytes:
+    def _locate(self, digest: bytes):
+        assert self.packed is not None
+        loc = self.packed.view().locate(digest)
+        if loc is None and not self._reloaded:
+            self._reloaded = True  # once: another host may have published it meanwhile
+            loc = self.packed.load().locate(digest)
+        return loc
+
+    def get_object(self, digest: bytes, offset: int = 0, length: int | None = None) -> bytes:
+        """The object's bytes (header and payload), or ``length`` of them from ``offset``
+        within the object. ``CorruptionError`` when it is missing."""
+        if self.packed is not None:
+            if self._locate(digest) is None:
+                raise CorruptionError(self._missing(digest))
+            try:
+                return self.packed.get(digest, offset, length)
+            except BlobNotFound:
+                raise CorruptionError(self._missing(digest, pack_gone=True)) from None
         try:
-            return self.store.get(self.keys.object(digest))
+            return self.store.get(self.keys.object(digest), offset, length)
         except BlobNotFound:
             raise CorruptionError(self._missing(digest)) from None
 
-    def _missing(self, digest: bytes) -> str:
+    def get_objects(self, digests: list[bytes], pool=None) -> list:
+        """A pending read per digest (``.result()`` gives the object's bytes or raises
+        ``CorruptionError``), fetched on ``pool`` when given; in version 2 adjacent entries
+        of one pack share one ranged GET."""
+        if self.packed is not None:
+            for d in digests:
+                self._locate(d)  # reload the view once if it lacks any of them
+            return self.packed.fetch(digests, self._missing, pool)
+        if pool is not None:
+            return [pool.submit(self.get_object, d) for d in digests]
+        return [_Done(self.get_object, d) for d in digests]
+
+    def _missing(self, digest: bytes, *, pack_gone: bool = False) -> str:
         """Why an object is not there: set aside as damaged (by whom, when), or missing."""
         found = self.quarantine_marks(digest)
         if not found:
+            if pack_gone:
+                return f"block object {digest.hex()} is missing: its pack is gone"
             return f"block object {digest.hex()} is missing"
         stamp, by = found[0]  # the first finding: later marks repeat it
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp / 1e9))
@@ -110,13 +191,17 @@ class Container:
         for key in self.store.keys(f"{self.keys.quarantined}{digest.hex()}."):
             parts = key.rsplit("/", 1)[-1].split(".")
             try:
-                marks.append((int(parts[1]), parts[2] if len(parts) > 2 else None))
+                by = parts[2] if len(parts) > 2 and parts[2] != "-" else None
+                marks.append((int(parts[1]), by))
             except (IndexError, ValueError):
                 continue
         return sorted(marks)
 
     def object_head(self, digest: bytes) -> tuple[bytes, int] | None:
         """The object's header bytes and its stored size, or None when it is missing."""
+        if self.packed is not None:
+            self._locate(digest)  # reload the view once if it lacks the digest
+            return self.packed.head(digest, HEADER_SIZE)
         key = self.keys.object(digest)
         try:
             info = self.store.stat(key)
@@ -134,7 +219,23 @@ class Container:
         is listed by :meth:`quarantined` until a backup stores the block again. ``by``
         (``verify``, ``restore``) is kept in the mark, so that a later restore can say who
         found the damage, and when.
+
+        In a version-2 container the entry stays in its pack (packs are immutable); the
+        mark names the pack, which drops that entry from every view of the index, and gc
+        counts it dead.
         """
+        if self.packed is not None:
+            loc = self.packed.view().locate(digest)
+            evidence = b""
+            if loc is not None:
+                with contextlib.suppress(BlobNotFound, CorruptionError):
+                    evidence = self.packed.get(digest)
+            qkey = self.keys.quarantine(
+                digest, time.time_ns(), by, loc.pack_id if loc is not None else None
+            )
+            self.store.put(qkey, evidence)
+            self.packed.forget(digest)
+            return qkey
         key = self.keys.object(digest)
         try:
             evidence = self.store.get(key)
@@ -155,6 +256,7 @@ class Container:
         objects stay, as evidence, until gc finds the block healthy.
         """
         released = 0
+        restage: list[tuple[bytes, bytes]] = []
         for digest, info in list(self.iter_quarantine()):
             if info.size <= HEADER_SIZE:
                 continue  # the marker of an object that was missing: nothing to put back
@@ -163,11 +265,24 @@ class Container:
                 self.codec.decode(blob, digest)
             except (BlobNotFound, CorruptionError):
                 continue
-            # BlobConflict: stored again meanwhile, and the entry is no longer needed either.
-            with contextlib.suppress(BlobConflict):
-                self.store.put(self.keys.object(digest), blob, exclusive=True)
+            if self.packed is not None:
+                restage.append((digest, blob))
+            else:
+                # BlobConflict: stored again meanwhile, and the entry is no longer needed.
+                with contextlib.suppress(BlobConflict):
+                    self.store.put(self.keys.object(digest), blob, exclusive=True)
             self.store.delete(info.key)
             released += 1
+        if restage:
+            # The mark is gone, so its entry counts again where its pack still holds it;
+            # stored afresh in a new pack otherwise.
+            view = self.packed.load()
+            missing = [(d, b) for d, b in restage if d not in view]
+            if missing:
+                batch = self.packed.batch()
+                for d, b in missing:
+                    batch.stage(d, b)
+                batch.commit()
         return released
 
     def iter_quarantine(self) -> Iterator[tuple[bytes, BlobInfo]]:
@@ -179,18 +294,34 @@ class Container:
                 continue
             yield digest, info
 
-    def quarantined(self, known: set[bytes] | None = None) -> set[bytes]:
+    def quarantined(self, known: set[bytes] | PackView | None = None) -> set[bytes]:
         """Digests found damaged or missing whose object has not been stored again."""
         marks = {d for d, _info in self.iter_quarantine()}
         if not marks:
             return set()
         known = self.known() if known is None else known
-        return marks - known
+        return {d for d in marks if d not in known}
 
     # ------------------------------------------------------------------ block maps
 
     def put_blockmap(self, blockmap: BlockMap) -> None:
+        """Publish a block map; in version 2 then its pack list (``refs/<backup id>``, the
+        packs its entries are in), which lets a delete find the packs only it used
+        without reading every other block map."""
         self.store.put(self.keys.manifest(blockmap.backup_id), blockmap.encode())
+        if self.packed is not None:
+            self.put_refs(blockmap)
+
+    def put_refs(self, blockmap: BlockMap) -> bool:
+        """(Re)write a version-2 block map's pack list; False when it was already right."""
+        assert self.packed is not None
+        packs = self.packed.view().packs_of(blockmap.data_digests)
+        key = self.keys.refs(blockmap.backup_id)
+        with contextlib.suppress(BlobNotFound, CorruptionError):
+            if decode_refs(self.store.get(key), what=key) == packs:
+                return False
+        self.store.put(key, encode_refs(packs))
+        return True
 
     def get_blockmap(self, backup_id: str) -> BlockMap:
         key = self.keys.manifest(backup_id)
@@ -219,7 +350,8 @@ class Container:
         return [i for i in self.store.list(self.keys.manifests) if _uuid_name(i.key)]
 
     def blockmap_ids(self) -> list[str]:
-        return [_uuid_name(i.key) for i in self.blockmaps()]  # type: ignore[misc]
+        """The backup ids of every block map (a listing of names only: no sizes, times)."""
+        return [n for n in map(_uuid_name, self.store.keys(self.keys.manifests)) if n]
 
     # ------------------------------------------------------------------ records
 
@@ -237,8 +369,8 @@ class Container:
 
     def record_ids(self) -> list[str]:
         out = []
-        for info in self.store.list(self.keys.records):
-            name = info.key.rsplit("/", 1)[-1]
+        for key in self.store.keys(self.keys.records):
+            name = key.rsplit("/", 1)[-1]
             if name.endswith(".json") and _uuid_name(name[: -len(".json")]):
                 out.append(name[: -len(".json")])
         return out
@@ -260,7 +392,10 @@ class Container:
         Durable before it returns: the sweep that follows may remove the objects, and a
         record that came back after a crash would name a backup whose data is gone.
         """
-        self.store.delete_many([self.keys.record(backup_id), self.keys.manifest(backup_id)])
+        keys = [self.keys.record(backup_id), self.keys.manifest(backup_id)]
+        if self.packed is not None:
+            keys.append(self.keys.refs(backup_id))
+        self.store.delete_many(keys)
 
     # ------------------------------------------------------------------ leases
 
@@ -296,3 +431,48 @@ def _uuid_name(key: str) -> str | None:
         return name if check_uuid(name, "backup id") == name else None
     except InvalidInput:
         return None
+
+
+class LooseBatch:
+    """A version-1 batch: one blob per object, staged in the store's batch by its key."""
+
+    def __init__(self, batch: BlobBatch, keys: ContainerKeys) -> None:
+        self._batch = batch
+        self._keys = keys
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._batch.pending_bytes
+
+    def stage(self, digest: bytes, data: Data, *, base: bytes | None = None) -> None:
+        if base is not None:
+            raise InvalidInput(
+                "a version-1 repository cannot record a base digest: deltas need format "
+                "version 2 (Container.supports_base)"
+            )
+        self._batch.stage(self._keys.object(digest), data)
+
+    def commit(self, *, final: bool = True) -> list[tuple[str, int]]:
+        return self._batch.commit()
+
+    def discard(self) -> None:
+        self._batch.discard()
+
+
+ObjectBatch = LooseBatch | PackBatch
+
+
+class _Done:
+    """A read done at once, with a future's ``result()``."""
+
+    def __init__(self, fn, digest: bytes) -> None:
+        self._value = self._error = None
+        try:
+            self._value = fn(digest)
+        except CorruptionError as e:
+            self._error = e
+
+    def result(self):
+        if self._error is not None:
+            raise self._error
+        return self._value

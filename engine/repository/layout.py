@@ -2,7 +2,10 @@
 influence.
 
     config.json
-    projects/<project>/<container>/objects/<d[0:2]>/<digest hex>
+    projects/<project>/<container>/objects/<d[0:2]>/<digest hex>     (version 1)
+    projects/<project>/<container>/packs/<p[0:2]>/<pack id hex>      (version 2)
+    projects/<project>/<container>/index/<index id hex>             (version 2)
+    projects/<project>/<container>/refs/<backup id>                 (version 2)
     projects/<project>/<container>/manifests/<backup id>          (block maps)
     projects/<project>/<container>/records/<backup id>.json
     projects/<project>/<container>/quarantine/<digest hex>.<ns>   (damaged, set aside)
@@ -28,6 +31,9 @@ DEFAULT_CONTAINER = "backups"
 CONFIG = "config.json"
 PROJECTS = "projects"
 OBJECTS = "objects"
+PACKS = "packs"
+INDEX = "index"
+REFS = "refs"
 MANIFESTS = "manifests"
 RECORDS = "records"
 QUARANTINE = "quarantine"
@@ -85,6 +91,31 @@ class ContainerKeys:
     def objects(self) -> str:
         return f"{self.prefix}{OBJECTS}/"
 
+    def pack(self, pack_id: bytes) -> str:
+        h = pack_id.hex()
+        return f"{self.prefix}{PACKS}/{h[:2]}/{h}"
+
+    @property
+    def packs(self) -> str:
+        return f"{self.prefix}{PACKS}/"
+
+    def index(self, index_id: bytes) -> str:
+        return f"{self.prefix}{INDEX}/{index_id.hex()}"
+
+    @property
+    def indexes(self) -> str:
+        return f"{self.prefix}{INDEX}/"
+
+    def refs(self, backup_id: str) -> str:
+        return f"{self.prefix}{REFS}/{check_uuid(backup_id, 'backup id')}"
+
+    def refs_all(self, refs_id: bytes) -> str:
+        return f"{self.prefix}{REFS}/all.{refs_id.hex()}"
+
+    @property
+    def refs_prefix(self) -> str:
+        return f"{self.prefix}{REFS}/"
+
     def manifest(self, backup_id: str) -> str:
         return f"{self.prefix}{MANIFESTS}/{check_uuid(backup_id, 'backup id')}"
 
@@ -99,10 +130,15 @@ class ContainerKeys:
     def records(self) -> str:
         return f"{self.prefix}{RECORDS}/"
 
-    def quarantine(self, digest: bytes, stamp: int, by: str | None = None) -> str:
+    def quarantine(
+        self, digest: bytes, stamp: int, by: str | None = None, pack_id: bytes | None = None
+    ) -> str:
         """``<digest hex>.<ns>``, or ``<digest hex>.<ns>.<by>`` naming who found the damage
-        (``verify``, ``restore``)."""
+        (``verify``, ``restore``); in a version-2 container ``.<by or ->.<pack id hex>``
+        also names the pack whose entry is set aside."""
         tail = f".{by}" if by else ""
+        if pack_id is not None:
+            tail = f".{by or '-'}.{pack_id.hex()}"
         return f"{self.prefix}{QUARANTINE}/{digest.hex()}.{stamp}{tail}"
 
     @property

@@ -22,15 +22,21 @@ from ..errors import (
     CinderblockError,
     CorruptionError,
     FormatVersionError,
+    InvalidInput,
     RepositoryError,
 )
 from ..store import BlobStore, LocalBlobStore, is_url, open_store
 from .container import Container
 from .layout import CONFIG, PROJECTS, ContainerKeys
 from .objects import BlockCodec
+from .packs import DEFAULT_PACK_SIZE, PACK_SIZE_MAX, PACK_SIZE_MIN
 
 CONFIG_FORMAT = "cinderblock-repository"
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # what a new repository gets
+CONFIG_VERSIONS = (1, 2)  # what this engine reads and writes
+#: ``$CINDERBLOCK_REPO_FORMAT`` (1 or 2) chooses the version of repositories created without
+#: an explicit ``format_version`` (a version-1 repository stays readable by older engines).
+FORMAT_ENV = "CINDERBLOCK_REPO_FORMAT"
 HASH_NAME = "xxh3-128-keyed"
 MAX_CONFIG_BYTES = 1 << 16
 # What may already sit in a directory that becomes a local repository: the embedded
@@ -51,6 +57,8 @@ class Repository:
         self.config = config
         self.seed: int = config["seed"]
         self.codec = BlockCodec(self.seed, compression_level)
+        self.format_version: int = config["version"]
+        self.pack_size: int = config.get("pack_size", DEFAULT_PACK_SIZE)
 
     @classmethod
     def open(
@@ -59,6 +67,8 @@ class Repository:
         *,
         create: bool = True,
         compression_level: int = 3,
+        format_version: int | None = None,
+        pack_size: int | None = None,
     ) -> Repository:
         """Open the repository at ``location``: a directory path, a ``swift://CONTAINER[/PREFIX]``
         or ``s3://BUCKET[/PREFIX]`` URL (``engine.store.url``), or a store.
@@ -68,7 +78,13 @@ class Repository:
         a ``StoreError`` saying how to create it. A directory that holds other files is
         never turned into one. A config of another format or version is refused: reading
         data laid out by a newer engine could misinterpret it.
+
+        ``format_version`` and ``pack_size`` apply only when the repository is created:
+        version 2 (the default; ``$CINDERBLOCK_REPO_FORMAT`` may say 1) keeps block
+        objects in pack files of about ``pack_size`` bytes (default 32 MiB), version 1 one
+        blob per object. An existing repository keeps its own.
         """
+        version, size = _creation_format(format_version, pack_size)
         if not isinstance(location, BlobStore) and not is_url(location):
             root = os.fspath(location)
             if os.path.exists(root) and not os.path.isdir(root):
@@ -84,12 +100,12 @@ class Repository:
                 raise RepositoryError(
                     "no repository here (config.json missing)", path=store.url
                 ) from None
-            raw = cls._create(store)
+            raw = cls._create(store, version, size)
         config = parse_config(raw, where=f"{store.url}/{CONFIG}")
         return cls(store, config, compression_level=compression_level)
 
     @staticmethod
-    def _create(store: BlobStore) -> bytes:
+    def _create(store: BlobStore, version: int, pack_size: int) -> bytes:
         if (
             isinstance(store, LocalBlobStore)
             and os.path.isdir(store.root)
@@ -101,11 +117,13 @@ class Repository:
             )
         config = {
             "format": CONFIG_FORMAT,
-            "version": CONFIG_VERSION,
+            "version": version,
             "hash": HASH_NAME,
             "seed": secrets.randbits(64),
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
         }
+        if version >= 2:
+            config["pack_size"] = pack_size
         config["checksum"] = config_checksum(config)
         raw = json.dumps(config, indent=1).encode() + b"\n"
         try:
@@ -125,7 +143,13 @@ class Repository:
 
     def container(self, project_id: str, container: str) -> Container:
         """One container's view (names are checked here)."""
-        return Container(self.store, ContainerKeys(project_id, container), self.codec)
+        return Container(
+            self.store,
+            ContainerKeys(project_id, container),
+            self.codec,
+            format_version=self.format_version,
+            pack_size=self.pack_size,
+        )
 
     def containers(self) -> list[tuple[str, str]]:
         """Every (project, container) pair that holds anything."""
@@ -157,12 +181,19 @@ def parse_config(raw: bytes, *, where: str = CONFIG) -> dict[str, Any]:
         ) from None
     if not isinstance(config, dict) or config.get("format") != CONFIG_FORMAT:
         raise CorruptionError("not a cinderblock repository config", path=where)
-    if config.get("version") != CONFIG_VERSION:
+    if config.get("version") not in CONFIG_VERSIONS or isinstance(config.get("version"), bool):
         raise FormatVersionError(
             f"repository format version {config.get('version')!r} is not supported "
-            f"(this engine reads version {CONFIG_VERSION})",
+            f"(this engine reads versions {', '.join(map(str, CONFIG_VERSIONS))})",
             path=where,
         )
+    size = config.get("pack_size", DEFAULT_PACK_SIZE)
+    if config["version"] >= 2 and (
+        not isinstance(size, int)
+        or isinstance(size, bool)
+        or not PACK_SIZE_MIN <= size <= PACK_SIZE_MAX
+    ):
+        raise CorruptionError("repository config has a bad pack_size", path=where)
     seed = config.get("seed")
     if config.get("hash") != HASH_NAME or not isinstance(seed, int) or not 0 <= seed < 2**64:
         raise CorruptionError("repository config has an unknown hash or a bad seed", path=where)
@@ -174,6 +205,28 @@ def parse_config(raw: bytes, *, where: str = CONFIG) -> dict[str, Any]:
             path=where,
         )
     return config
+
+
+def _creation_format(version: int | None, pack_size: int | None) -> tuple[int, int]:
+    """The (format version, pack size) a new repository gets; InvalidInput for bad ones."""
+    if version is None:
+        env = os.environ.get(FORMAT_ENV, "").strip()
+        if env and env not in ("1", "2"):
+            raise InvalidInput(f"${FORMAT_ENV} must be 1 or 2, got {env!r}")
+        version = int(env) if env else CONFIG_VERSION
+    if version not in CONFIG_VERSIONS or isinstance(version, bool):
+        raise InvalidInput(f"format_version must be 1 or 2, got {version!r}")
+    size = DEFAULT_PACK_SIZE if pack_size is None else pack_size
+    if (
+        isinstance(size, bool)
+        or not isinstance(size, int)
+        or not PACK_SIZE_MIN <= size <= PACK_SIZE_MAX
+    ):
+        raise InvalidInput(
+            f"pack_size must be an integer from {PACK_SIZE_MIN} to {PACK_SIZE_MAX} bytes, "
+            f"got {size!r}"
+        )
+    return version, size
 
 
 def config_checksum(config: dict[str, Any]) -> str:

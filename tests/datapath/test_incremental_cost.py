@@ -2,7 +2,9 @@
 
 The dedup index is one listing per job, taken only when some block has to be looked up: an
 unchanged volume, or changed blocks that all hold digests of the parent's, never list. The
-store is a real local repository wrapped to count the requests the data path makes.
+store is a real local repository wrapped to count the requests the data path makes, in
+both formats (version 1: one blob per object; version 2: packs named by index files, whose
+listing and GETs are the "objects" family here).
 """
 
 from __future__ import annotations
@@ -34,10 +36,14 @@ class CountingStore:
 
     @staticmethod
     def family(key: str) -> str:
-        for name in ("objects", "manifests", "leases", "quarantine"):
+        for name in ("objects", "packs", "index", "manifests", "leases", "quarantine"):
             if f"/{name}/" in key or key.endswith(f"/{name}/") or f"/{name}" in key:
-                return name
+                return "objects" if name in ("packs", "index") else name
         return "other"
+
+    def get(self, key, offset=0, length=None):
+        self.calls["get", self.family(key)] += 1
+        return self.inner.get(key, offset, length)
 
     def keys(self, prefix):
         self.calls["keys", self.family(prefix)] += 1
@@ -67,19 +73,37 @@ def image(path, nblocks: int) -> bytes:
     return bytes(data)
 
 
-def setup(tmp_path, nblocks: int = 48):
+@pytest.fixture(params=[1, 2], ids=["v1", "v2"])
+def fmt(request) -> int:
+    return request.param
+
+
+def setup(tmp_path, fmt: int, nblocks: int = 48):
     store = CountingStore(tmp_path / "repo")
-    container = Repository.open(store).container("proj", "backups")
+    container = Repository.open(store, format_version=fmt).container("proj", "backups")
     src = tmp_path / "vol.img"
     data = image(src, nblocks)
     full, stats = backup_volume(src, container, block_size=BS)
-    assert store.calls["keys", "objects"] == 1  # the full backup listed once
+    assert listings(store) == 1  # the full backup listed once
     store.calls.clear()
     return store, container, src, data, full
 
 
+def listings(store: CountingStore) -> int:
+    return store.calls["keys", "objects"] + store.calls["list", "objects"]
+
+
 def object_lookups(store: CountingStore) -> int:
-    return sum(n for (op, fam), n in store.calls.items() if fam == "objects" and op != "put")
+    return sum(
+        n for (op, fam), n in store.calls.items() if fam == "objects" and op not in ("put", "get")
+    )
+
+
+def stored_keys(container) -> list[str]:
+    prefix = container.keys.packs if container.packed else container.keys.objects
+    return sorted(container.store.keys(prefix)) + sorted(
+        container.store.keys(container.keys.indexes)
+    )
 
 
 def restored(container, bm, tmp_path) -> bytes:
@@ -88,8 +112,8 @@ def restored(container, bm, tmp_path) -> bytes:
     return out.read_bytes()
 
 
-def test_an_unchanged_volume_is_backed_up_without_listing_the_objects(tmp_path):
-    store, container, src, data, full = setup(tmp_path)
+def test_an_unchanged_volume_is_backed_up_without_listing_the_objects(tmp_path, fmt):
+    store, container, src, data, full = setup(tmp_path, fmt)
     inc, stats = backup_volume(src, container, parent=full, block_size=BS)
     assert (stats.blocks_changed, stats.objects_written, stats.bytes_stored) == (0, 0, 0)
     assert object_lookups(store) == 0, store.calls
@@ -99,8 +123,10 @@ def test_an_unchanged_volume_is_backed_up_without_listing_the_objects(tmp_path):
     assert live_leases(container.store, container.keys, WRITE) == []
 
 
-def test_changed_blocks_holding_the_parents_digests_are_deduplicated_without_a_lookup(tmp_path):
-    store, container, src, data, full = setup(tmp_path)
+def test_changed_blocks_holding_the_parents_digests_are_deduplicated_without_a_lookup(
+    tmp_path, fmt
+):
+    store, container, src, data, full = setup(tmp_path, fmt)
     with open(src, "r+b") as f:  # block 3 now holds block 1's bytes, block 10 block 2's
         f.seek(3 * BS)
         f.write(data[BS : 2 * BS])
@@ -113,8 +139,8 @@ def test_changed_blocks_holding_the_parents_digests_are_deduplicated_without_a_l
     assert restored(container, inc, tmp_path) == new
 
 
-def test_new_blocks_list_the_objects_once_for_the_whole_job(tmp_path):
-    store, container, src, data, full = setup(tmp_path)
+def test_new_blocks_list_the_objects_once_for_the_whole_job(tmp_path, fmt):
+    store, container, src, data, full = setup(tmp_path, fmt)
     rng = np.random.default_rng(9)
     with open(src, "r+b") as f:
         for i in (2, 11, 30, 31, 44):
@@ -123,21 +149,26 @@ def test_new_blocks_list_the_objects_once_for_the_whole_job(tmp_path):
     new = src.read_bytes()
     inc, stats = backup_volume(src, container, parent=full, block_size=BS, workers=3)
     assert (stats.blocks_changed, stats.objects_written) == (5, 5)
-    assert store.calls["keys", "objects"] == 1
+    assert listings(store) == 1
     assert store.calls["stat", "objects"] == 0
+    # Version 2: one GET of the one index file to load the index, and the five new blocks
+    # in one pack (one PUT through the batch: not counted here) named by one new index.
+    if fmt == 2:
+        assert store.calls["get", "objects"] == 1
+        assert store.calls["put", "objects"] == 1
     assert restored(container, inc, tmp_path) == new
 
 
-def test_a_lease_that_cannot_be_taken_fails_the_backup_with_nothing_published(tmp_path):
-    store, container, src, data, full = setup(tmp_path)
+def test_a_lease_that_cannot_be_taken_fails_the_backup_with_nothing_published(tmp_path, fmt):
+    store, container, src, data, full = setup(tmp_path, fmt)
     with open(src, "r+b") as f:
         f.write(b"\x07" * BS)  # block 0 changed: the backup has something to store
     store.fail_lease_put = PermissionError(13, "Permission denied")
-    before = sorted(container.store.keys(container.keys.objects))
+    before = stored_keys(container)
     with pytest.raises(PermissionError):
         backup_volume(src, container, parent=full, block_size=BS)
     assert container.blockmap_ids() == [full.backup_id]
-    assert sorted(container.store.keys(container.keys.objects)) == before
+    assert stored_keys(container) == before
     assert live_leases(container.store, container.keys, WRITE) == []
 
 

@@ -305,6 +305,14 @@ def api_error(cls, status: int, message: str | None = None):
 
 
 def objects_in(repo_root: str | os.PathLike, project: str, container: str = "backups") -> list:
+    """The block objects a container holds: their files (version 1), or ``pack#digest`` of
+    each entry its index files name in a pack that exists (version 2)."""
+    from engine.repository import Repository
+
+    repo = Repository.open(repo_root, create=False)
+    if repo.format_version >= 2:
+        c = repo.container(project, container)
+        return sorted(f"{info.key}#{d.hex()}" for d, info in c.iter_objects())
     root = os.path.join(repo_root, "projects", project, container, "objects")
     out = []
     for dirpath, _dirs, files in os.walk(root):

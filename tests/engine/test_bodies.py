@@ -159,7 +159,14 @@ def test_concurrent_backups_of_volumes_sharing_blocks(eng, volume, tmp_path, rep
     pb.write_bytes(da)  # identical contents: both backups want the same 64 objects
     ids = [eng.create_backup(PROJECT, {"backup": {"volume_id": v}})["backup"]["id"] for v in (a, b)]
     details = [wait_ok(eng, i) for i in ids]
-    assert sum(d["stats"]["objects_written"] for d in details) == 64
+    written = sum(d["stats"]["objects_written"] for d in details)
+    if eng.repo.format_version >= 2:
+        # Pack files: a writer's packs become known to others when its index is written at
+        # its end, so two backups running at once may both store a shared block (gc keeps
+        # one copy); the index names each block once.
+        assert 64 <= written <= 128
+    else:
+        assert written == 64
     assert len(objects_in(repo_root, PROJECT)) == 64
     for i, d in enumerate(details):
         assert_same_bytes(restore_new(eng, d["id"], tmp_path / f"r{i}.img"), da)

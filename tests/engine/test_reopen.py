@@ -144,7 +144,7 @@ def test_unknown_format_version_is_refused(open_engine, chain, repo_root):
     config_path = os.path.join(repo_root, "config.json")
     with open(config_path) as f:
         config = json.load(f)
-    assert config["version"] == 1
+    assert config["version"] == 2  # what a new repository gets
     config["version"] = 99
     with open(config_path, "w") as f:
         json.dump(config, f)

@@ -208,6 +208,7 @@ def damage_object(eng, repo_root, data: bytes, block: int) -> str:
     return path
 
 
+@pytest.mark.repo_format(1)  # damages a version-1 object file
 def test_damaged_object_fails_the_restore_and_names_backup_and_block(eng, src, tmp_path, repo_root):
     _vid, _path, data, detail = src
     bid = detail["id"]
@@ -233,6 +234,7 @@ def test_damaged_object_fails_the_restore_and_names_backup_and_block(eng, src, t
         eng.restore_backup(PROJECT, bid, str(target))
 
 
+@pytest.mark.repo_format(1)  # damages a version-1 object file
 def test_damaged_object_restore_to_a_registered_volume(eng, src, volume, repo_root):
     """§2.1: a failed restore leaves the target volume ``error_restoring``."""
     _vid, _path, data, detail = src
@@ -245,6 +247,7 @@ def test_damaged_object_restore_to_a_registered_volume(eng, src, volume, repo_ro
     assert eng.get_backup(PROJECT, detail["id"])["status"] == "available"
 
 
+@pytest.mark.repo_format(1)  # damages a version-1 object file
 def test_damaged_object_restore_without_waiting(eng, src, tmp_path, repo_root):
     _vid, _path, data, detail = src
     damage_object(eng, repo_root, data, 0)
@@ -256,6 +259,7 @@ def test_damaged_object_restore_without_waiting(eng, src, tmp_path, repo_root):
     assert detail["id"] in after["stats"]["last_restore"]["error"]
 
 
+@pytest.mark.repo_format(1)  # damages a version-1 object file
 def test_missing_object_fails_the_restore(eng, src, tmp_path, repo_root):
     _vid, _path, data, detail = src
     path = damage_object(eng, repo_root, data, 20)

@@ -71,6 +71,10 @@ sys.stdin.read()
 
 # --------------------------------------------------------------------------- racing creates
 
+# These tests reach into the files of version 1's layout (one file per block object);
+# the same faults on pack files are tests/faults/test_pack_faults.py.
+pytestmark = pytest.mark.repo_format(1)
+
 
 def _race_two_creates(eng, vid: str, incremental: bool) -> list:
     """Two create_backup calls for one volume, released at the same instant."""

@@ -73,6 +73,10 @@ CASES = {
     "record-published": (K, {}, True, True),
 }
 
+# These tests reach into the files of version 1's layout (one file per block object);
+# the same faults on pack files are tests/faults/test_pack_faults.py.
+pytestmark = pytest.mark.repo_format(1)
+
 
 def _tmp_by_dir(repo) -> dict[str, int]:
     out: dict[str, int] = {}

@@ -58,6 +58,10 @@ from engine.errors import CorruptionError, FormatVersionError
 from engine.gc import MIN_GRACE_SECONDS
 from engine.repository.objects import HEADER_SIZE
 
+# These tests reach into the files of version 1's layout (one file per block object);
+# the same faults on pack files are tests/faults/test_pack_faults.py.
+pytestmark = pytest.mark.repo_format(1)
+
 SHARED, UNIQUE = 3, 9
 LOST = [3, 7, 9, 12]
 OBJECT_DAMAGE = ["flip-payload", "truncated", "missing", "header-digest", "unknown-version"]
@@ -349,14 +353,14 @@ def _rewrite_config(repo, **changes) -> None:
 
 def test_unknown_repository_version_is_refused(chain):
     chain.eng.close()
-    _rewrite_config(chain.repo, version=2)
+    _rewrite_config(chain.repo, version=3)  # versions 1 and 2 are this engine's
     before = repo_files(chain.repo)
     with pytest.raises(FormatVersionError) as info:
         BackupEngine.open(chain.repo)
-    assert "version 2" in str(info.value)
+    assert "version 3" in str(info.value)
     proc = cli(chain.repo, "backup", "list")
     assert proc.returncode != 0
-    assert "version 2" in proc.stderr
+    assert "version 3" in proc.stderr
     assert repo_files(chain.repo) == before
 
 

@@ -35,6 +35,10 @@ from engine.errors import (
     VolumeNotFound,
 )
 
+# These tests reach into the files of version 1's layout (one file per block object);
+# the same faults on pack files are tests/faults/test_pack_faults.py.
+pytestmark = pytest.mark.repo_format(1)
+
 
 def tree(root) -> set[str]:
     """Every path below ``root`` (files and directories)."""

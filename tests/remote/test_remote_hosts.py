@@ -159,6 +159,7 @@ def test_proxy_stopped_mid_backup(swift_env, monkeypatch, tmp_path, outage):
         eng.close()
 
 
+@pytest.mark.repo_format(1)  # damages a version-1 object file
 def test_missing_object_on_swift_names_the_block_and_allow_damaged_restores_the_rest(
     swift_env, tmp_path
 ):

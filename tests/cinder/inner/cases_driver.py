@@ -87,6 +87,16 @@ def _dev_size(path: str) -> int:
 
 
 def objects_in(repo: str) -> set[str]:
+    """Stored block objects: files (format 1), or ``pack#digest`` entries (format 2)."""
+    from engine.repository import Repository
+
+    r = Repository.open(repo, create=False)
+    if r.format_version >= 2:
+        out = set()
+        for project, name in r.containers():
+            for digest, info in r.container(project, name).iter_objects():
+                out.add(f"{info.key}#{digest.hex()}")
+        return out
     out = set()
     for root, _dirs, names in os.walk(repo):
         if os.sep + "objects" + os.sep in root + os.sep:
@@ -468,8 +478,10 @@ def test_a_damaged_object_fails_the_restore_naming_the_block(cinder, tmp_path):
     bm = container.get_blockmap(b.id)
     digest = bytes(bm.digest(5))
     path = os.path.join(repo_of(cinder), container.object_key(digest))
+    loc = container.known().locate(digest) if container.packed else None
+    middle = os.path.getsize(path) // 2 if loc is None else loc.offset + loc.length // 2
     with open(path, "r+b") as f:
-        f.seek(os.path.getsize(path) // 2)
+        f.seek(middle)
         byte = f.read(1)
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 0xFF]))

@@ -1,0 +1,690 @@
+"""Block objects of a version-2 container: entries of pack files, named by index files.
+
+Writing (:class:`PackBatch`): encoded objects are appended to an open pack in memory; a
+pack that reaches the target size is sealed (its own index and trailer appended, named by
+the hash of its bytes) and staged in the store's batch. ``commit`` makes the staged packs
+durable (the store's batch), and only then publishes an index file naming them. So a
+crash leaves at most packs that no index names, which ``gc`` removes after the grace (or
+indexes again from their own index, if some block map needs what they hold).
+
+Reading: the view (``packview.PackView``) says where each digest's entry is; a read is one
+ranged GET of the pack, and :meth:`PackedObjects.fetch` coalesces entries that lie next to
+each other in one pack into one GET.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import BlobNotFound, CorruptionError, InvalidInput
+from ..store.blob import BlobInfo, BlobStore, Data, views
+from .layout import ContainerKeys
+from .objects import HEADER_SIZE, parse_header
+from .packs import (
+    ENTRY,
+    NO_BASE,
+    PACK_TRAILER_SIZE,
+    decode_all_refs,
+    decode_index,
+    decode_refs,
+    encode_all_refs,
+    encode_index,
+    entries_array,
+    new_pack_id,
+    pack_id_of,
+    pack_tail,
+    parse_pack_index,
+    parse_pack_trailer,
+)
+from .packview import Location, PackView
+
+log = logging.getLogger(__name__)
+
+#: Packs published by one batch before an index file names them (the last ones are named at
+#: the end of the job whatever their number): about 1 GiB at the default pack size.
+INDEX_EVERY_PACKS = 32
+#: ``refs/all.<id>``: the pack lists of many backups in one file (written by deletes).
+REFS_ALL_PREFIX = "all."
+#: Adjacent entries are read in one GET up to this size, across gaps of at most ``GAP``.
+COALESCE_BYTES = 8 << 20
+COALESCE_GAP = 64 << 10
+#: A job that loaded at least this many index files writes one merged index in their place
+#: (so loading the index stays a handful of GETs however many backups were made).
+MERGE_INDEX_FILES = 16
+
+
+@dataclass
+class IndexFile:
+    key: str
+    info: BlobInfo
+    packs: list[tuple[bytes, int, int]]  # (pack id, size, entries)
+    entries: np.ndarray
+
+
+class PackedObjects:
+    """The pack-level operations of one container (see the module docstring)."""
+
+    def __init__(self, store: BlobStore, keys: ContainerKeys, pack_size: int) -> None:
+        self.store = store
+        self.keys = keys
+        self.pack_size = pack_size
+        self._view: PackView | None = None
+        self._files: list[IndexFile] | None = None  # the index files the view was built from
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ the index
+
+    def index_files(self) -> tuple[list[IndexFile], list[tuple[BlobInfo, str]]]:
+        """Every readable index file, and (info, why) of each unreadable one."""
+        good, bad = [], []
+        for info in self.store.list(self.keys.indexes):
+            try:
+                blob = self.store.get(info.key)
+                packs, entries = decode_index(blob, what=f"index file {info.key}")
+            except BlobNotFound:
+                continue  # removed while listed (a gc compacting)
+            except CorruptionError as e:
+                log.warning("%s: its packs are unknown until gc indexes them again", e.message)
+                bad.append((info, e.message))
+                continue
+            good.append(IndexFile(info.key, info, packs, entries))
+        return good, bad
+
+    def marks(self) -> set[tuple[bytes, bytes]]:
+        """(digest, pack id) of every quarantine mark that names a pack."""
+        out = set()
+        for key in self.store.keys(self.keys.quarantined):
+            mark = parse_mark(key)
+            if mark is not None and mark[1] is not None:
+                out.add(mark)
+        return out
+
+    def load(self) -> PackView:
+        files, _bad = self.index_files()
+        view = PackView((([p[0] for p in f.packs], f.entries) for f in files), dropped=self.marks())
+        with self._lock:
+            self._view, self._files = view, files
+        return view
+
+    def all_there(self, files: list[IndexFile]) -> bool:
+        """Whether every one of ``files`` is still published: a sweep since they were read
+        replaced them all, and an index built from them would be stale."""
+        for f in files:
+            try:
+                self.store.stat(f.key)
+            except BlobNotFound:
+                return False
+        return True
+
+    def view(self) -> PackView:
+        v = self._view
+        return v if v is not None else self.load()
+
+    def locate(self, digest: bytes) -> Location | None:
+        """Where ``digest`` is in the loaded view (``Container`` reloads it, once, on a
+        miss: another host may have published the digest since)."""
+        return self.view().locate(digest)
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, digest: bytes, offset: int = 0, length: int | None = None) -> bytes:
+        loc = self.locate(digest)
+        if loc is None:
+            raise BlobNotFound(digest.hex())
+        if offset < 0 or offset > loc.length or (length is not None and length < 0):
+            raise InvalidInput(f"range {offset}+{length} is outside entry {digest.hex()}")
+        n = loc.length - offset if length is None else min(length, loc.length - offset)
+        blob = self.store.get(self.keys.pack(loc.pack_id), loc.offset + offset, n)
+        if len(blob) != n:
+            raise CorruptionError(
+                f"block object {digest.hex()} is cut short: its pack "
+                f"{loc.pack_id.hex()} is truncated"
+            )
+        return blob
+
+    def fetch(
+        self,
+        digests: Sequence[bytes],
+        missing: Callable[[bytes], str],
+        pool: Executor | None = None,
+    ) -> list[_Pending]:
+        """One pending read per digest, adjacent entries of a pack sharing one ranged GET
+        (at most ``COALESCE_BYTES``), up to the pool's width in flight."""
+        out: list[_Pending] = []
+        located = []
+        for i, d in enumerate(digests):
+            loc = self.locate(d)
+            out.append(_Pending.failed(CorruptionError(missing(d))) if loc is None else None)
+            if loc is not None:
+                located.append((loc.pack_id, loc.offset, loc.length, i))
+        located.sort()
+        groups: list[list[tuple[bytes, int, int, int]]] = []
+        for item in located:
+            g = groups[-1] if groups else None
+            if (
+                g is not None
+                and g[0][0] == item[0]
+                and 0 <= item[1] - (g[-1][1] + g[-1][2]) <= COALESCE_GAP
+                and item[1] + item[2] - g[0][1] <= COALESCE_BYTES
+            ):
+                g.append(item)
+            else:
+                groups.append([item])
+        for g in groups:
+            pack_id, start = g[0][0], g[0][1]
+            end = g[-1][1] + g[-1][2]
+            key = self.keys.pack(pack_id)
+            if pool is not None:
+                fut = pool.submit(self.store.get, key, start, end - start)
+            else:
+                fut = Future()
+                try:
+                    fut.set_result(self.store.get(key, start, end - start))
+                except Exception as e:  # surfaced by each entry's result()
+                    fut.set_exception(e)
+            for _p, off, length, i in g:
+                out[i] = _Pending(fut, off - start, length, digests[i], pack_id)
+        return out  # type: ignore[return-value]
+
+    def head(self, digest: bytes, size: int) -> tuple[bytes, int] | None:
+        """The first ``size`` bytes of the entry and its length, or None when missing."""
+        loc = self.locate(digest)
+        if loc is None:
+            return None
+        try:
+            return self.store.get(self.keys.pack(loc.pack_id), loc.offset, size), loc.length
+        except BlobNotFound:
+            return None
+
+    def pack_entries(self, info: BlobInfo) -> np.ndarray:
+        """A pack's own index (two ranged GETs: the trailer, then the index)."""
+        what = f"pack {info.key}"
+        if info.size < PACK_TRAILER_SIZE:
+            raise CorruptionError(f"{what} is truncated")
+        trailer = self.store.get(info.key, info.size - PACK_TRAILER_SIZE, PACK_TRAILER_SIZE)
+        offset, count = parse_pack_trailer(trailer, info.size, what=what)
+        index = self.store.get(info.key, offset, info.size - PACK_TRAILER_SIZE - offset)
+        return parse_pack_index(index, trailer, what=what)
+
+    # ------------------------------------------------------------------ writes
+
+    def batch(self) -> PackBatch:
+        return PackBatch(self)
+
+    def publish_index(self, packs: list[tuple[bytes, int, np.ndarray]]) -> str:
+        """Write one index file naming ``packs`` (id, size, entries); return its key."""
+        rows = []
+        parts = []
+        for n, (pid, size, entries) in enumerate(packs):
+            rows.append((pid, size, len(entries)))
+            e = entries.copy()
+            e["pack"] = n
+            parts.append(e)
+        entries = np.concatenate(parts) if parts else np.zeros(0, ENTRY)
+        blob = encode_index(rows, entries, time.time_ns())
+        key = self.keys.index(pack_id_of(blob))
+        self.store.put(key, blob)
+        return key
+
+    def remember(self, packs: list[tuple[bytes, int, np.ndarray]]) -> None:
+        """Add packs this process has just named to the loaded view (if any)."""
+        view = self._view
+        if view is not None:
+            for pid, _size, entries in packs:
+                view.add(pid, entries)
+
+    def forget(self, digest: bytes) -> None:
+        view = self._view
+        if view is not None:
+            view.drop(digest)
+
+
+def merge_index_files(files: list[IndexFile]) -> list[tuple[bytes, int, np.ndarray]]:
+    """(pack id, size, entries) of every pack the files name, each entry once."""
+    by_pack: dict[bytes, tuple[int, list[np.ndarray]]] = {}
+    for f in files:
+        for n, (pid, size, _count) in enumerate(f.packs):
+            by_pack.setdefault(pid, (size, []))[1].append(f.entries[f.entries["pack"] == n])
+    out = []
+    for pid, (size, parts) in sorted(by_pack.items()):
+        entries = np.concatenate(parts)
+        _u, first = np.unique(entries["offset"], return_index=True)
+        out.append((pid, size, entries[np.sort(first)]))
+    return out
+
+
+class _Pending:
+    """One entry's bytes out of a (shared) ranged GET: ``result()`` like a future's."""
+
+    def __init__(
+        self,
+        fut: Future | None,
+        start: int,
+        length: int,
+        digest: bytes = b"",
+        pack_id: bytes = b"",
+        error: Exception | None = None,
+    ) -> None:
+        self._fut, self._start, self._length = fut, start, length
+        self._digest, self._pack_id, self._error = digest, pack_id, error
+
+    @classmethod
+    def failed(cls, error: Exception) -> _Pending:
+        return cls(None, 0, 0, error=error)
+
+    def result(self) -> memoryview:
+        if self._error is not None:
+            raise self._error
+        assert self._fut is not None
+        try:
+            blob = self._fut.result()
+        except BlobNotFound:
+            raise CorruptionError(
+                f"block object {self._digest.hex()} is missing: its pack "
+                f"{self._pack_id.hex()} is gone"
+            ) from None
+        view = memoryview(blob)[self._start : self._start + self._length]
+        if len(view) != self._length:
+            raise CorruptionError(
+                f"block object {self._digest.hex()} is cut short: its pack "
+                f"{self._pack_id.hex()} is truncated"
+            )
+        return view
+
+
+class PackBatch:
+    """A batch of block objects written into packs (see the module docstring).
+
+    ``stage`` is thread-safe and cheap: the entry's bytes are copied into the open pack;
+    sealing (hashing the pack, staging it in the store's batch) happens outside the lock.
+    """
+
+    def __init__(self, packed: PackedObjects) -> None:
+        self._packed = packed
+        self._store_batch = packed.store.batch()
+        self._lock = threading.Lock()
+        self._seal_lock = threading.Lock()
+        self._buf = bytearray()
+        self._rows: list[tuple[bytes, bytes, int, int, int, int]] = []
+        self._sealed: list[tuple[bytes, int, np.ndarray]] = []  # staged, not committed
+        self._unindexed: list[tuple[bytes, int, np.ndarray]] = []  # durable, not named
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._store_batch.pending_bytes + len(self._buf)
+
+    def stage(self, digest: bytes, data: Data, *, base: bytes | None = None) -> None:
+        if base is not None and (not isinstance(base, bytes) or len(base) != 16):
+            raise InvalidInput("base must be a 16-byte digest or None")
+        parts = views(data)
+        full = None
+        with self._lock:
+            offset = len(self._buf)
+            for p in parts:
+                self._buf += p
+            self._rows.append((digest, base or NO_BASE, 0, offset, len(self._buf) - offset, 0))
+            if len(self._buf) >= self._packed.pack_size:
+                full = self._take()
+        if full is not None:
+            self._seal(*full)
+
+    def _take(self) -> tuple[bytearray, list] | None:
+        """The open pack (under ``_lock``), replaced by an empty one."""
+        if not self._rows:
+            return None
+        buf, rows = self._buf, self._rows
+        self._buf, self._rows = bytearray(), []
+        return buf, rows
+
+    def _seal(self, buf: bytearray, rows: list) -> None:
+        entries = entries_array(rows)
+        buf += pack_tail(entries, len(buf))
+        pid = new_pack_id()
+        self._store_batch.stage(self._packed.keys.pack(pid), buf)
+        with self._seal_lock:
+            self._sealed.append((pid, len(buf), entries))
+
+    def commit(self, *, final: bool = True) -> list[tuple[str, int]]:
+        """Seal the open pack (when ``final``), make the staged packs durable, then name
+        them in an index file (at once when ``final``, else once ``INDEX_EVERY_PACKS`` are
+        waiting); return (pack key, entry length) of each entry newly stored."""
+        if final:
+            with self._lock:
+                rest = self._take()
+            if rest is not None:
+                self._seal(*rest)
+        with self._seal_lock:
+            sealed, self._sealed = self._sealed, []
+        new = {key for key, _size in self._store_batch.commit()}
+        out = []
+        for pid, size, entries in sealed:
+            key = self._packed.keys.pack(pid)
+            if key in new:  # the same pack already there: its entries are known already
+                out.extend((key, int(n)) for n in entries["length"])
+            self._unindexed.append((pid, size, entries))
+        if self._unindexed and (final or len(self._unindexed) >= INDEX_EVERY_PACKS):
+            packs, self._unindexed = self._unindexed, []
+            files = self._packed._files
+            if final and files is not None and len(files) >= MERGE_INDEX_FILES:
+                files = files if self._packed.all_there(files) else None
+            if files is not None and final and len(files) >= MERGE_INDEX_FILES:
+                # One index naming the loaded files' entries and the new packs replaces
+                # them (written before they go; a file another writer adds meanwhile is
+                # not among them and stays).
+                self._packed._files = None
+                self._packed.publish_index(merge_index_files(files) + packs)
+                self._packed.store.delete_many([f.key for f in files])
+            else:
+                self._packed.publish_index(packs)
+            self._packed.remember(packs)
+        return out
+
+    def discard(self) -> None:
+        with self._lock:
+            self._take()
+        with self._seal_lock:
+            self._sealed = []
+        self._store_batch.discard()
+
+
+def parse_mark(key: str) -> tuple[bytes, bytes | None] | None:
+    """(digest, pack id or None) of a quarantine mark's key, or None for anything else."""
+    parts = key.rsplit("/", 1)[-1].split(".")
+    try:
+        digest = bytes.fromhex(parts[0])
+        pack = bytes.fromhex(parts[3]) if len(parts) > 3 and len(parts[3]) == 32 else None
+    except ValueError:
+        return None
+    if len(digest) != 16:
+        return None
+    return digest, pack
+
+
+#: A pack is rewritten (its live entries copied into a new pack, the old one deleted) once
+#: at least this fraction of its bytes is dead; see docs/repository-format.md for the
+#: write amplification this bounds.
+REWRITE_THRESHOLD = 0.5
+
+
+@dataclass
+class SweepResult:
+    entries_removed: int = 0  # dead entries dropped from the index
+    packs_removed: int = 0  # fully dead packs (and rewritten ones) deleted
+    packs_rewritten: int = 0
+    packs_adopted: int = 0  # packs no index named, indexed again from their own index
+    packs_written: int = 0
+    bytes_removed: int = 0  # bytes of the packs deleted
+    bytes_written: int = 0  # bytes of the packs written by rewrites
+    index_files_removed: int = 0
+    damaged_entries: list[str] | None = None
+
+
+def sweep_packs(
+    packed: PackedObjects,
+    referenced: set[bytes],
+    cutoff: float,
+    released: set[bytes],
+    *,
+    dry_run: bool = False,
+    threshold: float = REWRITE_THRESHOLD,
+) -> SweepResult:
+    """Reclaim the dead entries of a container's packs (the caller holds the sweep lease).
+
+    An entry is live when a block map references its digest (one entry per digest: a
+    duplicate in another pack is dead), no quarantine mark names it, or — unreferenced —
+    its pack is younger than ``cutoff`` and the digest was not just ``released`` by a
+    delete. Then:
+
+    * a pack without live entries is deleted;
+    * a pack whose dead bytes reach ``threshold`` of its size (and older than the cutoff)
+      is rewritten: its live entries, bytes unchanged, go into new packs;
+    * a pack no readable index names, older than the cutoff, is read through its own index:
+      adopted when it holds referenced digests nobody else holds, else deleted;
+    * one new index file names every live entry, and replaces every index file read.
+
+    Order: new packs durable, then the new index, then the old index files go, then the
+    old packs. A crash anywhere leaves every live entry named by some index file.
+    """
+    store, keys = packed.store, packed.keys
+    res = SweepResult(damaged_entries=[])
+    files, bad = packed.index_files()
+    marks = packed.marks()
+    listed = {info.key: info for info in store.list(keys.packs)}
+    named: dict[bytes, tuple[int, list[np.ndarray]]] = {}
+    for f in files:
+        for n, (pid, size, _count) in enumerate(f.packs):
+            named.setdefault(pid, (size, []))[1].append(f.entries[f.entries["pack"] == n])
+    # An entry encoded against a base (a delta) keeps its base alive.
+    bases = set()
+    for f in files:
+        has = f.entries["base"] != np.void(NO_BASE)
+        rows = f.entries[has]
+        for d, b in zip(rows["digest"].tolist(), rows["base"].tolist(), strict=True):
+            if bytes(d) in referenced:
+                bases.add(bytes(b))
+    if bases:
+        referenced = referenced | bases
+    claimed: set[bytes] = set()
+    # (pack id, size, kept entries, dead bytes, mtime)
+    survey: list[tuple[bytes, int, np.ndarray, int, float]] = []
+    changed = len(files) > 1 or bool(bad)
+
+    def keep_of(pid: bytes, entries: np.ndarray, young: bool) -> np.ndarray:
+        keep = np.zeros(len(entries), np.bool_)
+        for i, d in enumerate(entries["digest"].tolist()):
+            d = bytes(d)
+            if d in claimed or (d, pid) in marks:
+                continue
+            if d in referenced or (young and d not in released):
+                keep[i] = True
+                claimed.add(d)
+        return entries[keep]
+
+    for pid in sorted(named):
+        size, parts = named[pid]
+        info = listed.get(keys.pack(pid))
+        if info is None:
+            changed = True  # named but gone: its entries drop out of the index
+            continue
+        entries = np.concatenate(parts)
+        _u, first = np.unique(entries["offset"], return_index=True)
+        entries = entries[np.sort(first)]
+        kept = keep_of(pid, entries, info.mtime >= cutoff)
+        if len(kept) != len(entries):
+            changed = True
+        res.entries_removed += len(entries) - len(kept)
+        live = int(kept["length"].sum()) if len(kept) else 0
+        overhead = (len(kept) + 1) * 48 + 32
+        survey.append((pid, info.size, kept, max(0, info.size - live - overhead), info.mtime))
+    for key, info in sorted(listed.items()):
+        pid = _pack_id_of_key(key)
+        if pid is None or pid in named or info.mtime >= cutoff:
+            continue
+        changed = True
+        try:
+            entries = packed.pack_entries(info)
+        except (CorruptionError, BlobNotFound):
+            entries = np.zeros(0, ENTRY)
+        kept = keep_of(pid, entries, False)
+        if len(kept):
+            res.packs_adopted += 1
+            live = int(kept["length"].sum())
+            survey.append((pid, info.size, kept, max(0, info.size - live), info.mtime))
+        else:
+            survey.append((pid, info.size, kept, info.size, info.mtime))
+
+    doomed: list[tuple[bytes, int]] = []
+    final: list[tuple[bytes, int, np.ndarray]] = []
+    rewrite: list[tuple[bytes, int, np.ndarray]] = []
+    for pid, size, kept, dead, mtime in survey:
+        if not len(kept):
+            doomed.append((pid, size))
+        elif dead >= threshold * size and mtime < cutoff:
+            rewrite.append((pid, size, kept))
+        else:
+            final.append((pid, size, kept))
+    if not changed and not doomed and not rewrite:
+        return res
+    res.packs_removed = len(doomed) + len(rewrite)
+    res.packs_rewritten = len(rewrite)
+    res.bytes_removed = sum(s for _p, s in doomed) + sum(s for _p, s, _k in rewrite)
+    if dry_run:
+        return res
+
+    # 1. the live entries of packs being rewritten, bytes unchanged, into new packs
+    writer = _PackBuilder(packed, res)
+    for pid, _size, kept in rewrite:
+        key = keys.pack(pid)
+        blob = store.get(key)
+        for e in kept:
+            off, n, d = int(e["offset"]), int(e["length"]), bytes(e["digest"])
+            entry = blob[off : off + n]
+            if not _entry_ok(entry, d):
+                res.damaged_entries.append(f"{d.hex()} in pack {pid.hex()}")
+                store.put(keys.quarantine(d, time.time_ns(), "gc", pid), entry)
+                continue
+            writer.add(d, bytes(e["base"]), int(e["flags"]), entry)
+    final.extend(writer.finish())
+    # 2. one index naming every live entry, 3. the old index files, 4. the old packs
+    if final:
+        packed.publish_index(final)
+    old = [f.key for f in files] + [info.key for info, _why in bad if info.mtime < cutoff]
+    res.index_files_removed = store.delete_many(old)
+    store.delete_many([keys.pack(p) for p, _s in doomed] + [keys.pack(p) for p, _s, _k in rewrite])
+    packed._view, packed._files = None, None
+    return res
+
+
+class _PackBuilder:
+    """Packs written by a sweep (one ``put`` each, durable when it returns)."""
+
+    def __init__(self, packed: PackedObjects, res: SweepResult) -> None:
+        self.packed, self.res = packed, res
+        self.buf = bytearray()
+        self.rows: list = []
+        self.done: list[tuple[bytes, int, np.ndarray]] = []
+
+    def add(self, digest: bytes, base: bytes, flags: int, entry: bytes) -> None:
+        self.rows.append((digest, base, 0, len(self.buf), len(entry), flags))
+        self.buf += entry
+        if len(self.buf) >= self.packed.pack_size:
+            self._seal()
+
+    def _seal(self) -> None:
+        if not self.rows:
+            return
+        entries = entries_array(self.rows)
+        self.buf += pack_tail(entries, len(self.buf))
+        pid = new_pack_id()
+        self.packed.store.put(self.packed.keys.pack(pid), self.buf)
+        self.done.append((pid, len(self.buf), entries))
+        self.res.packs_written += 1
+        self.res.bytes_written += len(self.buf)
+        self.buf, self.rows = bytearray(), []
+
+    def finish(self) -> list[tuple[bytes, int, np.ndarray]]:
+        self._seal()
+        return self.done
+
+
+def _entry_ok(entry: bytes, digest: bytes) -> bool:
+    """The entry's header names ``digest`` and its length (a cheap check before a copy)."""
+    head = parse_header(entry[:HEADER_SIZE])
+    return head is not None and head[3] == digest and head[2] + HEADER_SIZE == len(entry)
+
+
+def _pack_id_of_key(key: str) -> bytes | None:
+    name = key.rsplit("/", 1)[-1]
+    if len(name) != 32:
+        return None
+    try:
+        return bytes.fromhex(name)
+    except ValueError:
+        return None
+
+
+def sweep_released(
+    packed: PackedObjects, released: set[bytes], remaining: set[str], *, dry_run: bool = False
+) -> SweepResult | None:
+    """The sweep after a delete: remove the packs only the deleted backup used.
+
+    Cost: one listing and one small GET per remaining backup's pack list
+    (``refs/<backup id>``), the index files, and one new index — never a block map. The
+    packs that held ``released`` digests and that no remaining backup's pack list names
+    are deleted (with the sweep lease held no writer is running; every entry in them was
+    the deleted backup's or already dead); a partly dead pack is left for gc, which
+    reclaims entries and rewrites packs. None (the caller does the full sweep) when some
+    remaining block map has no readable pack list or an index file is unreadable.
+    """
+    store, keys = packed.store, packed.keys
+    lists: dict[str, set[bytes]] = {}
+    combined: list[str] = []
+    single: list[str] = []
+    try:
+        for key in store.keys(keys.refs_prefix):
+            name = key.rsplit("/", 1)[-1]
+            if name.startswith(REFS_ALL_PREFIX):
+                combined.append(key)
+            elif name in remaining:
+                single.append(key)
+        for key in combined:
+            for bid, packs in decode_all_refs(store.get(key), what=key).items():
+                if bid in remaining:
+                    lists[bid] = packs
+        for key in single:  # a backup's own list is newer than a combined one
+            lists[key.rsplit("/", 1)[-1]] = decode_refs(store.get(key), what=key)
+    except (BlobNotFound, CorruptionError):
+        return None
+    if set(lists) != remaining:
+        return None
+    others: set[bytes] = set().union(*lists.values()) if lists else set()
+    files, bad = packed.index_files()
+    if bad:
+        return None
+    view = PackView(([p[0] for p in f.packs], f.entries) for f in files)
+    candidates = {loc.pack_id for d in released if (loc := view.locate(d)) is not None}
+    dead = candidates - others
+    res = SweepResult(damaged_entries=[])
+    if not dry_run and len(single) + len(combined) > 1:
+        # Compact the pack lists into one file: the next delete reads one GET, not one per
+        # backup. Written before the files it replaces go.
+        blob = encode_all_refs(lists)
+        store.put(keys.refs_all(pack_id_of(blob)), blob)
+        store.delete_many(combined + single)
+    if not dead:
+        return res
+    keep: dict[bytes, tuple[int, list[np.ndarray]]] = {}
+    for f in files:
+        for n, (pid, size, _count) in enumerate(f.packs):
+            mine = f.entries[f.entries["pack"] == n]
+            if pid in dead:
+                res.entries_removed += len(mine)
+            else:
+                keep.setdefault(pid, (size, []))[1].append(mine)
+    listed = {keys.pack(p): 0 for p in dead}
+    for p in dead:
+        with contextlib.suppress(BlobNotFound):
+            listed[keys.pack(p)] = store.stat(keys.pack(p)).size
+    res.packs_removed = len(dead)
+    res.bytes_removed = sum(listed.values())
+    if dry_run:
+        return res
+    final = []
+    for pid, (size, parts) in sorted(keep.items()):
+        entries = np.concatenate(parts)
+        _u, first = np.unique(entries["offset"], return_index=True)
+        final.append((pid, size, entries[np.sort(first)]))
+    if final:
+        packed.publish_index(final)
+    res.index_files_removed = store.delete_many([f.key for f in files])
+    store.delete_many(sorted(listed))
+    packed._view, packed._files = None, None
+    return res
