@@ -176,8 +176,11 @@ class BlockCodec:
             return True, packed
         return False, data
 
-    def pages_check(self, page_digests: bytes) -> bytes:
-        return xxhash.xxh3_64_digest(page_digests, seed=self.seed)
+    @staticmethod
+    def pages_check(page_digests: bytes) -> bytes:
+        """The checksum of a full block's page digests: plain XXH3-64 (seed 0). It detects
+        damage; keyed, a wrong repository key would look like damage to every object."""
+        return xxhash.xxh3_64_digest(page_digests)
 
     # ------------------------------------------------------------------ writing
 
