@@ -152,15 +152,45 @@ def parse_header(blob: bytes) -> tuple[int, int, int, bytes] | None:
 class BlockCodec:
     """Encode and decode block objects; thread-safe (one zstd context per thread)."""
 
-    def __init__(self, seed: int, level: int = 3) -> None:
+    def __init__(
+        self,
+        seed: int,
+        level: int = 3,
+        *,
+        window_log: int | None = None,
+        long_distance: bool = False,
+    ) -> None:
         self.seed = seed
-        self.level = level
         self._local = threading.local()
+        self._generation = 0
+        self.configure(level=level, window_log=window_log, long_distance=long_distance)
+
+    def configure(
+        self, *, level: int, window_log: int | None = None, long_distance: bool = False
+    ) -> None:
+        """Set the zstd parameters of new objects (benchmarks compare them; every setting
+        writes objects any reader decodes). ``window_log`` None: zstd's own for the level
+        and the block's size; ``long_distance``: zstd's long-distance matching."""
+        if window_log is not None and not 10 <= window_log <= 27:
+            raise ValueError(f"window_log must be from 10 to 27, got {window_log}")
+        self.level = level
+        self.window_log = window_log
+        self.long_distance = long_distance
+        self._generation += 1  # each thread builds its compressor again
 
     def _compressor(self) -> zstandard.ZstdCompressor:
         c = getattr(self._local, "c", None)
-        if c is None:
-            c = self._local.c = zstandard.ZstdCompressor(level=self.level)
+        if c is None or self._local.generation != self._generation:
+            if self.window_log is None and not self.long_distance:
+                c = zstandard.ZstdCompressor(level=self.level)
+            else:
+                params = zstandard.ZstdCompressionParameters.from_level(
+                    self.level,
+                    window_log=self.window_log or 0,
+                    enable_ldm=self.long_distance,
+                )
+                c = zstandard.ZstdCompressor(compression_params=params)
+            self._local.c, self._local.generation = c, self._generation
         return c
 
     def _decompressor(self) -> zstandard.ZstdDecompressor:
