@@ -97,7 +97,8 @@ def verify(
     # clear that the data, not the key, is wrong (see _blame_the_key).
     mismatched: list[tuple[Container, bytes]] = []
     thorough_checks = 0
-    set_aside: set[tuple[str, bytes]] = set()
+    # Deltas on a damaged base: (container name, digest) -> container.
+    set_aside: dict[tuple[str, bytes], Container] = {}
 
     def check(
         container: Container,
@@ -154,9 +155,9 @@ def verify(
                 if base_error is not None:
                     error = f"its base block object {base.hex()}: {base_error}"
                     if (ref.container, digest) not in set_aside:
-                        # The next backup then stores the block whole, which heals it.
-                        set_aside.add((ref.container, digest))
-                        container.quarantine(digest, by="verify")
+                        # Set aside at the end (unless the key is to blame): the next backup
+                        # then stores the block whole, which heals it.
+                        set_aside[(ref.container, digest)] = container
             v.blocks_checked += 1
             if error is not None:
                 v.ok = False
@@ -165,6 +166,9 @@ def verify(
     _blame_the_key(repo, mismatched, thorough_checks)
     for container, digest in mismatched:
         container.quarantine(digest, by="verify")
+    for (_name, digest), container in set_aside.items():
+        if (container, digest) not in mismatched:
+            container.quarantine(digest, by="verify")
     return {
         "ok": all(v.ok for v in verdicts),
         "mode": "deep" if deep else (f"sample {percent}%" if percent else "quick"),
@@ -211,7 +215,10 @@ def _check_object(
     if error is None and thorough:
         try:
             container.decode(digest)
-        except BaseCorruptionError:
+        except BaseCorruptionError as e:
+            if e.message.endswith("does not match its digest"):
+                # Counted like any digest mismatch: under a wrong key every one fails.
+                mismatched.append((container, digest))
             return None, base  # the base's own check reports it
         except CorruptionError as e:
             error = e.message

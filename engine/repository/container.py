@@ -218,19 +218,27 @@ class Container:
         objects stay, as evidence, until gc finds the block healthy.
         """
         released = 0
-        for digest, info in list(self.iter_quarantine()):
-            if info.size <= HEADER_SIZE:
-                continue  # the marker of an object that was missing: nothing to put back
-            try:
-                blob = self.store.get(info.key)
-                self.decode(digest, blob)
-            except (BlobNotFound, CorruptionError):
-                continue
-            # BlobConflict: stored again meanwhile, and the entry is no longer needed either.
-            with contextlib.suppress(BlobConflict):
-                self.store.put(self.keys.object(digest), blob, exclusive=True)
-            self.store.delete(info.key)
-            released += 1
+        pending = list(self.iter_quarantine())
+        while pending:
+            # A delta decodes only once its base is back: another pass after any release.
+            waiting = []
+            for digest, info in pending:
+                if info.size <= HEADER_SIZE:
+                    continue  # the marker of an object that was missing: nothing to put back
+                try:
+                    blob = self.store.get(info.key)
+                    self.decode(digest, blob)
+                except BaseCorruptionError:
+                    waiting.append((digest, info))
+                    continue
+                except (BlobNotFound, CorruptionError):
+                    continue
+                # BlobConflict: stored again meanwhile, and the entry is no longer needed.
+                with contextlib.suppress(BlobConflict):
+                    self.store.put(self.keys.object(digest), blob, exclusive=True)
+                self.store.delete(info.key)
+                released += 1
+            pending = waiting if len(waiting) < len(pending) else []
         return released
 
     def iter_quarantine(self) -> Iterator[tuple[bytes, BlobInfo]]:

@@ -265,3 +265,34 @@ def test_every_block_size_and_a_short_last_block(open_engine, tmp_path):
         assert_same_bytes(restore_new(eng, detail["id"], tmp_path / f"r{bs}.img"), image)
         assert_same_bytes(restore_new(eng, first, tmp_path / f"f{bs}.img"), full)
         assert eng.verify(PROJECT, deep=True)["ok"]
+
+
+def test_a_wrong_key_is_blamed_on_the_key_for_deltas_too(vol, open_engine, tmp_path):
+    """A changed seed (a config of older engines, without its checksum): every delta fails
+    with its base, deep verify blames the key and sets nothing aside; with the right key
+    back, everything restores."""
+    import json
+
+    from engine.verify import WrongKeyError
+
+    eng, path = vol
+    images, ids, _stats = _chain(eng, path)
+    root = eng.repo.local_root
+    eng.close()
+    config_path = os.path.join(root, "config.json")
+    with open(config_path) as f:
+        good = json.load(f)
+    legacy = {k: v for k, v in good.items() if k != "checksum"}
+    with open(config_path, "w") as f:
+        json.dump({**legacy, "seed": (good["seed"] + 1) % 2**64}, f)
+    wrong = open_engine(root, block_size=BS)
+    with pytest.raises(WrongKeyError, match="nothing was quarantined"):
+        wrong.verify(PROJECT, ids[1], deep=True)
+    quarantine = os.path.join(root, "projects", PROJECT, "backups", "quarantine")
+    assert not os.path.exists(quarantine) or os.listdir(quarantine) == []
+    wrong.close()
+    with open(config_path, "w") as f:
+        json.dump(good, f)
+    right = open_engine(root, block_size=BS)
+    assert right.verify(PROJECT, deep=True)["ok"]
+    assert_same_bytes(restore_new(right, ids[1], tmp_path / "r.img"), images[1])
