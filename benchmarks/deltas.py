@@ -20,6 +20,10 @@ Then, on the new side only (``--chain-base`` runs it on the base side too), a ch
 starting from a full backup of S0: stored bytes per day and the restore times of the first
 and the last incremental.
 
+``--pairs`` (new side): S3 restored alternately from the chain (mostly deltas) and from a
+full backup of S3 in a repository of its own (full blocks), medians. ``--delta-fraction``
+(new side) overrides the engine's delta threshold, to study it.
+
 Each step is timed once per side, as wall time and as the child's CPU time (user + system,
 which other load on a shared machine barely moves); ``--repeat`` alternates the sides (base
 new, then new base) and reports medians. Repositories live on a scratch ext4 on a loop device
@@ -95,6 +99,9 @@ def restore(bid, state=None):
     os.unlink(target)
     return r
 
+if spec.get("delta_fraction") is not None:
+    import engine.repository.objects as objects
+    objects.DELTA_MAX_FRACTION = spec["delta_fraction"]
 s0, s1, s2, s3 = spec["states"]
 use(s0)
 full_id, out["full"] = backup(False)
@@ -103,6 +110,27 @@ for name, state in (("incr contiguous", s1), ("incr files", s2), ("incr scattere
     use(state)
     last, out[name] = backup(True)
 out["restore scattered"] = restore(last, s3 if spec["check"] else None)
+if spec["pairs"]:
+    # The same state S3 restored from this chain (mostly deltas, with deltas) and from a
+    # full backup of S3 in a repository of its own (full blocks only), alternating.
+    chain_eng, chain_last = eng, last
+    eng = BackupEngine.open(spec["root"] + "-fullS3", block_size=spec["block_size"])
+    vid = str(uuid.uuid4())
+    eng.register_volume("bench", vid, spec["volume"], attached=False)
+    full3, _r = backup(False)
+    pairs = {"restore of deltas": [], "restore of full blocks": []}
+    for k in range(spec["pairs"]):
+        order = (0, 1) if k % 2 == 0 else (1, 0)
+        for which in order:
+            if which == 0:
+                eng, other = chain_eng, eng
+                pairs["restore of deltas"].append(restore(chain_last))
+                eng = other
+            else:
+                pairs["restore of full blocks"].append(restore(full3))
+    out["pairs"] = pairs
+    eng.close()
+    eng = chain_eng
 eng.close()
 
 if spec["chain"]:
@@ -193,6 +221,16 @@ def report(sides: dict[str, list[dict]], names: dict[str, str]) -> None:
         f"\nnew: restore of the mostly-delta backup vs the full-block one: {rn:.2f}x the "
         f"throughput (cpu {rc:.2f}x)   [>= 0.8]"
     )
+    pairs = sides["new"][0].get("pairs")
+    if pairs:
+        d, f = pairs["restore of deltas"], pairs["restore of full blocks"]
+        wd, wf = statistics.median(r["wall"] for r in d), statistics.median(r["wall"] for r in f)
+        cd, cf = statistics.median(r["cpu"] for r in d), statistics.median(r["cpu"] for r in f)
+        print(
+            f"new: S3 restored from its deltas {wd:.2f}s (cpu {cd:.2f}) vs from full blocks "
+            f"{wf:.2f}s (cpu {cf:.2f}), {len(d)} alternations: {wf / wd:.2f}x the throughput "
+            f"(cpu {cf / cd:.2f}x)   [>= 0.8]"
+        )
     sn = median(sides["new"], "incr scattered", "stored")
     print(f"new: scattered 1% incremental stores {sn / mb:.1f} MB   [<= 32 MB]")
     for side in ("base", "new"):
@@ -231,6 +269,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chain", type=int, default=30, help="daily incrementals (0: none)")
     ap.add_argument("--daily", type=float, default=0.01, help="fraction written each day")
     ap.add_argument("--chain-base", action="store_true", help="run the chain on base too")
+    ap.add_argument(
+        "--pairs", type=int, default=5, help="new side: S3 restores from deltas vs full blocks"
+    )
+    ap.add_argument(
+        "--delta-fraction",
+        type=float,
+        default=None,
+        help="new side: DELTA_MAX_FRACTION to use instead of the engine's (a study)",
+    )
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -261,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                         "states": states,
                         "chain": chain,
                         "daily": args.daily,
+                        "pairs": args.pairs if rep == 0 and side == "new" else 0,
+                        "delta_fraction": args.delta_fraction if side == "new" else None,
                     }
                     got = run_side(names[side], spec)
                     for k, v in got.items():
@@ -274,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     shutil.rmtree(spec["root"], ignore_errors=True)
                     shutil.rmtree(spec["root"] + "-chain", ignore_errors=True)
+                    shutil.rmtree(spec["root"] + "-fullS3", ignore_errors=True)
             report(sides, names)
     finally:
         if args.workdir is None:
