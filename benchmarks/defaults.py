@@ -164,8 +164,14 @@ def main(argv: list[str] | None = None) -> int:
                         shutil.rmtree(p.repo + ".cache", ignore_errors=True)
                         shutil.rmtree(p.repo + ".base", ignore_errors=True)
                     rows.append(
-                        (peer.name, statistics.median(times), statistics.median(cpus), stored,
-                         None, None)  # fmt: skip
+                        (
+                            peer.name,
+                            statistics.median(times),
+                            statistics.median(cpus),
+                            stored,
+                            None,
+                            None,
+                        )  # fmt: skip
                     )
                     print(f"  {peer.name}: {times} stored {stored / 1e6:.1f} MB", flush=True)
             for text in args.configs.split(","):
@@ -187,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         fastest_peer = min((r[1] for r in rows if not r[0].startswith("cinder")), default=None)
         least_cpu = min((r[2] for r in rows if not r[0].startswith("cinder")), default=None)
         best_peer = min((r[3] for r in rows if not r[0].startswith("cinder")), default=None)
-        print(f"\n{'tool':<26}{'full s':>8}{'cpu s':>8}{'MB/s':>8}{'stored MB':>11}"
-              f"{'x fastest':>10}{'x cpu':>8}{'vs best':>9}{'incr MB':>9}{'restore s':>10}")  # fmt: skip
+        cols = [("full s", 8), ("cpu s", 8), ("MB/s", 8), ("stored MB", 11), ("x fastest", 10),
+                ("x cpu", 8), ("vs best", 9), ("incr MB", 9), ("restore s", 10)]  # fmt: skip
+        print(f"\n{'tool':<26}" + "".join(f"{c:>{w}}" for c, w in cols))
         for name, secs, cpu_s, stored, incr, rest in rows:
             line = f"{name:<26}{secs:8.2f}{cpu_s:8.2f}{size / secs / 1e6:8.0f}"
             line += f"{stored / 1e6:11.1f}"
@@ -197,10 +204,12 @@ def main(argv: list[str] | None = None) -> int:
             line += f"{stored / best_peer - 1:+9.1%}" if best_peer else f"{'':>9}"
             line += f"{incr / 1e6:9.1f}{rest:10.2f}" if incr is not None else ""
             print(line)
-        print(f"\nzstd -T2 -3 of the image: {t_zstd:.2f}s; x fastest: the fastest peer's full "
-              "backup time / this one's [>= 3]; x cpu: the same for CPU time (user + system, "
-              "which a shared machine's load moves less); vs best: stored bytes (allocated on disk, "
-              "as for the peers) against the peer storing least [<= 0]")  # fmt: skip
+        print(
+            f"\nzstd -T2 -3 of the image: {t_zstd:.2f}s; x fastest: the fastest peer's full "
+            "backup time / this one's [>= 3]; x cpu: the same for CPU time (user + system, "
+            "which a shared machine's load moves less); vs best: stored bytes (allocated on "
+            "disk, as for the peers) against the peer storing least [<= 0]"
+        )
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
