@@ -20,6 +20,7 @@ import contextlib
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -134,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-peers", action="store_true")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args(argv)
+    # A TERM (or a HUP) unwinds like an exception: the scratch filesystem is unmounted and
+    # its loop device detached.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     size = parse_size(args.size)
     work = args.workdir or tempfile.mkdtemp(prefix="cinderblock-defaults-", dir="/var/tmp")
     os.makedirs(work, exist_ok=True)
