@@ -287,7 +287,7 @@ def scatter_pages(block: object, pages: object, mask: object) -> None:
         if src.nbytes:
             raise ValueError(f"pages holds {src.nbytes} bytes but the mask selects none")
         return
-    if _pages.scatter_pages(view, src if src.nbytes else memoryview(bytearray(1))[:0], m) != 0:
+    if _pages.scatter_pages(view, src, m) != 0:
         raise ValueError(
             f"pages holds {src.nbytes} bytes, not the size of the {int(m.sum())} pages its "
             "mask selects"
