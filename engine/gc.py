@@ -3,7 +3,8 @@
 It works on a repository and the *live references* its caller knows of (a service passes its
 catalog's backups; a driver passes the backups in its own database), never on a façade.
 
-What goes: block objects that no block map of their container references, leftovers of
+What goes: block objects that no block map of their container references (nor any delta
+object those reference, as its base), leftovers of
 interrupted writers (``BlobStore.purge_incomplete``), and block maps that no record and no
 live reference names (a backup that died between its block map and its record). What stays:
 everything referenced, everything younger than the grace, and every container where the
@@ -224,9 +225,7 @@ def _sweep(
         report.packs_adopted += swept.packs_adopted
         report.bytes_reclaimed += max(0, swept.bytes_removed - swept.bytes_written)
     else:
-        for digest, info in container.iter_objects():
-            if digest not in referenced and (info.mtime < cutoff or digest in released):
-                garbage.append(info)
+        garbage = _loose_garbage(container, referenced, cutoff, released)
     quarantine = []
     known = None
     for digest, info in container.iter_quarantine():
@@ -268,6 +267,44 @@ def _refresh_refs(container: Container, blockmaps: dict, orphans: list[str]) -> 
         or container.keys.manifest(i.key.rsplit("/", 1)[-1]) in gone
     ]
     container.store.delete_many(stale)
+
+
+def _loose_garbage(
+    container: Container, referenced: set[bytes], cutoff: float, released: set[bytes]
+) -> list:
+    """The unreferenced objects of a version-1 container that may go: older than the grace
+    or released, and no base of a referenced delta (pack files keep bases in their index:
+    ``sweep_packs``)."""
+    objects = list(container.iter_objects())
+    if released:
+        # The bases of released deltas are released too: kept while another delta needed
+        # them, they go with the last one (not a grace period later).
+        have = {d for d, _info in objects}
+        released = released | _bases_of(container, [d for d in released if d in have])
+    garbage = [
+        (digest, info)
+        for digest, info in objects
+        if digest not in referenced and (info.mtime < cutoff or digest in released)
+    ]
+    if garbage:
+        # A base stays while any referenced delta needs it, whoever first stored either:
+        # the backup that stored a base may go while a later one's deltas (its own, or
+        # reused by dedup) still stand on it.
+        bases = _bases_of(container, [d for d, _info in objects if d in referenced])
+        referenced |= bases
+        garbage = [(d, info) for d, info in garbage if d not in bases]
+    return [info for _d, info in garbage]
+
+
+def _bases_of(container: Container, digests: list[bytes]) -> set[bytes]:
+    """The bases of the delta objects among ``digests``: one ranged read of each object's
+    first 48 bytes (asked only when the sweep has something to remove)."""
+    bases = set()
+    for digest in digests:
+        base = container.base_of(digest)
+        if base is not None:
+            bases.add(base)
+    return bases
 
 
 def collect(

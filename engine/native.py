@@ -31,19 +31,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _bitmap, _hashing, _reader
+from . import _bitmap, _hashing, _pages, _reader
 
 __all__ = [
     "BLOCK_SIZE_MIN",
     "BLOCK_SIZE_MAX",
     "DIGEST_SIZE",
+    "PAGE_SIZE",
     "BlockReader",
     "Window",
     "data_blocks",
     "data_runs",
     "diff",
     "digest",
+    "changed_pages",
     "extents_to_blocks",
+    "gather_pages",
     "hash_blocks",
     "mask_count",
     "mask_difference",
@@ -51,6 +54,8 @@ __all__ = [
     "mask_to_runs",
     "mask_union",
     "pack_mask",
+    "page_count",
+    "page_digests",
     "runs_complement",
     "runs_count",
     "runs_difference",
@@ -61,6 +66,7 @@ __all__ = [
     "runs_union",
     "indices_to_runs",
     "scan_file",
+    "scatter_pages",
     "unpack_mask",
     "volume_size",
     "zero_digest",
@@ -197,6 +203,95 @@ def digest(data: object, seed: int) -> bytes:
 def zero_digest(block_size: int, seed: int) -> bytes:
     """The digest of a full all-zero block, which holes and zero blocks share."""
     return _hashing.zero_digest(check_block_size(block_size), _check_seed(seed))
+
+
+# ----------------------------------------------------------------------------- pages
+#
+# Sub-block deltas (docs/repository-format.md): a block is cut into PAGE_SIZE pages, the
+# last one possibly short; each full block object keeps its pages' keyed XXH3-64 digests.
+
+PAGE_SIZE: int = _pages.PAGE_SIZE
+
+
+def page_count(nbytes: int) -> int:
+    """How many pages a block of ``nbytes`` has (the last one may be short)."""
+    return -(-_check_count(nbytes, "nbytes") // PAGE_SIZE)
+
+
+def _check_page_mask(mask: object, npages: int, name: str = "mask") -> np.ndarray:
+    arr = _check_mask(mask, name)
+    if arr.shape[0] != npages:
+        raise ValueError(f"{name} must have one entry per page ({npages}), got {arr.shape[0]}")
+    return arr.view(np.uint8)
+
+
+def page_digests(block: object, seed: int) -> np.ndarray:
+    """uint64 keyed XXH3-64 of each page of ``block`` (GIL released)."""
+    view = _byte_view(block, "block")
+    s = _check_seed(seed)
+    if view.nbytes == 0:
+        return np.empty(0, np.uint64)
+    return _pages.page_digests(view, s)
+
+
+def changed_pages(block: object, seed: int, base: object) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(digests, mask, count)``: the block's page digests, which pages differ from the base
+    block's digests ``base`` (bool per page) and how many; one native pass."""
+    view = _byte_view(block, "block")
+    s = _check_seed(seed)
+    n = page_count(view.nbytes)
+    b = np.asarray(base)
+    if b.dtype != np.uint64 or b.ndim != 1 or b.shape[0] != n:
+        raise ValueError(
+            f"base must be a uint64 array of one digest per page ({n}), got {b.dtype} {b.shape}"
+        )
+    if n == 0:
+        return np.empty(0, np.uint64), np.empty(0, np.bool_), 0
+    return _pages.changed_pages(view, s, np.ascontiguousarray(b))
+
+
+def gather_pages(block: object, mask: object) -> bytes:
+    """The masked pages of ``block``, back to back (the payload of a delta)."""
+    view = _byte_view(block, "block")
+    n = page_count(view.nbytes)
+    m = _check_page_mask(mask, n)
+    count = int(m.sum())
+    if count == 0:
+        return b""
+    size = count * PAGE_SIZE
+    if m[-1] and view.nbytes % PAGE_SIZE:
+        size -= PAGE_SIZE - view.nbytes % PAGE_SIZE
+    out = bytearray(size)
+    if _pages.gather_pages(view, m, out) != size:
+        raise AssertionError("gather_pages: page sizes disagree")  # cannot happen: sized above
+    return bytes(out)
+
+
+def scatter_pages(block: object, pages: object, mask: object) -> None:
+    """Overlay ``pages`` (the masked pages, back to back) onto the writable buffer ``block``.
+
+    ValueError when ``pages`` is not exactly as long as the masked pages: nothing of a
+    truncated or padded delta is applied past its end.
+    """
+    try:
+        view = memoryview(block)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"block must be a writable buffer, got {type(block).__name__}") from None
+    if view.readonly:
+        raise TypeError("block must be a writable buffer")
+    view = _byte_view(view, "block")
+    src = _byte_view(pages, "pages")
+    n = page_count(view.nbytes)
+    m = _check_page_mask(mask, n)
+    if n == 0 or not m.any():
+        if src.nbytes:
+            raise ValueError(f"pages holds {src.nbytes} bytes but the mask selects none")
+        return
+    if _pages.scatter_pages(view, src, m) != 0:
+        raise ValueError(
+            f"pages holds {src.nbytes} bytes, not the size of the {int(m.sum())} pages its "
+            "mask selects"
+        )
 
 
 # ----------------------------------------------------------------------------- sources

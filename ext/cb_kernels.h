@@ -58,4 +58,18 @@ static inline int cb_is_zero(const uint8_t *p, size_t n)
     return 1;
 }
 
+/* Keyed XXH3-64 of one page: the per-page digests kept with each full block (sub-block
+ * deltas). 64 bits tell a changed page of a block from an unchanged one with no practical
+ * chance of error and keep the digests at 1/512 of the block. */
+#ifdef XXH_X86DISPATCH_H_13563687684
+#  define CB_XXH3_64_SEEDED XXH3_64bits_withSeed_dispatch
+#else
+#  define CB_XXH3_64_SEEDED XXH3_64bits_withSeed
+#endif
+
+static inline uint64_t cb_page_digest(const uint8_t *p, size_t n, uint64_t seed)
+{
+    return (uint64_t)CB_XXH3_64_SEEDED(p, n, (XXH64_hash_t)seed);
+}
+
 #endif

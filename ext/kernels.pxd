@@ -43,3 +43,7 @@ cdef inline void hash_span(const uint8_t *buf, size_t nbytes, size_t block_size,
             cb_digest(buf + off, n, seed, digests + 16 * i)
         off += n
         i += 1
+
+
+cdef extern from "cb_kernels.h" nogil:
+    uint64_t cb_page_digest(const uint8_t *p, size_t n, uint64_t seed)

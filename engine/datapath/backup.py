@@ -33,6 +33,7 @@ import numpy as np
 from .. import native
 from ..errors import Cancelled
 from ..repository import BlockMap, Container
+from ..repository.objects import delta_page_limit
 from .fanout import fan_out
 from .stream import FileObject, StreamReader
 
@@ -46,6 +47,7 @@ class BackupStats:
     blocks_changed: int = 0
     blocks_zero: int = 0
     objects_written: int = 0
+    delta_blocks: int = 0  # blocks stored as a delta on a full base block (sub-block deltas)
     changed_extents_used: bool = False  # a change set limited what was read
     changes_refused: str | None = None  # why a change set given was not used
 
@@ -164,10 +166,18 @@ class _Store:
         self._seen_lock = threading.Lock()
         self.seen: set[bytes] = set()
 
-    def store(self, digest: bytes, data: memoryview, *, known: bool = False) -> None:
+    def store(
+        self,
+        digest: bytes,
+        data: memoryview,
+        *,
+        known: bool = False,
+        previous: bytes | None = None,
+    ) -> None:
         """Compress and stage one block unless this backup or the container has it
         (``known``: the caller already knows the container has it, e.g. from the parent's
-        digests)."""
+        digests). ``previous``: the digest of the parent's version of this block, if it has
+        one that is intact; the block is then stored as a delta when few pages changed."""
         with self._seen_lock:
             if digest in self.seen:
                 return
@@ -177,13 +187,41 @@ class _Store:
             self._fenced = True
         if known or digest in self.known:
             return
-        parts = self.container.codec.encode_parts(data, digest)
-        self.batch.stage(digest, parts)
+        delta = self._delta(digest, data, previous) if previous is not None else None
+        if delta is None:
+            self.batch.stage(digest, self.container.codec.encode_parts(data, digest))
+        elif self.container.supports_base:
+            self.batch.stage(digest, delta[0], base=delta[1])  # the index names the base
+        else:
+            self.batch.stage(digest, delta[0])
         if self.batch.pending_bytes >= self.publish_bytes:
             with self._publish_lock:
                 if self.batch.pending_bytes >= self.publish_bytes:
                     self._wait_published()
                     self.publishing = self.publisher.submit(self._publish, False)
+
+    def _delta(
+        self, digest: bytes, data: memoryview, previous: bytes
+    ) -> tuple[bytes, bytes] | None:
+        """The block's object as a delta on the base of its previous version, with that
+        base's digest, or None when a full block is better (no usable base, nothing or too
+        much changed).
+
+        The base's page digests come from a ranged read of its object's first bytes; its
+        data is never read. The delta holds every page that differs from the base (the
+        pages changed since the base was stored, not only since the parent): depth stays 1.
+        """
+        found = self.container.delta_base(previous, len(data))
+        if found is None:
+            return None
+        base, base_pages = found
+        _pages, mask, count = native.changed_pages(data, self.container.seed, base_pages)
+        if not 0 < count <= delta_page_limit(len(base_pages)):
+            return None
+        blob = self.container.codec.encode_delta(data, digest, base, mask)
+        with self._seen_lock:
+            self.stats.delta_blocks += 1
+        return blob, base
 
     def _publish(self, final: bool = True) -> None:
         # ``final`` names the job's last packs in an index file (version 2); packs of an
@@ -420,7 +458,12 @@ def _pipeline(
                     raise Cancelled("the backup was cancelled")
                 digest = digests[j].tobytes()
                 known = in_parent is not None and in_parent[j] and digest not in damaged
-                store.store(digest, w.block(i), known=known)
+                previous = None
+                if parent is not None and not known and lo + i < parent.nblocks:
+                    previous = parent.digest(lo + i)
+                    if previous in damaged:
+                        previous = None
+                store.store(digest, w.block(i), known=known, previous=previous)
         if changed:
             with lock:
                 changed_total[0] += changed

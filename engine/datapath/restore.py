@@ -1,8 +1,9 @@
 """Restore one manifest onto a target: an image file or a block device, bit-exact.
 
 Only the manifest is read (never the chain). Data blocks are fetched, checked against their
-digests (``BlockCodec.decode``) and written with ``pwrite`` by a small pool, so reading,
-decompression and writing overlap. Zero blocks become holes on an image file
+digests (``BlockCodec.decode``; a delta object is applied onto its base block in the same
+pass, and the result checked against the block's digest) and written with ``pwrite`` by a
+small pool, so reading, decompression and writing overlap. Zero blocks become holes on an image file
 (``FALLOC_FL_PUNCH_HOLE``; a new file is simply left sparse) and are zeroed on a block device
 (``BLKZEROOUT``, or plain zero writes where that ioctl is refused).
 """
@@ -260,16 +261,14 @@ def run_restore(
             expected = min(bs, manifest.volume_size - i * bs)
             try:
                 blob = pending.result() if pending is not None else container.get_object(digest)
-                n = container.codec.decode_into(
-                    blob, digest, out, what=f"block object {digest.hex()}"
-                )
+                n = container.decode_into(digest, blob, out, what=f"block object {digest.hex()}")
                 if n != expected:
                     raise CorruptionError(
                         f"block object {digest.hex()} has {n} bytes, expected {expected}"
                     )
                 return n
             except CorruptionError as e:
-                container.quarantine(digest, by="restore")
+                container.quarantine_damaged(digest, e, by="restore")
                 if not allow_damaged:
                     raise CorruptionError(
                         e.message, path=e.path, backup_id=manifest.backup_id, block=i

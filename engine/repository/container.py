@@ -22,6 +22,8 @@ import contextlib
 import time
 from collections.abc import Iterator
 
+import numpy as np
+
 from ..errors import BlobConflict, BlobNotFound, CorruptionError, FormatVersionError, InvalidInput
 from ..store.blob import BlobBatch, BlobInfo, BlobStore, Data
 from .blockmap import BlockMap
@@ -33,7 +35,14 @@ from .leases import (
     start_write_lease,
     try_sweep_lease,
 )
-from .objects import HEADER_SIZE, BlockCodec
+from .objects import (
+    HEAD_SIZE,
+    HEADER_SIZE,
+    BaseCorruptionError,
+    BlockCodec,
+    pages_prefix_size,
+    parse_head,
+)
 from .packed import PackBatch, PackedObjects
 from .packs import DEFAULT_PACK_SIZE, decode_refs, encode_refs
 from .packview import PackView
@@ -198,16 +207,79 @@ class Container:
         return sorted(marks)
 
     def object_head(self, digest: bytes) -> tuple[bytes, int] | None:
-        """The object's header bytes and its stored size, or None when it is missing."""
+        """The object's first bytes (its header and, for a delta, its base) and its stored
+        size, or None when it is missing."""
         if self.packed is not None:
             self._locate(digest)  # reload the view once if it lacks the digest
-            return self.packed.head(digest, HEADER_SIZE)
+            return self.packed.head(digest, HEAD_SIZE)
         key = self.keys.object(digest)
         try:
             info = self.store.stat(key)
-            return self.store.get(key, 0, HEADER_SIZE), info.size
+            return self.store.get(key, 0, HEAD_SIZE), info.size
         except BlobNotFound:
             return None
+
+    # ------------------------------------------------------------------ sub-block deltas
+
+    def base_of(self, digest: bytes) -> bytes | None:
+        """The base block of a delta object; None for a full block, or an object that is
+        missing or unreadable (so it holds nothing else alive). Version 2: the index entry
+        says it, no request; version 1: one ranged read."""
+        if self.packed is not None:
+            return self.packed.view().base_of(digest)
+        try:
+            head = parse_head(self.store.get(self.keys.object(digest), 0, HEAD_SIZE))
+        except BlobNotFound:
+            return None
+        return None if head is None else head.base
+
+    def delta_base(self, digest: bytes, raw_len: int) -> tuple[bytes, np.ndarray] | None:
+        """(base digest, its page digests) for a new version of the block whose previous
+        version is the object ``digest``, or None when there is no usable base (a version-1
+        object, another length, anything missing or damaged: the caller then stores the
+        full block).
+
+        The base is the previous version itself when it is a full block, else the base of
+        its delta (depth at most 1). One ranged read of the object's first bytes, two when
+        the previous version is a delta.
+        """
+        size = pages_prefix_size(raw_len)
+        try:
+            prefix = self._prefix(digest, size)
+            head = parse_head(prefix)
+            if head is None:
+                return None
+            base = digest
+            if head.base is not None:
+                base = head.base
+                prefix = self._prefix(base, size)
+            pages = self.codec.page_digests(prefix, base, raw_len)
+        except (BlobNotFound, CorruptionError, InvalidInput):
+            return None
+        return None if pages is None else (base, pages)
+
+    def _prefix(self, digest: bytes, size: int) -> bytes:
+        """Up to ``size`` first bytes of the object (fewer when it is shorter)."""
+        if self.packed is not None:
+            return self.get_object(digest, 0, size)
+        return self.store.get(self.keys.object(digest), 0, size)
+
+    def decode_into(self, digest: bytes, blob: bytes, out: memoryview, *, what: str) -> int:
+        """Decode the object ``blob`` of ``digest`` into ``out``, fetching a delta's base."""
+        return self.codec.decode_into(blob, digest, out, what=what, base=self.get_object)
+
+    def decode(self, digest: bytes, blob: bytes | None = None) -> bytes:
+        """The block ``digest`` (fetched unless ``blob`` is given), its base applied."""
+        if blob is None:
+            blob = self.get_object(digest)
+        return self.codec.decode(blob, digest, base=self.get_object)
+
+    def quarantine_damaged(self, digest: bytes, error: CorruptionError, *, by: str) -> None:
+        """Set aside what ``error`` says is damaged: the object, or a delta's base and the
+        delta with it (so that the next backup stores that block afresh, as a full block)."""
+        if isinstance(error, BaseCorruptionError):
+            self.quarantine(error.base, by=by)
+        self.quarantine(digest, by=by)
 
     # ------------------------------------------------------------------ quarantine
 
@@ -257,22 +329,30 @@ class Container:
         """
         released = 0
         restage: list[tuple[bytes, bytes]] = []
-        for digest, info in list(self.iter_quarantine()):
-            if info.size <= HEADER_SIZE:
-                continue  # the marker of an object that was missing: nothing to put back
-            try:
-                blob = self.store.get(info.key)
-                self.codec.decode(blob, digest)
-            except (BlobNotFound, CorruptionError):
-                continue
-            if self.packed is not None:
-                restage.append((digest, blob))
-            else:
-                # BlobConflict: stored again meanwhile, and the entry is no longer needed.
-                with contextlib.suppress(BlobConflict):
-                    self.store.put(self.keys.object(digest), blob, exclusive=True)
-            self.store.delete(info.key)
-            released += 1
+        pending = list(self.iter_quarantine())
+        while pending:
+            # A delta decodes only once its base is back: another pass after any release.
+            waiting = []
+            for digest, info in pending:
+                if info.size <= HEADER_SIZE:
+                    continue  # the marker of an object that was missing: nothing to put back
+                try:
+                    blob = self.store.get(info.key)
+                    self.decode(digest, blob)
+                except BaseCorruptionError:
+                    waiting.append((digest, info))
+                    continue
+                except (BlobNotFound, CorruptionError):
+                    continue
+                if self.packed is not None:
+                    restage.append((digest, blob))
+                else:
+                    # BlobConflict: stored again meanwhile, and the entry is no longer needed.
+                    with contextlib.suppress(BlobConflict):
+                        self.store.put(self.keys.object(digest), blob, exclusive=True)
+                self.store.delete(info.key)
+                released += 1
+            pending = waiting if len(waiting) < len(pending) else []
         if restage:
             # The mark is gone, so its entry counts again where its pack still holds it;
             # stored afresh in a new pack otherwise.
@@ -281,7 +361,8 @@ class Container:
             if missing:
                 batch = self.packed.batch()
                 for d, b in missing:
-                    batch.stage(d, b)
+                    head = parse_head(b)
+                    batch.stage(d, b, base=head.base if head is not None else None)
                 batch.commit()
         return released
 

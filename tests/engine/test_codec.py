@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 from engine.errors import CorruptionError
 from engine.native import digest
-from engine.repository.objects import CODEC_RAW, CODEC_ZSTD, HEADER_SIZE, BlockCodec
+from engine.repository.objects import (
+    CODEC_RAW,
+    CODEC_ZSTD,
+    HEADER_SIZE,
+    BlockCodec,
+    pages_prefix_size,
+)
 
 SEED = 99
 codec = BlockCodec(SEED)
@@ -31,7 +37,8 @@ def test_round_trip_both_ways(data):
     assert codec.decode_into(blob, d, out) == len(data)
     assert bytes(out[: len(data)]) == data
     header, payload = codec.encode_parts(memoryview(data), d)
-    assert len(header) == HEADER_SIZE and header + bytes(payload) == blob
+    # The head is the header, the page digests and their checksum (format version 2).
+    assert len(header) == pages_prefix_size(len(data)) and header + bytes(payload) == blob
 
 
 def test_codec_choice():

@@ -78,7 +78,7 @@ def damage_object(path, kind: str) -> None:
     elif kind == "header-digest":
         flip_byte(path, 16 + 5)
     elif kind == "unknown-version":
-        set_bytes(path, 4, b"\x02")
+        set_bytes(path, 4, b"\x03")  # version 2 is the current one
     else:
         raise ValueError(kind)
 

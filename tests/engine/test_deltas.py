@@ -1,0 +1,298 @@
+"""Sub-block deltas on real files: what is stored, depth 1, bit-exact restores of chains,
+deletes in any order, dedup onto deltas, a damaged base reported for every block on it.
+
+Blocks are 256 KiB (64 pages, so a delta holds at most 8 of them) of random bytes, which
+zstd leaves raw: the stored size of every object is exact arithmetic.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from backup_helpers import PROJECT, assert_same_bytes, backup, make_image, read_bytes, restore_new
+
+from engine import native
+from engine.errors import CorruptionError
+from engine.repository.objects import (
+    HEADER_SIZE,
+    delta_page_limit,
+    pages_prefix_size,
+    parse_head,
+)
+
+BS = 256 << 10
+PAGES = BS // 4096
+NBLOCKS = 16
+SIZE = NBLOCKS * BS
+VID = "5f0c1d2e-3a4b-4c5d-8e6f-7a8b9c0d1e2f"
+DELTA_HEAD = HEADER_SIZE + 16 + PAGES // 8  # header, base digest, page mask
+FULL = pages_prefix_size(BS) + BS  # a full block of random bytes, stored raw
+
+
+def write_pages(path, pages: dict[int, list[int]], seed: int, bs: int = BS) -> bytes:
+    """Overwrite pages (block -> page numbers in it) with random bytes, never past the
+    image's end; return the image."""
+    rng = random.Random(seed)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        for block, numbers in pages.items():
+            for p in numbers:
+                at = block * bs + p * 4096
+                f.seek(at)
+                f.write(rng.randbytes(min(4096, size - at)))
+    return read_bytes(path)
+
+
+def _container(eng):
+    return eng.repo.container(PROJECT, "backups")
+
+
+def _head(eng, digest: bytes):
+    c = _container(eng)
+    blob = c.store.get(c.object_key(digest))
+    return parse_head(blob), len(blob)
+
+
+def _digest(eng, image: bytes, block: int) -> bytes:
+    return native.digest(image[block * BS : (block + 1) * BS], _container(eng).seed)
+
+
+@pytest.fixture
+def vol(open_engine, tmp_path):
+    eng = open_engine(block_size=BS, allow_delete_with_dependents=True)
+    path = tmp_path / "vol.img"
+    make_image(path, SIZE, bs=BS, seed=5)
+    eng.register_volume(PROJECT, VID, str(path), name="deltas")
+    return eng, path
+
+
+def _chain(eng, path):
+    """Full, then three incrementals exercising deltas, accumulation and a new base."""
+    images, ids, stats = [read_bytes(path)], [], []
+    ids.append(backup(eng, VID, name="full")["id"])
+    stats.append(eng.catalog.backup(ids[-1])["stats"])
+    changes = [
+        {**{b: [b * 3 % PAGES] for b in range(8)}, 8: [1, 2, 3]},  # 9 deltas
+        {0: [40], 1: list(range(10, 10 + delta_page_limit(PAGES)))},  # accumulate; too many
+        {1: [63]},  # a delta on block 1's new base
+    ]
+    for k, change in enumerate(changes):
+        images.append(write_pages(path, change, seed=k))
+        ids.append(backup(eng, VID, incremental=True, name=f"i{k}")["id"])
+        stats.append(eng.catalog.backup(ids[-1])["stats"])
+    return images, ids, stats
+
+
+def test_scattered_pages_become_deltas_on_one_full_base_and_restore_bit_exact(vol, tmp_path):
+    eng, path = vol
+    images, ids, stats = _chain(eng, path)
+    assert stats[0]["delta_blocks"] == 0 and stats[0]["bytes_stored"] == NBLOCKS * FULL
+    # Eight blocks with one changed page, one with three: nine deltas, nothing else.
+    assert stats[1]["delta_blocks"] == 9 and stats[1]["objects_written"] == 9
+    assert stats[1]["bytes_stored"] == 9 * DELTA_HEAD + (8 + 3) * 4096
+    base0 = _digest(eng, images[0], 0)
+    head, size = _head(eng, _digest(eng, images[1], 0))
+    assert head.base == base0 and size == DELTA_HEAD + 4096
+    # Block 0 changes again: its delta is against the same full base, with both pages
+    # (depth 1). Block 1 passes the limit: stored whole, it is the new base.
+    assert stats[2]["delta_blocks"] == 1 and stats[2]["objects_written"] == 2
+    head, size = _head(eng, _digest(eng, images[2], 0))
+    assert head.base == base0 and size == DELTA_HEAD + 2 * 4096
+    head, size = _head(eng, _digest(eng, images[2], 1))
+    assert head.base is None and size == FULL
+    assert stats[2]["bytes_stored"] == DELTA_HEAD + 2 * 4096 + FULL
+    head, size = _head(eng, _digest(eng, images[3], 1))
+    assert head.base == _digest(eng, images[2], 1) and size == DELTA_HEAD + 4096
+    for k, (bid, image) in enumerate(zip(ids, images, strict=True)):
+        assert_same_bytes(restore_new(eng, bid, tmp_path / f"r{k}.img"), image, f"backup {k}")
+    report = eng.verify(PROJECT, deep=True)
+    assert report["ok"], report
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2, 3), (3, 2, 1, 0), (1, 0, 3, 2), (2, 0, 3, 1)])
+def test_deleting_backups_in_any_order_keeps_every_other_restorable(vol, tmp_path, order):
+    eng, path = vol
+    images, ids, _stats = _chain(eng, path)
+    alive = set(range(4))
+    for gone in order:
+        eng.delete_backup(PROJECT, ids[gone])
+        alive.discard(gone)
+        for k in sorted(alive):
+            target = tmp_path / f"after-{gone}-{k}.img"
+            assert_same_bytes(restore_new(eng, ids[k], target), images[k], f"backup {k}")
+            os.unlink(target)
+        assert eng.verify(PROJECT, deep=True)["ok"]
+    # Once nothing is left, nothing is kept: the sweep of the last delete removed it all.
+    assert list(_container(eng).iter_objects()) == []
+
+
+def test_a_backup_reusing_a_delta_by_dedup_keeps_its_base_alive(vol, tmp_path):
+    """A full backup of an unchanged volume stores nothing: its blocks are the deltas of the
+    incremental before it. Deleting the backups that stored the base and the deltas must
+    not take the base away from it."""
+    eng, path = vol
+    first = backup(eng, VID, name="full")["id"]
+    image = write_pages(path, {b: [7] for b in range(NBLOCKS)}, seed=9)
+    incr = backup(eng, VID, incremental=True, name="incr")
+    assert incr["stats"]["delta_blocks"] == NBLOCKS
+    again = backup(eng, VID, name="full again")
+    assert again["stats"]["objects_written"] == 0 and again["stats"]["bytes_stored"] == 0
+    eng.delete_backup(PROJECT, incr["id"])
+    eng.delete_backup(PROJECT, first)
+    kept = {d for d, _info in _container(eng).iter_objects()}
+    assert len(kept) == 2 * NBLOCKS  # the deltas and every base they stand on
+    assert_same_bytes(restore_new(eng, again["id"], tmp_path / "again.img"), image)
+    assert eng.verify(PROJECT, deep=True)["ok"]
+
+
+@pytest.fixture
+def shared_base(open_engine, tmp_path):
+    """Six blocks with one content (one base object), each then changed in another page."""
+    eng = open_engine(block_size=BS)
+    path = tmp_path / "vol.img"
+    make_image(path, SIZE, bs=BS, seed=6)
+    block = random.Random(1).randbytes(BS)
+    with open(path, "r+b") as f:
+        for b in range(6):
+            f.seek(b * BS)
+            f.write(block)
+    eng.register_volume(PROJECT, VID, str(path), name="shared")
+    full = backup(eng, VID, name="full")["id"]
+    image = write_pages(path, {b: [b] for b in range(6)}, seed=3)
+    incr = backup(eng, VID, incremental=True, name="incr")
+    assert incr["stats"]["delta_blocks"] == 6
+    c = _container(eng)
+    base = native.digest(block, c.seed)
+    base_file = os.path.join(eng.repo.local_root, c.object_key(base))
+    deltas = [_digest(eng, image, b) for b in range(6)]
+    return eng, path, full, incr["id"], image, base, base_file, deltas
+
+
+def test_a_damaged_base_is_reported_for_every_block_on_it(shared_base, tmp_path):
+    eng, path, full, incr, image, base, base_file, deltas = shared_base
+    with open(base_file, "r+b") as f:
+        f.truncate(os.path.getsize(base_file) - 1000)
+    with pytest.raises(CorruptionError) as info:
+        eng.restore_backup(PROJECT, incr, str(tmp_path / "x.img"))
+    assert info.value.message == (
+        f"block object {deltas[0].hex()} is a delta on block object {base.hex()}, which has "
+        "inconsistent lengths (truncated or damaged)"
+    )
+    assert info.value.block == 0 and info.value.backup_id == incr
+    body = eng.restore_backup(PROJECT, incr, str(tmp_path / "y.img"), allow_damaged=True)
+    assert body["restore"]["lost_blocks"] == list(range(6))
+    restored = read_bytes(tmp_path / "y.img")
+    assert restored[6 * BS :] == image[6 * BS :] and restored[: 6 * BS] == bytes(6 * BS)
+    report = {b["id"]: b for b in eng.verify(PROJECT)["backups"]}
+    assert report[incr]["damaged_blocks"] == list(range(6))
+    assert report[full]["damaged_blocks"] == list(range(6))
+    assert report[incr]["errors"][0].startswith(f"block 0 (object {deltas[0].hex()}): ")
+    # The next incremental stores the six blocks afresh, whole: it restores bit-exact.
+    heal = backup(eng, VID, incremental=True, name="heal")
+    assert heal["stats"]["objects_written"] == 6 and heal["stats"]["delta_blocks"] == 0
+    assert_same_bytes(restore_new(eng, heal["id"], tmp_path / "heal.img"), image)
+
+
+def test_deep_verify_finds_a_flipped_base_for_each_dependent(shared_base):
+    eng, _path, full, incr, _image, base, base_file, _deltas = shared_base
+    with open(base_file, "r+b") as f:
+        f.seek(-50, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-50, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 0x40]))
+    assert eng.verify(PROJECT)["ok"]  # quick: the header and size are fine
+    report = {b["id"]: b for b in eng.verify(PROJECT, deep=True)["backups"]}
+    assert report[incr]["damaged_blocks"] == list(range(6))
+    assert report[full]["damaged_blocks"] == list(range(6))
+    assert all(f"its base block object {base.hex()}: " in e for e in report[incr]["errors"])
+
+
+def test_a_chain_of_30_scattered_incrementals(open_engine, tmp_path):
+    """Thirty incrementals of a few scattered pages each: every one restores bit-exact,
+    stores about what it wrote (a delta, or a new base when the pages since the base pass
+    the limit), and the chain never reads more than one base per block."""
+    eng = open_engine(block_size=BS)
+    path = tmp_path / "vol.img"
+    make_image(path, SIZE, bs=BS, seed=8)
+    eng.register_volume(PROJECT, VID, str(path), name="thirty")
+    ids = [backup(eng, VID, name="full")["id"]]
+    images = [read_bytes(path)]
+    rng = random.Random(30)
+    since_base = {b: set() for b in range(NBLOCKS)}
+    for day in range(30):
+        change: dict[int, list[int]] = {}
+        for _ in range(6):  # six 4 KiB writes a day, anywhere
+            change.setdefault(rng.randrange(NBLOCKS), []).append(rng.randrange(PAGES))
+        images.append(write_pages(path, change, seed=100 + day))
+        detail = backup(eng, VID, incremental=True, name=f"day {day}")
+        ids.append(detail["id"])
+        expect_bytes, expect_deltas = 0, 0
+        for b, pages in change.items():
+            since_base[b] |= set(pages)
+            if len(since_base[b]) <= delta_page_limit(PAGES):
+                expect_deltas += 1
+                expect_bytes += DELTA_HEAD + 4096 * len(since_base[b])
+            else:
+                since_base[b] = set()
+                expect_bytes += FULL
+        assert detail["stats"]["delta_blocks"] == expect_deltas, day
+        assert detail["stats"]["bytes_stored"] == expect_bytes, day
+    for k in (1, 15, 30):
+        assert_same_bytes(restore_new(eng, ids[k], tmp_path / f"d{k}.img"), images[k], f"day {k}")
+    for digest, _info in _container(eng).iter_objects():
+        head, _size = _head(eng, digest)
+        if head.base is not None:
+            assert _head(eng, head.base)[0].base is None  # depth at most 1
+
+
+def test_every_block_size_and_a_short_last_block(open_engine, tmp_path):
+    # Last blocks of 15 and 171 pages (the last one short), so each may hold a delta.
+    for bs, size in ((64 << 10, 5 * (64 << 10) + 60000), (1 << 20, 3 * (1 << 20) + 700_017)):
+        eng = open_engine(tmp_path / f"repo-{bs}", block_size=bs)
+        path = tmp_path / f"vol-{bs}.img"
+        make_image(path, size, bs=bs, seed=bs)
+        vid = f"5f0c1d2e-3a4b-4c5d-8e6f-{bs:012d}"
+        eng.register_volume(PROJECT, vid, str(path), name=f"v{bs}")
+        full = read_bytes(path)
+        first = backup(eng, vid, name="full")["id"]
+        last_page = (size - 1) % bs // 4096
+        nb = -(-size // bs)
+        image = write_pages(path, {0: [1], nb - 1: [last_page]}, seed=1, bs=bs)
+        detail = backup(eng, vid, incremental=True, name="incr")
+        assert detail["stats"]["delta_blocks"] == 2
+        assert_same_bytes(restore_new(eng, detail["id"], tmp_path / f"r{bs}.img"), image)
+        assert_same_bytes(restore_new(eng, first, tmp_path / f"f{bs}.img"), full)
+        assert eng.verify(PROJECT, deep=True)["ok"]
+
+
+def test_a_wrong_key_is_blamed_on_the_key_for_deltas_too(vol, open_engine, tmp_path):
+    """A changed seed (a config of older engines, without its checksum): every delta fails
+    with its base, deep verify blames the key and sets nothing aside; with the right key
+    back, everything restores."""
+    import json
+
+    from engine.verify import WrongKeyError
+
+    eng, path = vol
+    images, ids, _stats = _chain(eng, path)
+    root = eng.repo.local_root
+    eng.close()
+    config_path = os.path.join(root, "config.json")
+    with open(config_path) as f:
+        good = json.load(f)
+    legacy = {k: v for k, v in good.items() if k != "checksum"}
+    with open(config_path, "w") as f:
+        json.dump({**legacy, "seed": (good["seed"] + 1) % 2**64}, f)
+    wrong = open_engine(root, block_size=BS)
+    with pytest.raises(WrongKeyError, match="nothing was quarantined"):
+        wrong.verify(PROJECT, ids[1], deep=True)
+    quarantine = os.path.join(root, "projects", PROJECT, "backups", "quarantine")
+    assert not os.path.exists(quarantine) or os.listdir(quarantine) == []
+    wrong.close()
+    with open(config_path, "w") as f:
+        json.dump(good, f)
+    right = open_engine(root, block_size=BS)
+    assert right.verify(PROJECT, deep=True)["ok"]
+    assert_same_bytes(restore_new(right, ids[1], tmp_path / "r.img"), images[1])
