@@ -51,7 +51,7 @@ def _container(eng):
 
 def _head(eng, digest: bytes):
     c = _container(eng)
-    blob = c.store.get(c.object_key(digest))
+    blob = c.get_object(digest)  # the object itself, whether its own blob or a pack entry
     return parse_head(blob), len(blob)
 
 
@@ -170,6 +170,7 @@ def shared_base(open_engine, tmp_path):
     return eng, path, full, incr["id"], image, base, base_file, deltas
 
 
+@pytest.mark.repo_format(1)  # truncates the base's own file: a version-1 object
 def test_a_damaged_base_is_reported_for_every_block_on_it(shared_base, tmp_path):
     eng, path, full, incr, image, base, base_file, deltas = shared_base
     with open(base_file, "r+b") as f:
@@ -195,12 +196,24 @@ def test_a_damaged_base_is_reported_for_every_block_on_it(shared_base, tmp_path)
     assert_same_bytes(restore_new(eng, heal["id"], tmp_path / "heal.img"), image)
 
 
-def test_deep_verify_finds_a_flipped_base_for_each_dependent(shared_base):
-    eng, _path, full, incr, _image, base, base_file, _deltas = shared_base
+@pytest.mark.parametrize("fmt", [1, 2])
+def test_deep_verify_finds_a_flipped_base_for_each_dependent(fmt, request, monkeypatch):
+    monkeypatch.setenv("CINDERBLOCK_REPO_FORMAT", str(fmt))
+    eng, _path, full, incr, _image, base, base_file, _deltas = request.getfixturevalue(
+        "shared_base"
+    )
+    c = _container(eng)
+    assert c.format_version == fmt
+    if fmt == 1:
+        at = os.path.getsize(base_file) - 50
+    else:  # the base is an entry of a pack: flip a byte 50 before the entry's end
+        loc = c.known().locate(base)
+        base_file = os.path.join(eng.repo.local_root, c.keys.pack(loc.pack_id))
+        at = loc.offset + loc.length - 50
     with open(base_file, "r+b") as f:
-        f.seek(-50, os.SEEK_END)
+        f.seek(at)
         byte = f.read(1)
-        f.seek(-50, os.SEEK_END)
+        f.seek(at)
         f.write(bytes([byte[0] ^ 0x40]))
     assert eng.verify(PROJECT)["ok"]  # quick: the header and size are fine
     report = {b["id"]: b for b in eng.verify(PROJECT, deep=True)["backups"]}
