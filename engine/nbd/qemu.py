@@ -93,7 +93,9 @@ def served(image: str, bitmap_names: tuple[str, ...] = ()) -> Iterator[str]:
     tmp = tempfile.mkdtemp(prefix="cinderblock-nbd-")
     sock = os.path.join(tmp, "nbd.sock")
     pidfile = os.path.join(tmp, "qemu-nbd.pid")
-    args = [_tool("qemu-nbd"), "-r", "-f", "qcow2", "-t", "--shared=1", "-k", sock]
+    # No ``-t``: the server exits when its one client (this backup) disconnects, so even a
+    # backup killed with SIGKILL leaves no qemu-nbd behind holding the image's lock.
+    args = [_tool("qemu-nbd"), "-r", "-f", "qcow2", "--shared=1", "-k", sock]
     args += ["--fork", f"--pid-file={pidfile}"]
     for name in bitmap_names:
         args += ["-B", name]

@@ -14,6 +14,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ..changes import ChangeSet, LegacyExtents
+from ..changesources import ChangeSource
 from ..datapath import backup_volume, restore_volume
 from ..errors import CinderblockError, CorruptionError
 from ..owners import me
@@ -38,9 +39,15 @@ def _reason(e: BaseException, **kw: Any) -> str:
 
 
 def run_backup_job(
-    engine: BackupEngine, plan: Plan, backup_id: str, hint: ChangeSet | LegacyExtents | None
+    engine: BackupEngine,
+    plan: Plan,
+    backup_id: str,
+    hint: ChangeSet | LegacyExtents | ChangeSource | None,
+    *,
+    audit: int | None = None,
 ) -> None:
-    """Back up ``plan``'s source as ``backup_id``: data, record, then statuses."""
+    """Back up ``plan``'s source as ``backup_id``: data, record, then statuses; then tell
+    a change source with checkpoints how it ended (``committed`` only once ``available``)."""
     catalog = engine.catalog
     source: OpenedSource | None = None
     try:
@@ -72,6 +79,7 @@ def run_backup_job(
             workers=engine.workers,
             window_bytes=engine.window_bytes,
             lease_owner=me(),
+            audit_blocks=audit,
         )
         if stats.changes_refused is not None:
             log.warning(
@@ -117,6 +125,22 @@ def run_backup_job(
         finish_backup(engine, plan, backup_id, status, final)
     finally:
         engine.runner.notify()
+        if isinstance(hint, ChangeSource):
+            _rotate(engine, hint, backup_id, plan)
+
+
+def _rotate(engine: BackupEngine, source: ChangeSource, backup_id: str, plan: Plan) -> None:
+    """Drop the tracker's old checkpoint only when the backup is ``available``; keep every
+    checkpoint otherwise (the next backup's parent is still the old one)."""
+    parent_id = plan.parent["id"] if plan.parent is not None else None
+    row = engine.catalog.backup(backup_id) or {}
+    try:
+        if row.get("status") == BackupStatus.AVAILABLE:
+            source.committed(backup_id, parent_id)
+        else:
+            source.failed(backup_id, parent_id)
+    except Exception as e:  # noqa: BLE001 - the backup stands; the next one may read in full
+        log.warning("backup %s: %s checkpoint rotation failed: %s", backup_id, source.describe(), e)
 
 
 def finish_backup(
