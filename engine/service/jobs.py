@@ -81,7 +81,8 @@ def run_backup_job(
             lease_owner=me(),
             audit_blocks=audit,
         )
-        if stats.changes_refused is not None:
+        full_with_tracker = plan.parent is None and isinstance(hint, ChangeSource)
+        if stats.changes_refused is not None and not full_with_tracker:
             log.warning(
                 "backup %s: change set refused (%s); the whole volume was read",
                 backup_id,
@@ -103,6 +104,7 @@ def run_backup_job(
             completed_at=now(),
         )
         container.put_record(record.as_dict())
+        _rotate(hint, backup_id, plan, ok=True)
         status = BackupStatus.AVAILABLE
         final: dict[str, Any] = {
             "size": record.size,
@@ -114,6 +116,7 @@ def run_backup_job(
         }
     except BaseException as e:  # noqa: BLE001 - every failure becomes the backup's status
         log.warning("backup %s failed: %s", backup_id, e)
+        _rotate(hint, backup_id, plan, ok=False)
         status = BackupStatus.ERROR
         final = {"fail_reason": _reason(e)}
     finally:
@@ -125,22 +128,23 @@ def run_backup_job(
         finish_backup(engine, plan, backup_id, status, final)
     finally:
         engine.runner.notify()
-        if isinstance(hint, ChangeSource):
-            _rotate(engine, hint, backup_id, plan)
 
 
-def _rotate(engine: BackupEngine, source: ChangeSource, backup_id: str, plan: Plan) -> None:
-    """Drop the tracker's old checkpoint only when the backup is ``available``; keep every
+def _rotate(hint: object, backup_id: str, plan: Plan, *, ok: bool) -> None:
+    """Drop a tracker's old checkpoint only once the backup's record is committed (it is
+    ``available`` from then on, reindexed from the record if the catalog fails), while the
+    volume is still ``backing-up`` so no next backup can race the rotation; keep every
     checkpoint otherwise (the next backup's parent is still the old one)."""
+    if not isinstance(hint, ChangeSource):
+        return
     parent_id = plan.parent["id"] if plan.parent is not None else None
-    row = engine.catalog.backup(backup_id) or {}
     try:
-        if row.get("status") == BackupStatus.AVAILABLE:
-            source.committed(backup_id, parent_id)
+        if ok:
+            hint.committed(backup_id, parent_id)
         else:
-            source.failed(backup_id, parent_id)
+            hint.failed(backup_id, parent_id)
     except Exception as e:  # noqa: BLE001 - the backup stands; the next one may read in full
-        log.warning("backup %s: %s checkpoint rotation failed: %s", backup_id, source.describe(), e)
+        log.warning("backup %s: %s checkpoint rotation failed: %s", backup_id, hint.describe(), e)
 
 
 def finish_backup(

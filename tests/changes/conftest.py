@@ -4,82 +4,12 @@ device detached at teardown, also when the test failed."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import signal
 import subprocess
 import time
 
 import pytest
-
-
-def require_tool(name: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
-    if path is None:
-        pytest.skip(f"{name} is not installed (scripts/bootstrap installs it)")
-    return path
-
-
-def run(*cmd: str) -> str:
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    if out.returncode:
-        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr.strip()}")
-    return out.stdout
-
-
-def qemu_io(image, *commands: str) -> None:
-    """Write through QEMU's block layer (marks the image's enabled dirty bitmaps)."""
-    args = [require_tool("qemu-io"), "-f", "qcow2"]
-    for c in commands:
-        args += ["-c", c]
-    run(*args, str(image))
-
-
-def raw_copy(image, out) -> bytes:
-    """The guest's view of ``image`` as raw bytes (qemu-img convert): the reference."""
-    run(require_tool("qemu-img"), "convert", "-f", "qcow2", "-O", "raw", str(image), str(out))
-    with open(out, "rb") as f:
-        return f.read()
-
-
-class Exports:
-    """``start(image, bitmaps=())`` -> an nbd+unix URI served by a read-only qemu-nbd."""
-
-    def __init__(self, tmp_path) -> None:
-        self.tmp = tmp_path
-        self.pids: list[int] = []
-        self.n = 0
-
-    def start(self, image, bitmaps=(), fmt: str = "qcow2") -> str:
-        qnbd = require_tool("qemu-nbd")
-        self.n += 1
-        sock = self.tmp / f"nbd{self.n}.sock"
-        pidfile = self.tmp / f"nbd{self.n}.pid"
-        args = [qnbd, "-r", "-f", fmt, "-t", "-k", str(sock), "--fork", f"--pid-file={pidfile}"]
-        for b in bitmaps:
-            args += ["-B", b]
-        run(*args, str(image))
-        pid = int(pidfile.read_text())
-        self.pids.append(pid)
-        return f"nbd+unix:///?socket={sock}"
-
-    def stop_all(self) -> None:
-        for pid in self.pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for pid in self.pids:
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.02)
-            else:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-        self.pids.clear()
+from changes_helpers import Exports, require_tool, run
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import json
 import uuid
 
 import pytest
-from conftest import require_tool, run
+from changes_helpers import require_tool, run
 
 from engine.changes import refusal
 from engine.changesources import (

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import qemu_io, raw_copy, require_tool, run
+from changes_helpers import qemu_io, raw_copy, require_tool, run
 
 from engine import BackupEngine, Repository, backup_volume, restore_volume
 from engine.errors import InvalidInput
