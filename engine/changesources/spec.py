@@ -79,6 +79,13 @@ def parse_source(spec: str, *, check_path: Callable[[str, str], str] | None = No
     if kind == "json":
         return ChangedExtentsFile(path)
     base = base_option(opts, kind)
+    if base is None:
+        # Its output names snapshots or thin ids, never a backup: without base= it could
+        # never be used, so say so now rather than read the whole volume later.
+        raise InvalidInput(
+            f"change source {kind} needs ?base=BACKUP_ID: the backup that was made from the "
+            f"old snapshot; {USAGE}"
+        )
     if kind == "rbd-diff":
         return RbdDiff(path, base)
     if kind == "thin-delta":

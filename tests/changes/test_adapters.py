@@ -168,6 +168,8 @@ def test_changes_from_syntax(tmp_path):
         parse_source("lvm:/dev/vg/x")
     with pytest.raises(InvalidInput, match=r"rbd-diff: base='nope' must be a backup id"):
         parse_source("rbd-diff:/x?base=nope")
+    with pytest.raises(InvalidInput, match=r"change source thin-delta needs \?base=BACKUP_ID"):
+        parse_source("thin-delta:/x.xml")
     with pytest.raises(InvalidInput, match=r"change source reflink: unknown option 'size'"):
         parse_source(f"reflink:/x?size=1&base={BASE}")
 
@@ -183,3 +185,70 @@ def test_a_bitmap_that_cannot_say_its_base_is_not_used():
         QemuBitmap("bm0").change_set(ctx(MIB))
     with pytest.raises(ChangeSourceError, match=r"read over NBD: the volume must be an nbd://"):
         QemuBitmap().change_set(ctx(MIB))
+
+
+def test_cli_changes_from(tmp_path):
+    """--changes-from through the command: a bad SOURCE is refused before any backup exists;
+    a changed-extents file bound to the parent limits what is read."""
+    import os
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    vol = tmp_path / "v.img"
+    vol.write_bytes(os.urandom(4 * MIB))
+
+    def cb(*args):
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "engine",
+                "--repo",
+                str(repo),
+                "--project",
+                "p",
+                "--json",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert cb("init").returncode == 0
+    assert cb("volume", "add", str(vol), "--name", "v").returncode == 0
+    bad = cb("backup", "create", "v", "--wait", "--changes-from", "rbd-diff:/x.json")
+    assert bad.returncode == 1
+    assert "change source rbd-diff needs ?base=BACKUP_ID" in bad.stderr
+    assert json.loads(cb("backup", "list").stdout)["count"] == 0
+    full = json.loads(cb("backup", "create", "v", "--wait", "--block-size", "1M").stdout)
+    ce = tmp_path / "ce.json"
+    ce.write_text(
+        json.dumps(
+            {
+                "format": "cinderblock-changed-extents",
+                "version": 2,
+                "base_backup_id": full["id"],
+                "volume_size": 4 * MIB,
+                "granularity": 4096,
+                "changed": [[MIB, 10]],
+            }
+        )
+    )
+    proc = cb(
+        "backup",
+        "create",
+        "v",
+        "--incremental",
+        "--wait",
+        "--changes-from",
+        f"json:{ce}",
+        "--changes-audit",
+        "2",
+    )
+    assert proc.returncode == 0, proc.stderr
+    done = json.loads(proc.stdout)
+    assert done["stats"]["blocks_read"] == 1
+    assert done["stats"]["changes_audit"] == {"sampled": 2, "mismatched": 0}
+    assert done["stats"]["changes_source"] == f"json:{ce}"

@@ -126,5 +126,7 @@ def test_audit_off_and_bad_values(tmp_path):
     assert stats.bytes_read == 16 * BS
     from engine.errors import InvalidInput
 
-    with pytest.raises(InvalidInput, match=r"audit_blocks must be a non-negative int \(0: off\), got -1"):
+    with pytest.raises(
+        InvalidInput, match=r"audit_blocks must be a non-negative int \(0: off\), got -1"
+    ):
         backup_volume(str(src), container, parent=full, changes=ok, block_size=BS, audit_blocks=-1)
