@@ -381,6 +381,11 @@ def restore_volume(
     """
     if not isinstance(container, Container):
         raise InvalidInput("container must be an engine.repository.Container")
+    if is_export_location(target):
+        raise InvalidInput(
+            "restoring onto an NBD export is not supported: restore to a path, then write it "
+            "into the image (qemu-img convert -n, or nbdcopy)"
+        )
     if not isinstance(blockmap, BlockMap):
         raise InvalidInput("blockmap must be an engine.repository.BlockMap")
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:

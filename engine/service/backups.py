@@ -41,6 +41,7 @@ from ..errors import (
     VolumeNotFound,
 )
 from ..gc import DEFAULT_GRACE_SECONDS, MIN_GRACE_SECONDS, collect, sweep_container
+from ..nbd.uri import is_export_location
 from ..owners import me
 from ..paths import Roots, check_user_path, normalise_allowed
 from ..repository import Repository
@@ -819,6 +820,8 @@ class BackupEngine:
         row = self._backup_row(project_id, backup_id)
         checked = self._checked_target(project_id, target)
         target_volume, target_path = checked.volume, checked.path
+        if isinstance(target_path, str) and is_export_location(target_path):
+            raise InvalidInput(_NBD_TARGET)
         # The target's facts are gathered before the transaction (see create_backup: no
         # device I/O under the catalog's write lock); they are checked inside, in Cinder's
         # order, after the catalog state.
@@ -1062,6 +1065,10 @@ def _change_hint(
     return LegacyExtents(base, tuple((int(o), int(n)) for o, n in rows.tolist()))
 
 
+_NBD_TARGET = (
+    "the volume is an NBD export: restoring onto one is not supported; restore to a path, "
+    "then write it into the image (qemu-img convert -n, or nbdcopy)"
+)
 _MAX_EXTENT_END = 2**63 - 1  # what a file offset (off_t) can say
 
 

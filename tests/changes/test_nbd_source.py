@@ -154,3 +154,20 @@ def test_cli_volume_add_nbd_and_back_it_up(tmp_path, image, exports):
     out = tmp_path / "out.raw"
     cb("backup", "restore", done["id"], str(out))
     assert out.read_bytes() == raw_copy(image, tmp_path / "ref.raw")
+
+
+def test_restore_onto_an_nbd_volume_is_refused(tmp_path, image, exports):
+    uri = exports.start(image)
+    eng = BackupEngine.open(tmp_path / "repo", workers=2, block_size=BS)
+    try:
+        vol = eng.register_volume(PROJECT, "98db149d-b9e6-42d7-814d-492563c56fef", uri)
+        b = eng.create_backup(PROJECT, {"backup": {"volume_id": vol["id"]}})["backup"]
+        assert eng.wait(b["id"])["status"] == "available"
+        with pytest.raises(InvalidInput, match=r"the volume is an NBD export: restoring onto"):
+            eng.restore_backup(PROJECT, b["id"], vol["id"])
+        assert eng.get_volume(PROJECT, vol["id"])["status"] == "available"
+        assert eng.get_backup(PROJECT, b["id"])["status"] == "available"
+    finally:
+        eng.close()
+    with pytest.raises(InvalidInput, match=r"restoring onto an NBD export is not supported"):
+        restore_volume(Repository.open(tmp_path / "repo").container(PROJECT, "x"), None, uri)
