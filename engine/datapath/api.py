@@ -202,7 +202,8 @@ def backup_volume(
     ``committed(backup_id, parent_id)`` once your record of the backup is committed (or
     ``failed`` if you drop it). A used hint is audited: ``audit_blocks`` blocks it calls
     unchanged (default ``audit.default_sample``; 0: none) are read and compared with the
-    parent; one mismatch makes the backup read everything (``stats.changes_audit``). The
+    parent; one mismatch makes the backup read everything (``stats.changes_audit``: sampled,
+    mismatched, and the audit's own ``bytes_read``, which ``stats.bytes_read`` leaves out). The
     source must not change size or identity while it is read (``SourceChanged``).
     """
     if not isinstance(container, Container):
@@ -315,7 +316,6 @@ def backup_volume(
                 raise Cancelled("the backup was cancelled")
             stats.changed_extents_used = changed is not None
             stats.changes_refused = refused
-            stats.bytes_read += audit_bytes
             if tracker is not None:
                 stats.changes_source = tracker.describe()
             if audit_stats is not None:
@@ -349,7 +349,7 @@ def _audit(
     rng = np.random.default_rng(seed)
     blocks = audit.sample_blocks(unchanged, k, rng)
     sampled, mismatched, nbytes = audit.audit(src.fd, parent, blocks, block_size=bs, seed=hash_seed)
-    return {"sampled": sampled, "mismatched": mismatched}, nbytes
+    return {"sampled": sampled, "mismatched": mismatched, "bytes_read": nbytes}, nbytes
 
 
 def restore_volume(

@@ -250,5 +250,5 @@ def test_cli_changes_from(tmp_path):
     assert proc.returncode == 0, proc.stderr
     done = json.loads(proc.stdout)
     assert done["stats"]["blocks_read"] == 1
-    assert done["stats"]["changes_audit"] == {"sampled": 2, "mismatched": 0}
+    assert done["stats"]["changes_audit"] == {"sampled": 2, "mismatched": 0, "bytes_read": 2 * MIB}
     assert done["stats"]["changes_source"] == f"json:{ce}"
