@@ -106,7 +106,14 @@ def _build_commands() -> argparse.ArgumentParser:
     vol = groups.add_parser("volume", help="register and inspect volumes").add_subparsers(
         dest="cmd", required=True
     )
-    a = vol.add_parser("add", help="register an image file or block device as a volume")
+    a = vol.add_parser(
+        "add",
+        help="register an image file, a block device or an NBD export as a volume",
+        description="Register PATH as a volume: an image file, a block device, an NBD export "
+        "(nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH) or a qcow2 image the "
+        "engine serves over NBD for each backup (qemu-nbd:///PATH/IMAGE.qcow2; "
+        "docs/change-sources.md).",
+    )
     a.add_argument("path")
     a.add_argument("--id", help="volume UUID (default: a new one)")
     a.add_argument("--name")
@@ -156,6 +163,20 @@ def _build_commands() -> argparse.ArgumentParser:
     c.add_argument("--snapshot", help="back up this snapshot of the volume")
     c.add_argument("--property", action="append", default=[], metavar="KEY=VALUE")
     c.add_argument("--changed-extents", metavar="FILE", help="changed-extents JSON (docs/)")
+    c.add_argument(
+        "--changes-from",
+        metavar="SOURCE",
+        help="read only what this change source says changed since the parent: FILE, "
+        "json:FILE, rbd-diff:FILE?base=ID, thin-delta:FILE?base=ID, reflink:OLD_SNAPSHOT?base=ID, "
+        "qemu-bitmap[:NAME] (docs/change-sources.md)",
+    )
+    c.add_argument(
+        "--changes-audit",
+        type=int,
+        metavar="BLOCKS",
+        help="blocks the change source calls unchanged to read and compare with the parent "
+        "(default: min(256, 0.1%%), at least 16; 0: no audit)",
+    )
     c.add_argument("--block-size", type=_size_arg, help="block size of a new chain, e.g. 1M")
     c.add_argument(
         "--wait",
@@ -808,6 +829,8 @@ def _create(eng, project: str, args: argparse.Namespace, out: Output) -> int:
                 f"cinderblock: warning: changed extents ignored ({e}); reading the whole volume",
                 file=sys.stderr,
             )
+    if args.changes_from is not None and args.changed_extents:
+        raise UsageError("--changes-from and --changed-extents exclude each other")
     global _following
     _following = True  # from here on a signal cancels, it does not raise (see _follow)
     answer = eng.create_backup(
@@ -815,6 +838,8 @@ def _create(eng, project: str, args: argparse.Namespace, out: Output) -> int:
         {"backup": body},
         microversion=args.microversion,
         changes=changes,
+        changes_from=args.changes_from,
+        changes_audit=args.changes_audit,
         block_size=args.block_size,
     )
     bid = answer["backup"]["id"]
@@ -833,10 +858,11 @@ def _create(eng, project: str, args: argparse.Namespace, out: Output) -> int:
     vol = eng.get_volume(project, args.volume)
     done = _follow(eng, bid, "backup", vol.get("size") or 0, project=project)
     stats = done.get("stats") or {}
-    if stats.get("changes_refused"):
+    if stats.get("changes_refused") and (args.changes_from is None or done["is_incremental"]):
         # The engine only uses a change set measured since the parent it picked.
+        what = "change source" if args.changes_from is not None else "changed extents"
         print(
-            f"cinderblock: warning: changed extents refused ({stats['changes_refused']}); "
+            f"cinderblock: warning: {what} refused ({stats['changes_refused']}); "
             "the whole volume was read",
             file=sys.stderr,
         )

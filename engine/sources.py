@@ -27,7 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .native import volume_size
+from .errors import InvalidInput
+from .native import volume_size as _file_size
+from .nbd import NbdClient, NbdError, parse_nbd_uri
+from .nbd import qemu as qemu_image
+from .nbd.uri import is_export_location, is_nbd_uri, is_qemu_image_uri, parse_qemu_image_uri
 from .owners import me
 
 _FICLONE = 0x40049409  # <linux/fs.h>: _IOW(0x94, 9, int)
@@ -92,6 +96,52 @@ class Resolver(Protocol):
     def snapshot(self, project_id: str, snapshot_id: str) -> SnapshotInfo | None: ...
 
 
+def volume_size(source: str | int) -> int:
+    """The source's size in bytes: a file's or device's, or an export's (asked over NBD;
+    a ``qemu-nbd:///`` image's virtual size from ``qemu-img info``)."""
+    if is_qemu_image_uri(source):
+        try:
+            return qemu_image.image_size(parse_qemu_image_uri(str(source)))
+        except (NbdError, ValueError, KeyError) as e:
+            raise OSError(f"cannot read the size of {source}: {e}") from None
+    if is_nbd_uri(source):
+        try:
+            with NbdClient(parse_nbd_uri(str(source)), timeout=10) as c:
+                return c.size
+        except (NbdError, InvalidInput) as e:
+            raise OSError(str(e)) from None
+    return _file_size(source)
+
+
+def check_location(
+    value: str, check_path: Callable[[str, str], str], *, remote_allowed: bool
+) -> str:
+    """The canonical form of an export location a volume may be registered at.
+
+    ``check_path(path, what)`` vets the paths in it (a service's allowed directories): an
+    ``nbd+unix`` socket, a ``qemu-nbd`` image. A TCP export has no path to vet, so it is
+    accepted only where paths are not limited (``remote_allowed``). InvalidInput otherwise.
+    """
+    if is_qemu_image_uri(value):
+        image = check_path(parse_qemu_image_uri(value), "qemu-nbd image")
+        if not os.path.isfile(image) or not qemu_image.is_qcow2(image):
+            raise InvalidInput(
+                f"qemu-nbd image {image!r} is not a qcow2 image file: register a raw image by "
+                "its path, or an export someone else serves by its nbd:// URI"
+            )
+        return f"qemu-nbd://{image}"
+    address = parse_nbd_uri(value)
+    if address.socket is not None:
+        sock = check_path(address.socket, "NBD socket")
+        return type(address)(address.export, socket=sock).uri
+    if not remote_allowed:
+        raise InvalidInput(
+            "a TCP NBD export cannot be checked against the allowed directories: serve it on "
+            "a Unix socket inside them (nbd+unix:///EXPORT?socket=PATH)"
+        )
+    return address.uri
+
+
 def is_block_device(path: str | int) -> bool:
     try:
         return stat.S_ISBLK(os.stat(path).st_mode)
@@ -107,6 +157,10 @@ def detect_in_use(path: str | int) -> bool:
     """
     if isinstance(path, int):
         return False
+    if is_qemu_image_uri(path):
+        return file_is_locked(parse_qemu_image_uri(str(path)))  # QEMU locks its images
+    if is_export_location(path):
+        return False  # an export someone else serves: its server decides what we see
     if is_block_device(path):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
@@ -210,7 +264,7 @@ class OpenedSource:
 
     path: str | int
     size: int
-    consistency: str  # "snapshot", "offline", "clone" or "live"
+    consistency: str  # "snapshot", "offline", "clone", "live" or "export" (NBD)
     cleanup: Callable[[], None] | None = None
 
     def close(self) -> None:
@@ -222,6 +276,8 @@ class OpenedSource:
 def open_source(path: str | int, *, in_use: bool, force: bool, snapshot: bool) -> OpenedSource:
     """Decide what to read for a backup of ``path`` (a path or a borrowed fd; the plan
     already checked force). Only a path can be cloned."""
+    if is_export_location(path):
+        return OpenedSource(path, volume_size(path), "snapshot" if snapshot else "export")
     if snapshot:
         return OpenedSource(path, volume_size(path), "snapshot")
     if not in_use:

@@ -32,6 +32,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "engine.sources",
             "engine.changes",
             "engine.changed_extents",
+            "engine.changesources",
+            "engine.nbd",
         ),
     ),
     ("repository", ("engine.repository",)),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import logging
 import os
 import stat
 import threading
@@ -26,16 +27,25 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .. import native
-from ..changes import ChangeSet, LegacyExtents, plan_runs
+from ..changes import ChangeSet, ChangeSetError, LegacyExtents, plan_runs
+from ..changesources import ChangeContext, ChangeSource, ChangeSourceError, QemuBitmap
 from ..errors import Cancelled, CinderblockError, InvalidInput
+from ..nbd import NbdError, is_nbd_uri
+from ..nbd.qemu import served as qemu_served
+from ..nbd.uri import is_export_location, is_qemu_image_uri, parse_qemu_image_uri
 from ..repository import BlockMap, Container
 from ..store.files import fsync_dir
+from . import audit
 from .backup import BackupJob, BackupStats, run_backup
+from .nbdsource import NbdFile
 from .restore import run_restore
 from .stream import FileObject, is_stream
 
 DEFAULT_BLOCK_SIZE = 1 << 20
+log = logging.getLogger("engine.datapath")
 
 Volume = str | os.PathLike | int | io.IOBase
 
@@ -62,6 +72,7 @@ class _Opened:
     label: str
     size: int
     identity: tuple[int, int]  # (st_dev, st_ino) when opened; (0, 0) for a FileObject
+    path: str | None = None  # the file read, when the source was given as a path
 
 
 def _fd_of(volume: object, what: str) -> tuple[int | None, str | None]:
@@ -98,8 +109,31 @@ def _check_kind(st: os.stat_result, label: str, what: str) -> None:
 
 
 @contextlib.contextmanager
-def _open_source(source: Volume) -> Iterator[_Opened]:
-    """Open the source once (non-blocking, so a FIFO can never hang the open)."""
+def _open_source(
+    source: Volume,
+    contexts: tuple[str, ...] = (),
+    tracker: ChangeSource | None = None,
+    parent_id: str | None = None,
+) -> Iterator[_Opened]:
+    """Open the source once (non-blocking, so a FIFO can never hang the open). An NBD URI
+    is one connection that also asks for ``contexts`` (a change source's dirty bitmap); a
+    ``qemu-nbd:///PATH`` image is served by a qemu-nbd of our own while it is read."""
+    if is_qemu_image_uri(source):
+        image = parse_qemu_image_uri(str(source))
+        wanted = tracker.export_bitmaps(parent_id) if isinstance(tracker, QemuBitmap) else ()
+        try:
+            with qemu_served(image, wanted) as uri, _open_source(uri, contexts) as src:
+                yield src
+        except NbdError as e:
+            raise InvalidInput(f"cannot serve {image} over NBD: {e.message}") from None
+        return
+    if is_nbd_uri(source):
+        nbd = NbdFile(str(source), contexts=contexts)
+        try:
+            yield _Opened(nbd, nbd.label, nbd.size, (0, 0))
+        finally:
+            nbd.close()
+        return
     if is_stream(source):
         obj = FileObject(source, "source")
         yield _Opened(obj, obj.label, obj.size, (0, 0))
@@ -113,7 +147,7 @@ def _open_source(source: Volume) -> Iterator[_Opened]:
     try:
         st = os.fstat(fd)
         _check_kind(st, label, "source")
-        yield _Opened(fd, label, native.volume_size(fd), (st.st_dev, st.st_ino))
+        yield _Opened(fd, label, native.volume_size(fd), (st.st_dev, st.st_ino), path)
     finally:
         if owned:
             os.close(fd)
@@ -127,7 +161,7 @@ def _check_unchanged(src: _Opened, source: Volume) -> None:
             f"the source {src.label} changed size during the backup ({src.size} bytes at the "
             f"start, {size} at the end); back it up again, from a snapshot if it is in use"
         )
-    if isinstance(source, str | bytes | os.PathLike):
+    if isinstance(source, str | bytes | os.PathLike) and not is_export_location(source):
         try:
             st = os.stat(source)
         except OSError:
@@ -144,22 +178,33 @@ def backup_volume(
     *,
     backup_id: str | None = None,
     parent: BlockMap | None = None,
-    changes: ChangeSet | LegacyExtents | None = None,
+    changes: ChangeSet | LegacyExtents | ChangeSource | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
     progress: Callable[[float], None] | None = None,
     cancel: threading.Event | None = None,
     workers: int = 2,
     window_bytes: int = native.DEFAULT_WINDOW_BYTES,
     lease_owner: str | None = None,
+    audit_blocks: int | None = None,
+    audit_seed: int | None = None,
 ) -> tuple[BlockMap, BackupStats]:
     """Back up ``source`` into ``container``; return its committed block map and stats.
 
-    ``parent`` (a block map of the same container) makes it incremental: unchanged blocks
-    cost a digest comparison. ``changes`` — a change set measured since exactly ``parent``
-    (``engine.changes``) — limits reading to what it names; a change set for any other base,
-    size or layout is refused (the whole volume is read, and ``stats.changes_refused`` says
-    why). The source must not change size or identity while it is read
-    (``SourceChanged``).
+    ``source``: a path, an fd, a file object, an NBD URI (``nbd://HOST[:PORT]/EXPORT``,
+    ``nbd+unix:///EXPORT?socket=PATH``) or a qcow2 image the engine serves itself for the
+    backup (``qemu-nbd:///PATH``). ``parent`` (a block map of the same container) makes it
+    incremental: unchanged blocks cost a digest comparison. ``changes`` — a change set
+    measured since exactly ``parent`` (``engine.changes``), or a change source
+    (``engine.changesources``, e.g. ``parse_source("qemu-bitmap")``) that produces one —
+    limits reading to what it names; a change set for any other base, size or layout is
+    refused (the whole volume is read, and ``stats.changes_refused`` says why). A change
+    source with checkpoints (QEMU bitmaps) starts a new one here; call its
+    ``committed(backup_id, parent_id)`` once your record of the backup is committed (or
+    ``failed`` if you drop it). A used hint is audited: ``audit_blocks`` blocks it calls
+    unchanged (default ``audit.default_sample``; 0: none) are read and compared with the
+    parent; one mismatch makes the backup read everything (``stats.changes_audit``: sampled,
+    mismatched, and the audit's own ``bytes_read``, which ``stats.bytes_read`` leaves out). The
+    source must not change size or identity while it is read (``SourceChanged``).
     """
     if not isinstance(container, Container):
         raise InvalidInput("container must be an engine.repository.Container")
@@ -172,26 +217,77 @@ def backup_volume(
                 f"block_size {bs} differs from the parent's {parent.block_size}: an "
                 "incremental keeps its chain's block size"
             )
-    if changes is not None and not isinstance(changes, ChangeSet | LegacyExtents):
-        raise InvalidInput("changes must be an engine.changes.ChangeSet")
+    if changes is not None and not isinstance(changes, ChangeSet | LegacyExtents | ChangeSource):
+        raise InvalidInput(
+            "changes must be an engine.changes.ChangeSet or an engine.changesources.ChangeSource"
+        )
+    if audit_blocks is not None and (
+        not isinstance(audit_blocks, int) or isinstance(audit_blocks, bool) or audit_blocks < 0
+    ):
+        raise InvalidInput(
+            f"audit_blocks must be a non-negative int (0: off), got {audit_blocks!r}"
+        )
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise InvalidInput(f"workers must be a positive int, got {workers!r}")
     backup_id = str(uuid.UUID(backup_id)) if backup_id else str(uuid.uuid4())
-    with _open_source(source) as src:
-        changed = zeroed = None
-        refused = None
-        if changes is not None:
-            masks = plan_runs(
-                changes,
-                parent_id=None if parent is None else parent.backup_id,
-                parent=parent,
-                block_size=bs,
+    parent_id = None if parent is None else parent.backup_id
+    tracker = changes if isinstance(changes, ChangeSource) else None
+    contexts: tuple[str, ...] = ()
+    refused = None
+    if tracker is not None:
+        try:
+            tracker.prepare(backup_id, parent_id, source)
+        except (OSError, CinderblockError, ChangeSourceError) as e:
+            # No new checkpoint: this backup is still right, the next one reads in full.
+            log.warning(
+                "backup %s: %s could not start a checkpoint: %s", backup_id, tracker.describe(), e
+            )
+        contexts = tracker.nbd_contexts(parent_id)
+    with _open_source(source, contexts, tracker, parent_id) as src:
+        hint: ChangeSet | LegacyExtents | None = None
+        if tracker is not None:
+            ctx = ChangeContext(
+                backup_id=backup_id,
+                parent_id=parent_id,
                 volume_size=src.size,
+                block_size=bs,
+                source_path=src.path,
+                nbd=src.fd.client if isinstance(src.fd, NbdFile) else None,
+            )
+            try:
+                hint = tracker.change_set(ctx) if parent is not None else None
+            except (ChangeSourceError, ChangeSetError) as e:
+                refused = f"{tracker.describe()}: {e}"
+            if parent is None:
+                refused = "no parent: this is a full backup"
+        else:
+            hint = changes  # type: ignore[assignment]
+        changed = zeroed = None
+        if hint is not None:
+            masks = plan_runs(
+                hint, parent_id=parent_id, parent=parent, block_size=bs, volume_size=src.size
             )
             if isinstance(masks, str):
                 refused = masks
             else:
                 changed, zeroed = masks
+        audit_stats = None
+        audit_bytes = 0
+        if changed is not None and parent is not None and audit_blocks != 0:
+            audit_stats, audit_bytes = _audit(
+                src, parent, changed, zeroed, bs, audit_blocks, audit_seed, container.seed
+            )
+            if audit_stats["mismatched"]:
+                refused = (
+                    f"audit: {audit_stats['mismatched']} of {audit_stats['sampled']} sampled "
+                    "blocks the change source called unchanged differ from the parent"
+                )
+                log.warning(
+                    "backup %s: the change source lied (%s); reading the whole volume",
+                    backup_id,
+                    refused,
+                )
+                changed = zeroed = None
         job = BackupJob(
             project_id=container.project_id,
             container=container.name,
@@ -220,12 +316,40 @@ def backup_volume(
                 raise Cancelled("the backup was cancelled")
             stats.changed_extents_used = changed is not None
             stats.changes_refused = refused
+            if tracker is not None:
+                stats.changes_source = tracker.describe()
+            if audit_stats is not None:
+                stats.changes_audit = audit_stats
             # The last windows may have been in flight (a slow or held read) when cancel
             # was set: the block map is the commit point, so check once more before it.
             _check_cancel(cancel, "the backup was cancelled")
             lease.check()
             container.put_blockmap(blockmap)
     return blockmap, stats
+
+
+def _audit(
+    src: _Opened,
+    parent: BlockMap,
+    changed,
+    zeroed,
+    bs: int,
+    n: int | None,
+    seed: int | None,
+    hash_seed: int,
+) -> tuple[dict[str, int], int]:
+    """Sample the blocks the hint calls unchanged within the parent; compare (audit.py)."""
+    nblocks = -(-src.size // bs)
+    common = min(nblocks, parent.nblocks)
+    within = np.array([[0, common]], np.int64) if common else np.empty((0, 2), np.int64)
+    hinted = changed if zeroed is None else native.runs_union(changed, zeroed)
+    unchanged = native.runs_difference(within, hinted)
+    total = native.runs_count(unchanged)
+    k = audit.default_sample(total) if n is None else min(n, total)
+    rng = np.random.default_rng(seed)
+    blocks = audit.sample_blocks(unchanged, k, rng)
+    sampled, mismatched, nbytes = audit.audit(src.fd, parent, blocks, block_size=bs, seed=hash_seed)
+    return {"sampled": sampled, "mismatched": mismatched, "bytes_read": nbytes}, nbytes
 
 
 def restore_volume(
@@ -257,6 +381,11 @@ def restore_volume(
     """
     if not isinstance(container, Container):
         raise InvalidInput("container must be an engine.repository.Container")
+    if is_export_location(target):
+        raise InvalidInput(
+            "restoring onto an NBD export is not supported: restore to a path, then write it "
+            "into the image (qemu-img convert -n, or nbdcopy)"
+        )
     if not isinstance(blockmap, BlockMap):
         raise InvalidInput("blockmap must be an engine.repository.BlockMap")
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:

@@ -35,6 +35,7 @@ from ..errors import Cancelled
 from ..repository import BlockMap, Container
 from ..repository.objects import delta_page_limit
 from .fanout import fan_out
+from .nbdsource import NbdFile
 from .stream import FileObject, StreamReader
 
 
@@ -50,8 +51,10 @@ class BackupStats:
     delta_blocks: int = 0  # blocks stored as a delta on a full base block (sub-block deltas)
     changed_extents_used: bool = False  # a change set limited what was read
     changes_refused: str | None = None  # why a change set given was not used
+    changes_source: str | None = None  # the change source asked (its --changes-from name)
+    changes_audit: dict[str, int] | None = None  # {"sampled", "mismatched"} of a hint
 
-    def as_dict(self) -> dict[str, int | bool | str]:
+    def as_dict(self) -> dict[str, int | bool | str | dict[str, int]]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
@@ -311,7 +314,9 @@ def run_backup(
         # they are zero blocks without a read, and nothing of the parent's is inherited.
         to_read = native.runs_difference(to_read, zeroed)
         inherit = native.runs_difference(inherit, zeroed)
-    if not isinstance(job.source_path, FileObject) and os.path.isfile(job.source_path):
+    if isinstance(job.source_path, NbdFile):
+        to_read = job.source_path.data_runs(bs, within=to_read)  # base:allocation
+    elif not isinstance(job.source_path, FileObject) and os.path.isfile(job.source_path):
         to_read = native.data_runs(job.source_path, bs, within=to_read)
     total = max(1, native.runs_count(to_read))
     if known is None:

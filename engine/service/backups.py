@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import native
 from ..changes import ChangeSet, LegacyExtents, canonical_backup_id
+from ..changesources import ChangeSource, parse_source
 from ..errors import (
     ApiError,
     BackupNotFound,
@@ -40,8 +41,9 @@ from ..errors import (
     VolumeNotFound,
 )
 from ..gc import DEFAULT_GRACE_SECONDS, MIN_GRACE_SECONDS, collect, sweep_container
+from ..nbd.uri import is_export_location
 from ..owners import me
-from ..paths import Roots, normalise_allowed
+from ..paths import Roots, check_user_path, normalise_allowed
 from ..repository import Repository
 from ..repository.layout import check_project_id, check_uuid
 from ..requests import (
@@ -294,6 +296,8 @@ class BackupEngine:
         changes: ChangeSet | None = None,
         changed_extents: Iterable[tuple[int, int]] | None = None,
         changes_base: str | None = None,
+        changes_from: str | ChangeSource | None = None,
+        changes_audit: int | None = None,
         block_size: int | None = None,
         user_id: str | None = None,
         backup_id: str | None = None,
@@ -316,12 +320,31 @@ class BackupEngine:
         the changes are not relative to stores stale blocks. The ``self`` link of the answer
         is what a service puts in its ``Location`` header; ``links`` says where links point
         (default: the engine's ``base_url`` and ``project_id``).
+
+        ``changes_from`` names a change source instead (``--changes-from``'s syntax, or an
+        ``engine.changesources.ChangeSource``; docs/change-sources.md): its change set is
+        bound to the backup its tracker counts from, used under the same rule, and audited
+        against ``changes_audit`` blocks it calls unchanged (default: the smaller of 256 and
+        0.1%, at least 16; 0: no audit).
         """
         check_project_id(project_id)
         version = parse_microversion(microversion)
         request = parse_create_backup(body, version)
         self._settle()
         extents = _change_hint(changes, changed_extents, changes_base)
+        if changes_from is not None:
+            if extents is not None:
+                raise InvalidInput("changes_from cannot be given with changes or changed_extents")
+            roots = self.registry.roots(project_id)
+            extents = parse_source(
+                changes_from, check_path=lambda p, what: check_user_path(p, roots, what)
+            )
+        if changes_audit is not None and (
+            not isinstance(changes_audit, int)
+            or isinstance(changes_audit, bool)
+            or changes_audit < 0
+        ):
+            raise InvalidInput("changes_audit must be a number of blocks >= 0 (0: no audit)")
         backup_id = _new_backup_id(backup_id)
         if parent_id is not None:
             parent_id = check_uuid(parent_id, "parent_id")
@@ -408,7 +431,9 @@ class BackupEngine:
                 )
         try:
             self._cancels[backup_id] = threading.Event()
-            self.runner.submit(lambda: self._run_backup(plan, backup_id, extents))
+            self.runner.submit(
+                lambda: self._run_backup(plan, backup_id, extents, audit=changes_audit)
+            )
         except BaseException as e:
             # Nothing will run it (the runner is shut down): fail it now, or it would stay
             # ``creating`` under a live owner, and its volume ``backing-up``, for good.
@@ -425,9 +450,14 @@ class BackupEngine:
         )
 
     def _run_backup(
-        self, plan: Plan, backup_id: str, hint: ChangeSet | LegacyExtents | None
+        self,
+        plan: Plan,
+        backup_id: str,
+        hint: ChangeSet | LegacyExtents | ChangeSource | None,
+        *,
+        audit: int | None = None,
     ) -> None:
-        jobs.run_backup_job(self, plan, backup_id, hint)
+        jobs.run_backup_job(self, plan, backup_id, hint, audit=audit)
 
     def _release_source(self, plan: Plan, *, failed: bool) -> None:
         self._release_source_of(
@@ -790,6 +820,8 @@ class BackupEngine:
         row = self._backup_row(project_id, backup_id)
         checked = self._checked_target(project_id, target)
         target_volume, target_path = checked.volume, checked.path
+        if isinstance(target_path, str) and is_export_location(target_path):
+            raise InvalidInput(_NBD_TARGET)
         # The target's facts are gathered before the transaction (see create_backup: no
         # device I/O under the catalog's write lock); they are checked inside, in Cinder's
         # order, after the catalog state.
@@ -1033,6 +1065,10 @@ def _change_hint(
     return LegacyExtents(base, tuple((int(o), int(n)) for o, n in rows.tolist()))
 
 
+_NBD_TARGET = (
+    "the volume is an NBD export: restoring onto one is not supported; restore to a path, "
+    "then write it into the image (qemu-img convert -n, or nbdcopy)"
+)
 _MAX_EXTENT_END = 2**63 - 1  # what a file offset (off_t) can say
 
 

@@ -14,6 +14,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ..changes import ChangeSet, LegacyExtents
+from ..changesources import ChangeSource
 from ..datapath import backup_volume, restore_volume
 from ..errors import CinderblockError, CorruptionError
 from ..owners import me
@@ -38,9 +39,15 @@ def _reason(e: BaseException, **kw: Any) -> str:
 
 
 def run_backup_job(
-    engine: BackupEngine, plan: Plan, backup_id: str, hint: ChangeSet | LegacyExtents | None
+    engine: BackupEngine,
+    plan: Plan,
+    backup_id: str,
+    hint: ChangeSet | LegacyExtents | ChangeSource | None,
+    *,
+    audit: int | None = None,
 ) -> None:
-    """Back up ``plan``'s source as ``backup_id``: data, record, then statuses."""
+    """Back up ``plan``'s source as ``backup_id``: data, record, then statuses; then tell
+    a change source with checkpoints how it ended (``committed`` only once ``available``)."""
     catalog = engine.catalog
     source: OpenedSource | None = None
     try:
@@ -72,8 +79,10 @@ def run_backup_job(
             workers=engine.workers,
             window_bytes=engine.window_bytes,
             lease_owner=me(),
+            audit_blocks=audit,
         )
-        if stats.changes_refused is not None:
+        full_with_tracker = plan.parent is None and isinstance(hint, ChangeSource)
+        if stats.changes_refused is not None and not full_with_tracker:
             log.warning(
                 "backup %s: change set refused (%s); the whole volume was read",
                 backup_id,
@@ -95,6 +104,7 @@ def run_backup_job(
             completed_at=now(),
         )
         container.put_record(record.as_dict())
+        _rotate(hint, backup_id, plan, ok=True)
         status = BackupStatus.AVAILABLE
         final: dict[str, Any] = {
             "size": record.size,
@@ -106,6 +116,7 @@ def run_backup_job(
         }
     except BaseException as e:  # noqa: BLE001 - every failure becomes the backup's status
         log.warning("backup %s failed: %s", backup_id, e)
+        _rotate(hint, backup_id, plan, ok=False)
         status = BackupStatus.ERROR
         final = {"fail_reason": _reason(e)}
     finally:
@@ -117,6 +128,23 @@ def run_backup_job(
         finish_backup(engine, plan, backup_id, status, final)
     finally:
         engine.runner.notify()
+
+
+def _rotate(hint: object, backup_id: str, plan: Plan, *, ok: bool) -> None:
+    """Drop a tracker's old checkpoint only once the backup's record is committed (it is
+    ``available`` from then on, reindexed from the record if the catalog fails), while the
+    volume is still ``backing-up`` so no next backup can race the rotation; keep every
+    checkpoint otherwise (the next backup's parent is still the old one)."""
+    if not isinstance(hint, ChangeSource):
+        return
+    parent_id = plan.parent["id"] if plan.parent is not None else None
+    try:
+        if ok:
+            hint.committed(backup_id, parent_id)
+        else:
+            hint.failed(backup_id, parent_id)
+    except Exception as e:  # noqa: BLE001 - the backup stands; the next one may read in full
+        log.warning("backup %s: %s checkpoint rotation failed: %s", backup_id, hint.describe(), e)
 
 
 def finish_backup(

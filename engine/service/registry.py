@@ -13,11 +13,18 @@ import datetime as _dt
 import os
 from typing import Any
 
-from .. import native
 from ..errors import InvalidInput, VolumeNotFound
+from ..nbd.uri import is_export_location
 from ..paths import Roots, check_user_path, check_volume_file, roots_for
 from ..repository.layout import canonical_uuid, check_project_id, check_uuid
-from ..sources import Resolver, SnapshotInfo, VolumeInfo, detect_in_use
+from ..sources import (
+    Resolver,
+    SnapshotInfo,
+    VolumeInfo,
+    check_location,
+    detect_in_use,
+    volume_size,
+)
 from .catalog import Catalog, now
 from .status import SnapshotStatus, VolumeStatus
 
@@ -55,13 +62,24 @@ class Registry:
         """
         check_project_id(project_id)
         vid = require_uuid(volume_id, "volume id")
-        p = check_user_path(path, self.roots(project_id), "volume path")
+        roots = self.roots(project_id)
+        export = is_export_location(path)
+        if export:
+            # An NBD export (or a qcow2 image served over NBD for each backup): its socket
+            # or image must lie inside the project's directories like any volume path.
+            p = check_location(
+                str(path),
+                lambda q, what: check_user_path(q, roots, what),
+                remote_allowed=roots is None,
+            )
+        else:
+            p = check_user_path(path, roots, "volume path")
         if status not in VOLUME_STATUSES:
             raise InvalidInput(f"volume status {status!r} is not one of {sorted(VOLUME_STATUSES)}")
         if name is not None and (not isinstance(name, str) or len(name) > 255):
             raise InvalidInput("volume name must be a string of at most 255 characters")
-        st = check_volume_file(p)
-        real = os.path.realpath(p)
+        st = None if export else check_volume_file(p)
+        real = p if export else os.path.realpath(p)
         dev, ino = (st.st_dev, st.st_ino) if st is not None else (None, None)
         with self.catalog.transaction():
             existing = self.catalog.volume(vid)
@@ -92,7 +110,7 @@ class Registry:
 
     def owner_of_path(self, path: str) -> dict[str, Any] | None:
         """The registered volume (any project) that ``path`` is, by resolved path or inode."""
-        real = os.path.realpath(path)
+        real = path if is_export_location(path) else os.path.realpath(path)
         try:
             st = os.stat(path)
             dev, ino = st.st_dev, st.st_ino
@@ -239,7 +257,7 @@ def size_or_none(path: str | int | None) -> int | None:
     if path is None:
         return None
     try:
-        return native.volume_size(path)
+        return volume_size(path)
     except (OSError, ValueError):
         return None
 

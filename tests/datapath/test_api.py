@@ -232,7 +232,7 @@ def test_bad_input_is_refused_with_what_to_do(tmp_path):
         ),
         (
             lambda: backup_volume(src, container, changes="x"),
-            "changes must be an engine.changes.ChangeSet",
+            "changes must be an engine.changes.ChangeSet or an engine.changesources.ChangeSource",
         ),
         (lambda: backup_volume(src, container, workers=0), "workers must be a positive int, got 0"),
         (

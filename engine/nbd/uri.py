@@ -1,0 +1,110 @@
+"""NBD URIs (the NBD project's URI spec, as ``nbdinfo`` and libnbd read them).
+
+``nbd://HOST[:PORT][/EXPORT]`` (TCP, port 10809 by default) and
+``nbd+unix:///[EXPORT]?socket=PATH`` (a Unix socket). TLS (``nbds``) and other transports are
+refused with a message saying what is accepted: the engine never guesses at a location.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ..errors import InvalidInput
+
+DEFAULT_PORT = 10809
+SCHEMES = ("nbd://", "nbd+unix://")
+_USAGE = "use nbd://HOST[:PORT][/EXPORT] or nbd+unix:///[EXPORT]?socket=PATH"
+
+
+@dataclass(frozen=True)
+class NbdAddress:
+    """Where an export is: a Unix socket path, or a TCP host and port; and its name."""
+
+    export: str
+    socket: str | None = None
+    host: str | None = None
+    port: int = DEFAULT_PORT
+
+    @property
+    def uri(self) -> str:
+        """The canonical URI (what the catalog keeps and compares)."""
+        from urllib.parse import quote
+
+        name = quote(self.export, safe="")
+        if self.socket is not None:
+            return f"nbd+unix:///{name}?socket={quote(self.socket, safe='/')}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"nbd://{host}:{self.port}/{name}"
+
+
+def is_nbd_uri(value: object) -> bool:
+    """Whether ``value`` is meant as an NBD URI (a string with an ``nbd`` scheme)."""
+    return isinstance(value, str) and value.lower().startswith(("nbd:", "nbd+", "nbds"))
+
+
+def parse_nbd_uri(value: str) -> NbdAddress:
+    """The address ``value`` names (InvalidInput with the accepted forms otherwise)."""
+    if not isinstance(value, str) or "\0" in value or len(value) > 4096:
+        raise InvalidInput(f"NBD URI must be text without NUL bytes: {_USAGE}")
+    parts = urlsplit(value)
+    scheme = parts.scheme.lower()
+    if scheme.startswith("nbds"):
+        raise InvalidInput(f"NBD over TLS ({scheme}://) is not supported: {_USAGE}")
+    if parts.fragment:
+        raise InvalidInput(f"NBD URI {value!r} must not have a #fragment: {_USAGE}")
+    export = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    if scheme == "nbd+unix":
+        if parts.netloc:
+            raise InvalidInput(f"nbd+unix URI {value!r} must have no host: {_USAGE}")
+        sockets = query.pop("socket", [])
+        if len(sockets) != 1 or not sockets[0]:
+            raise InvalidInput(f"nbd+unix URI {value!r} needs exactly one socket=PATH: {_USAGE}")
+        if query:
+            raise InvalidInput(f"NBD URI {value!r}: unknown parameter {sorted(query)[0]!r}")
+        sock = sockets[0]
+        if not os.path.isabs(sock):
+            raise InvalidInput(f"nbd+unix URI {value!r}: socket must be an absolute path")
+        return NbdAddress(export, socket=os.path.normpath(sock))
+    if scheme == "nbd":
+        if query:
+            raise InvalidInput(f"NBD URI {value!r}: unknown parameter {sorted(query)[0]!r}")
+        if parts.username or parts.password:
+            raise InvalidInput(f"NBD URI {value!r} must not hold credentials: {_USAGE}")
+        try:
+            port = parts.port or DEFAULT_PORT
+        except ValueError:
+            raise InvalidInput(f"NBD URI {value!r} has a bad port: {_USAGE}") from None
+        if not parts.hostname:
+            raise InvalidInput(f"NBD URI {value!r} needs a host: {_USAGE}")
+        return NbdAddress(export, host=parts.hostname, port=port)
+    raise InvalidInput(f"{value!r} is not an NBD URI: {_USAGE}")
+
+
+QEMU_SCHEME = "qemu-nbd://"
+_QEMU_USAGE = "use qemu-nbd:///ABSOLUTE/PATH/IMAGE.qcow2"
+
+
+def is_qemu_image_uri(value: object) -> bool:
+    """Whether ``value`` names a qcow2 image the engine serves itself (``qemu-nbd:///…``)."""
+    return isinstance(value, str) and value.lower().startswith("qemu-nbd:")
+
+
+def parse_qemu_image_uri(value: str) -> str:
+    """The image path of a ``qemu-nbd:///PATH`` location (InvalidInput otherwise)."""
+    if not isinstance(value, str) or "\0" in value or len(value) > 4096:
+        raise InvalidInput(f"qemu-nbd location must be text without NUL bytes: {_QEMU_USAGE}")
+    parts = urlsplit(value)
+    if parts.scheme.lower() != "qemu-nbd" or parts.netloc or parts.query or parts.fragment:
+        raise InvalidInput(f"{value!r} is not a qemu-nbd image location: {_QEMU_USAGE}")
+    path = unquote(parts.path)
+    if not os.path.isabs(path):
+        raise InvalidInput(f"{value!r}: the image path must be absolute: {_QEMU_USAGE}")
+    return os.path.normpath(path)
+
+
+def is_export_location(value: object) -> bool:
+    """An NBD URI or a qemu-nbd image location: a volume read over NBD, not a file."""
+    return is_nbd_uri(value) or is_qemu_image_uri(value)
