@@ -30,6 +30,7 @@ from .. import native
 from ..changes import ChangeSet, LegacyExtents, plan_runs
 from ..errors import Cancelled, CinderblockError, InvalidInput
 from ..repository import BlockMap, Container
+from ..repository.leases import DEFAULT_TTL, check_lease_ttl
 from ..store.files import fsync_dir
 from .backup import BackupJob, BackupStats, run_backup
 from .restore import run_restore
@@ -151,6 +152,7 @@ def backup_volume(
     workers: int = 2,
     window_bytes: int = native.DEFAULT_WINDOW_BYTES,
     lease_owner: str | None = None,
+    lease_ttl: float = DEFAULT_TTL,
 ) -> tuple[BlockMap, BackupStats]:
     """Back up ``source`` into ``container``; return its committed block map and stats.
 
@@ -160,6 +162,11 @@ def backup_volume(
     size or layout is refused (the whole volume is read, and ``stats.changes_refused`` says
     why). The source must not change size or identity while it is read
     (``SourceChanged``).
+
+    ``lease_ttl``: seconds the write lease lives without a refresh (it is refreshed every
+    quarter of that). A writer that dies leaves a lease that sweeps honour until it expires
+    (``engine.repository.leases``): a shorter TTL lets another host collect its leftovers
+    sooner, at the price of more refresh requests.
     """
     if not isinstance(container, Container):
         raise InvalidInput("container must be an engine.repository.Container")
@@ -176,6 +183,7 @@ def backup_volume(
         raise InvalidInput("changes must be an engine.changes.ChangeSet")
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise InvalidInput(f"workers must be a positive int, got {workers!r}")
+    lease_ttl = check_lease_ttl(lease_ttl)
     backup_id = str(uuid.UUID(backup_id)) if backup_id else str(uuid.uuid4())
     with _open_source(source) as src:
         changed = zeroed = None
@@ -212,7 +220,7 @@ def backup_volume(
         # (``fence``) before its first dedup lookup or object publication, and
         # ``lease.check`` before the commit, so nothing that needs the fence runs without it.
         with container.write_lease(
-            owner=lease_owner, cancelled=cancelled, background=True
+            owner=lease_owner, ttl=lease_ttl, cancelled=cancelled, background=True
         ) as lease:
             blockmap, stats = run_backup(container, job, fence=lease.ready)
             _check_unchanged(src, source)
