@@ -163,3 +163,21 @@ def test_open_refuses_a_non_repository_directory(tmp_path):
     with pytest.raises(RepositoryError):
         BackupEngine.open(d)
     assert os.listdir(d) == ["something"]
+
+
+def test_a_second_hosts_catalog_drops_what_the_first_deleted(open_engine, chain, tmp_path):
+    """Two catalogs on one repository (hosts): one deletes, the other's next reindex drops
+    that row and keeps every other; a failed backup of its own (never committed) stays."""
+    vid, path, copies, details = chain
+    a = open_engine()
+    b = open_engine(catalog_path=tmp_path / "host-b.sqlite")
+    assert {x["id"] for x in b.list_backups(PROJECT)["backups"]} == {d["id"] for d in details}
+    b.register_volume(PROJECT, vid, str(path))
+    gone = details[2]["id"]
+    a.delete_backup(PROJECT, gone)
+    os.unlink(path)  # b's next backup fails: an error row with no record
+    failed = wait_failed(b, create(b, vid))["id"]
+    assert b.reindex() == 0
+    left = {x["id"]: x["status"] for x in b.list_backups(PROJECT)["backups"]}
+    assert left == {details[0]["id"]: "available", details[1]["id"]: "available", failed: "error"}
+    assert_same_bytes(restore_new(b, details[1]["id"], tmp_path / "r1.img"), copies[1])
