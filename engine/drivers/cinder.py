@@ -93,6 +93,8 @@ FORMAT = "cinderblock"
 FORMAT_VERSION = 1
 #: How often the calling thread looks at the backup row (cancellation) while data moves.
 POLL_SECONDS = 0.2
+#: Thread-pool proxies ``_unwrap`` looks through (Cinder adds one; more is a loop or a bug).
+MAX_PROXY_DEPTH = 16
 
 
 def _conf(name: str, default: Any) -> Any:
@@ -137,11 +139,26 @@ def _refresh(backup: Any) -> None:
 
 
 def _unwrap(volume_file: Any) -> Any:
-    """The object behind Cinder's thread-pool proxy (``eventlet.tpool.Proxy``)."""
+    """The object behind Cinder's thread-pool proxies (``eventlet.tpool.Proxy``), however
+    many are nested.
+
+    Every layer goes, not just the outer one: a proxy reached from the data path's thread
+    hands the call to eventlet's pool and waits for the answer on that thread's own event
+    hub, which nothing ever wakes — a proxy left inside another (Cinder's around a wrapper
+    that was proxied already) hung the backup for good, and only for a file object without
+    ``fileno()``, the one read through its methods. The data path runs off the event loop
+    already, so what the proxies are for is done without them.
+    """
     tpool = sys.modules.get("eventlet.tpool")
-    if tpool is not None and isinstance(volume_file, tpool.Proxy):
-        return object.__getattribute__(volume_file, "_obj")
-    return volume_file
+    if tpool is None:
+        return volume_file
+    for _ in range(MAX_PROXY_DEPTH):
+        if not isinstance(volume_file, tpool.Proxy):
+            return volume_file
+        volume_file = object.__getattribute__(volume_file, "_obj")
+    raise exception.InvalidInput(
+        reason=f"volume_file is nested in more than {MAX_PROXY_DEPTH} thread-pool proxies"
+    )
 
 
 def _volume_of(volume_file: Any) -> Any:

@@ -587,3 +587,30 @@ def test_a_backup_of_another_driver_is_refused_as_parent(cinder, tmp_path):
     failed = [b for b in db.backup_get_all_by_volume(cinder.ctx, vol.id, None) if b.id != parent.id]
     assert [b.status for b in failed] == [fields.BackupStatus.ERROR]
     assert "was not made by the cinderblock driver" in failed[0].fail_reason
+
+
+def test_nested_proxies_without_fileno_back_up_and_restore(cinder, tmp_path):
+    """Cinder's proxy around another proxy around a file object without ``fileno()`` (an
+    os-brick or RBD wrapper that is itself proxied): every layer is reached from the data
+    path's threads without waiting on the event loop, in both threading modes."""
+    from eventlet import tpool
+
+    image = str(tmp_path / "vol.img")
+    with open(image, "wb") as f:
+        f.write(random.Random(8).randbytes(3 * MiB + 777))
+    vol = cinder.volume(image)
+    with open(image, "rb") as raw:
+        full = cinder.run_backup(cinder.start_backup(vol), tpool.Proxy(NoFileno(raw)))
+    assert full.status == "available" and full.object_count > 0
+    target = str(tmp_path / "t.img")
+    with open(target, "wb") as f:
+        f.truncate(3 * MiB + 777)
+    tvol = cinder.volume(target)
+    cinder.restore(
+        full,
+        target,
+        volume_is_new=False,
+        volume=tvol,
+        file_wrapper=lambda f: tpool.Proxy(NoFileno(f)),
+    )
+    assert sha(target) == sha(image)
