@@ -52,6 +52,7 @@ from ..errors import BlobNotFound, Cancelled, CinderblockError, CorruptionError,
 from ..gc import MIN_GRACE_SECONDS, sweep_container
 from ..repository import BlockMap, Container, Repository
 from ..repository.layout import DEFAULT_CONTAINER, check_container, check_project_id
+from ..store import is_url, open_store
 
 LOG = logging.getLogger(__name__)
 
@@ -59,8 +60,11 @@ cinderblock_opts = [
     cfg.StrOpt(
         "backup_cinderblock_repository",
         default="$state_path/backup_cinderblock",
-        help="The cinderblock repository backups are stored in: a directory path (made into "
-        "a repository on first use; the directory itself must exist).",
+        help="The cinderblock repository backups are stored in: a directory path, "
+        "swift://CONTAINER[/PREFIX] or s3://BUCKET[/PREFIX] (made into a repository on "
+        "first use; the directory, container or bucket itself must exist). Object-store "
+        "credentials come from the environment of cinder-backup (OS_CLOUD, OS_*, ST_* for "
+        "Swift; AWS_* for S3), never from this option.",
     ),
     cfg.IntOpt(
         "backup_cinderblock_block_size",
@@ -194,6 +198,8 @@ class CinderblockBackupDriver(driver.BackupDriver):
             raise exception.InvalidConfigurationValue(
                 option="backup_cinderblock_repository", value=where
             )
+        if is_url(where):
+            return where  # an object store: checked when it is opened
         path = os.path.abspath(where)
         if not os.path.isdir(path):
             raise exception.BackupDriverException(
@@ -213,15 +219,37 @@ class CinderblockBackupDriver(driver.BackupDriver):
         os.unlink(probe)
         return path
 
+    def _open_location(self, where: str) -> Repository:
+        """The repository at a path, or at a ``swift://``/``s3://`` URL.
+
+        A URL's container or bucket must exist, as a directory must (``cinderblock init
+        --repo URL`` makes one, or the object store's own tools); an empty one becomes a
+        repository on first use. Credentials come from cinder-backup's environment, the way
+        the store modules take them (``OS_CLOUD``/``OS_*``/``ST_*`` for Swift, ``AWS_*`` and
+        boto3's files for S3: ``docs/object-stores.md``); none is ever in the option, in a
+        log line or in an error, whose texts name the URL, the user and the status only.
+        """
+        if not is_url(where):
+            return Repository.open(where, compression_level=self.compression_level)
+        try:
+            store = open_store(where)
+            store.ensure_ready(create=False)
+        except ValueError as e:
+            raise exception.InvalidConfigurationValue(
+                option="backup_cinderblock_repository", value=str(e)
+            ) from None
+        return Repository.open(store, compression_level=self.compression_level)
+
     def check_for_setup_error(self) -> None:
         """A missing, unwritable or foreign repository fails cinder-backup's start clearly."""
-        path = self._check_location()
+        where = self._check_location()
         try:
-            self._repo = Repository.open(path, compression_level=self.compression_level)
+            self._repo = self._open_location(where)
         except CinderblockError as e:
             raise exception.BackupDriverException(
-                reason=f"backup_cinderblock_repository {path} cannot be used: {e}"
+                reason=f"backup_cinderblock_repository {where} cannot be used: {e}"
             ) from None
+        LOG.info("cinderblock backups go to %s", self._repo.url)
 
     def repository(self) -> Repository:
         if self._repo is None:

@@ -26,14 +26,40 @@ pytestmark = pytest.mark.root
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def saio(tmp_path_factory):
+    """The real Swift of tests/remote (its own API and S3), for the repository-URL cases."""
+    sys.path.insert(0, str(ROOT / "tests" / "remote"))
+    from saio import Saio
+
+    server = Saio(tmp_path_factory.mktemp("cinder-saio"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def saio_env(server) -> dict[str, str]:
+    """What the inner cases reach the Swift with: the v1 and S3 credentials of its admin,
+    and the secretive admin's pair, whose key they grep every output and stored blob for."""
+    env = {**server.swift_env(), **server.s3_env()}
+    env["CINDERBLOCK_STORE_RETRY_SECONDS"] = "20"
+    env["CINDERBLOCK_TEST_SECRET_USER"] = server.SECRETIVE.user
+    env["CINDERBLOCK_TEST_SECRET_KEY"] = server.SECRETIVE.key
+    return env
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, saio):
     if os.geteuid() != 0:
         pytest.skip("needs root (loop devices, a read-only mount)")
     subprocess.run([str(ROOT / "scripts" / "install-cinder")], check=True, timeout=1800)
     procs = {}
     for mode, flag in MODES.items():
         report = tmp_path_factory.mktemp(f"cinder-{mode}") / "report.xml"
-        env = dict(os.environ, OS_CINDER_DISABLE_EVENTLET_PATCHING=flag)
+        env = dict(os.environ, OS_CINDER_DISABLE_EVENTLET_PATCHING=flag, **saio_env(saio))
+        for var in ("OS_CLOUD", "OS_AUTH_URL", "AWS_PROFILE"):
+            env.pop(var, None)
         env.pop("PYTHONPATH", None)  # the venv's .pth names this checkout
         if not flag:
             env.pop("OS_CINDER_DISABLE_EVENTLET_PATCHING")
