@@ -3,13 +3,15 @@ Cinder 29, both into the same local Swift.
 
     python benchmarks/swift_drivers.py                  # 1 GiB ext4 image, temp directory
     python benchmarks/swift_drivers.py --size 2G --workdir /var/tmp/cb-swift
+    python benchmarks/swift_drivers.py --threads native   # OS_CINDER_DISABLE_EVENTLET_PATCHING=1
 
 The anchor of issue 13's object-store targets (full backup and restore at least 5x Cinder's
 Swift driver). One real single-node Swift (``tests/remote/saio.py``) serves both; each
 driver runs in a process of its own inside ``.venvs/cinder`` (``--driver``), driven by the
 harness of ``tests/cinder/inner/cinderkit.py`` exactly as ``benchmarks/cinder_drivers.py``
 drives Posix (Cinder's SQLite database, the manager's flow, the volume file in Cinder's
-thread-pool proxy, eventlet mode), over the same image states:
+thread-pool proxy; eventlet mode, cinder-backup's default, or native threads with
+``--threads native``), over the same image states:
 
     full            a full backup of an ext4 image ~65% full of real files (from /usr)
     incr. files     an incremental after new files (2% of the image) were written into it
@@ -155,6 +157,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--size", default="1G", help="image size (default 1G)")
     ap.add_argument("--workdir", help="where the image and the Swift go (default: a temp dir)")
+    ap.add_argument(
+        "--threads",
+        choices=["eventlet", "native"],
+        default="eventlet",
+        help="cinder-backup's threading mode (default eventlet, Cinder's default)",
+    )
     ap.add_argument("--driver", choices=sorted(DRIVERS), help=argparse.SUPPRESS)
     ap.add_argument("--image", help=argparse.SUPPRESS)
     ap.add_argument("--container", help=argparse.SUPPRESS)
@@ -181,8 +189,10 @@ def main() -> None:
     try:
         saio.start()
         env = {**os.environ, **saio.swift_env()}
-        for var in ("PYTHONPATH", "OS_CLOUD", "OS_AUTH_URL"):
+        for var in ("PYTHONPATH", "OS_CLOUD", "OS_AUTH_URL", "OS_CINDER_DISABLE_EVENTLET_PATCHING"):
             env.pop(var, None)
+        if args.threads == "native":
+            env["OS_CINDER_DISABLE_EVENTLET_PATCHING"] = "1"
         for name in ("swift", "cinderblock"):
             image = os.path.join(work, f"vol-{name}.img")
             shutil.copyfile(pristine, image)  # the same states, in the same order, for both
@@ -202,14 +212,14 @@ def main() -> None:
         saio.stop()
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
-    print(table(rows, size))
+    print(table(rows, size, args.threads))
 
 
-def table(rows: list[dict], size: int) -> str:
+def table(rows: list[dict], size: int, threads: str = "eventlet") -> str:
     by = {(r["driver"], r["step"]): r for r in rows}
     lines = [
         f"Cinder 29 SwiftBackupDriver (defaults) vs cinderblock driver on swift://, "
-        f"{size >> 20} MiB ext4, one local Swift",
+        f"{size >> 20} MiB ext4, one local Swift, {threads} threads",
         "",
         "| step | swift wall | cinderblock wall | speed-up | swift MB/s | cinderblock MB/s "
         "| swift stored | cinderblock stored | swift objects | cinderblock objects "
