@@ -176,6 +176,28 @@ def _volume_of(volume_file: Any) -> Any:
     return obj
 
 
+def _parse_metadata(raw: Any, backup_id: str) -> dict[str, Any] | None:
+    """The cinderblock metadata in ``raw`` (a ``service_metadata`` text); None if empty."""
+    if not raw:
+        return None
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise exception.InvalidBackup(
+            reason=f"backup {backup_id} was not made by the cinderblock driver (its "
+            "service_metadata is not cinderblock's); use the driver that made it, or "
+            "take a full backup"
+        )
+    if meta.get("version") != FORMAT_VERSION:
+        raise exception.InvalidBackup(
+            reason=f"backup {backup_id} has cinderblock metadata version "
+            f"{meta.get('version')!r}, which this driver does not know"
+        )
+    return meta
+
+
 class CinderblockBackupDriver(driver.BackupDriver):
     """Block-level incremental backups into a cinderblock repository (module docstring)."""
 
@@ -262,25 +284,7 @@ class CinderblockBackupDriver(driver.BackupDriver):
     @staticmethod
     def _service_metadata(backup: Any) -> dict[str, Any] | None:
         """The driver's part of ``backup.service_metadata``; None if there is none yet."""
-        raw = backup.service_metadata
-        if not raw:
-            return None
-        try:
-            meta = json.loads(raw)
-        except ValueError:
-            meta = None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise exception.InvalidBackup(
-                reason=f"backup {backup.id} was not made by the cinderblock driver (its "
-                "service_metadata is not cinderblock's); use the driver that made it, or "
-                "take a full backup"
-            )
-        if meta.get("version") != FORMAT_VERSION:
-            raise exception.InvalidBackup(
-                reason=f"backup {backup.id} has cinderblock metadata version "
-                f"{meta.get('version')!r}, which this driver does not know"
-            )
-        return meta
+        return _parse_metadata(backup.service_metadata, backup.id)
 
     def _container_of(self, meta: dict[str, Any]) -> Container:
         return self.repository().container(meta["project"], meta["container"])
@@ -545,7 +549,13 @@ class CinderblockBackupDriver(driver.BackupDriver):
         }
 
     def import_record(self, backup: Any, driver_info: dict) -> None:
-        """Check the exported backup is in this repository, intact, then adopt it."""
+        """Check the exported backup is in this repository, intact and of the importing
+        project, then adopt it.
+
+        Nothing is written to ``backup`` until every check passed: the manager saves a
+        failed import's row (``error``), and a row naming another backup's block map would
+        let its delete remove that backup.
+        """
         info = driver_info.get("cinderblock") if isinstance(driver_info, dict) else None
         if not isinstance(info, dict) or info.get("format") != FORMAT:
             raise exception.InvalidBackup(
@@ -563,8 +573,13 @@ class CinderblockBackupDriver(driver.BackupDriver):
                 "parent_blockmap",
             )
         }
-        backup.service_metadata = json.dumps(meta, sort_keys=True)
-        self._service_metadata(backup)  # its version
+        raw = json.dumps(meta, sort_keys=True)
+        _parse_metadata(raw, backup.id)  # its version
+        if meta["project"] != backup.project_id:
+            raise exception.InvalidBackup(
+                reason=f"the record is of a backup of another project than {backup.project_id}"
+                "; import it in the project that made it"
+            )
         try:
             check_project_id(meta["project"])
             check_container(meta["container"])
@@ -580,5 +595,6 @@ class CinderblockBackupDriver(driver.BackupDriver):
                 reason=f"backup {meta['blockmap']}'s block map in the repository differs from "
                 "the exported one"
             )
+        backup.service_metadata = raw
         backup.container = meta["container"]
         backup.save()
