@@ -283,8 +283,18 @@ class CinderblockBackupDriver(driver.BackupDriver):
 
     @staticmethod
     def _service_metadata(backup: Any) -> dict[str, Any] | None:
-        """The driver's part of ``backup.service_metadata``; None if there is none yet."""
-        return _parse_metadata(backup.service_metadata, backup.id)
+        """The driver's part of ``backup.service_metadata``; None if there is none yet.
+
+        Metadata naming another project than the row's is refused: whatever put it there,
+        no row may reach another project's data (restore, export, delete).
+        """
+        meta = _parse_metadata(backup.service_metadata, backup.id)
+        if meta is not None and meta.get("project") != backup.project_id:
+            raise exception.InvalidBackup(
+                reason=f"backup {backup.id}'s cinderblock metadata names another project's "
+                "data; it cannot be used from this project"
+            )
+        return meta
 
     def _container_of(self, meta: dict[str, Any]) -> Container:
         return self.repository().container(meta["project"], meta["container"])

@@ -373,6 +373,15 @@ def test_a_refused_import_leaves_the_row_naming_nothing_and_its_delete_harmless(
         row.refresh()
         assert row.service_metadata is None and row.status == "error"
         cinder.driver.delete_backup(row)  # the delete of that error row
+    # A row of another project that names b's data anyway (however it got there) reaches
+    # nothing: neither export nor delete touch b.
+    forged = _import_row(cinder, "1e0b2c3d4e5f46a7b8c9d0e1f2a3b4c5")
+    forged.service_metadata = b.service_metadata
+    forged.save()
+    with pytest.raises(exception.InvalidBackup) as e:
+        cinder.driver.export_record(forged)
+    assert "names another project's data" in str(e.value)
+    cinder.driver.delete_backup(forged)
     out = str(tmp_path / "r.img")
     cinder.restore(b, out, volume_is_new=True)
     assert sha(out) == sha(image)
