@@ -181,3 +181,23 @@ def test_a_second_hosts_catalog_drops_what_the_first_deleted(open_engine, chain,
     left = {x["id"]: x["status"] for x in b.list_backups(PROJECT)["backups"]}
     assert left == {details[0]["id"]: "available", details[1]["id"]: "available", failed: "error"}
     assert_same_bytes(restore_new(b, details[1]["id"], tmp_path / "r1.img"), copies[1])
+
+
+def test_an_incremental_whose_parent_another_host_deleted_is_taken_in_full(
+    open_engine, chain, tmp_path
+):
+    """Host a still lists its newest backup when host b deletes it; a's next incremental
+    (planned on it) backs up in full instead of failing, and says so (no parent)."""
+    vid, path, copies, details = chain
+    a = open_engine()
+    a.register_volume(PROJECT, vid, str(path))
+    b = open_engine(catalog_path=tmp_path / "host-b.sqlite")
+    newest = details[-1]["id"]
+    b.delete_backup(PROJECT, newest)
+    assert newest in {x["id"] for x in a.list_backups(PROJECT)["backups"]}  # not noticed yet
+    data = mutate(path, {3: "random"}, seed=77)
+    inc = backup(a, vid, incremental=True)
+    assert inc["status"] == "available"
+    assert inc["is_incremental"] is False and parent_of(a, inc["id"]) is None
+    assert_same_bytes(restore_new(a, inc["id"], tmp_path / "r.img"), data)
+    assert_same_bytes(restore_new(b, details[0]["id"], tmp_path / "r0.img"), copies[0])
