@@ -189,8 +189,9 @@ def main() -> None:
     try:
         saio.start()
         env = {**os.environ, **saio.swift_env()}
-        for var in ("PYTHONPATH", "OS_CLOUD", "OS_AUTH_URL", "OS_CINDER_DISABLE_EVENTLET_PATCHING"):
+        for var in ("OS_CLOUD", "OS_AUTH_URL", "OS_CINDER_DISABLE_EVENTLET_PATCHING"):
             env.pop(var, None)
+        env["PYTHONPATH"] = ROOT  # this checkout's engine, whatever the venv's .pth names
         if args.threads == "native":
             env["OS_CINDER_DISABLE_EVENTLET_PATCHING"] = "1"
         for name in ("swift", "cinderblock"):

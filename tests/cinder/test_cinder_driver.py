@@ -60,7 +60,9 @@ def runs(tmp_path_factory, saio):
         env = dict(os.environ, OS_CINDER_DISABLE_EVENTLET_PATCHING=flag, **saio_env(saio))
         for var in ("OS_CLOUD", "OS_AUTH_URL", "AWS_PROFILE"):
             env.pop(var, None)
-        env.pop("PYTHONPATH", None)  # the venv's .pth names this checkout
+        # This checkout first on the path, whatever checkout the venv's .pth names last
+        # (several checkouts may share one .venvs, each install naming its own).
+        env["PYTHONPATH"] = str(ROOT)
         if not flag:
             env.pop("OS_CINDER_DISABLE_EVENTLET_PATCHING")
         cmd = [
@@ -102,10 +104,12 @@ def test_driver_inside_cinder(runs, mode):
     assert report.exists(), text[-4000:]
     suite = ET.parse(report).getroot()
     cases = list(suite.iter("testcase"))
+    # An Element without children is falsy: look each kind up explicitly.
     failed = [
-        f"{c.get('name')}: {(c.find('failure') or c.find('error')).get('message')}"
+        f"{c.get('name')}: {bad.get('message')}"
         for c in cases
-        if c.find("failure") is not None or c.find("error") is not None
+        for bad in [c.find("failure"), c.find("error")]
+        if bad is not None
     ]
     skipped = [c.get("name") for c in cases if c.find("skipped") is not None]
     assert not failed, "\n".join(failed) + "\n" + text[-6000:]
