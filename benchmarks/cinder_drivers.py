@@ -163,6 +163,8 @@ def main() -> None:
                 capture_output=True,
                 text=True,
                 cwd=ROOT,
+                # This checkout's engine, whatever checkout the venv's .pth names.
+                env={**os.environ, "PYTHONPATH": ROOT},
             )
             if out.returncode:
                 raise SystemExit(f"{name} failed:\n{out.stderr[-4000:]}")

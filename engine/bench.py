@@ -9,6 +9,11 @@ Phases, each over the same bytes (the first ``limit`` bytes of the source):
     backup (e2e)        a full backup into a scratch repository, deleted afterwards; of a
                         source larger than ``limit``, of its first ``limit`` bytes, read
                         through a read-only loop device limited to them (root only)
+    backup to STORE     with ``store`` (``--repo swift://…`` or ``s3://…``): the same full
+    incr. to STORE      backup into a scratch repository under a fresh prefix of that
+                        container or bucket, then an incremental of the unchanged source;
+                        for each the requests the store layer made, the objects written and
+                        objects per TiB. The scratch prefix is removed afterwards.
 
 For each: MB/s, CPU seconds per GB, and which phase bounds the backup: the slowest of the
 phases a backup of this source goes through (the page-cache read for an image file, the
@@ -54,6 +59,15 @@ class Phase:
     cpu_seconds: float
     note: str = ""
     used: bool = True  # a backup of this source goes through this phase
+    requests: int | None = None  # HTTP requests the store layer made (object stores)
+    objects: int | None = None  # objects the backup wrote
+
+    @property
+    def objects_per_tib(self) -> float | None:
+        """Objects written per TiB of source read: what the store's object count grows by."""
+        if self.objects is None or self.nbytes <= 0:
+            return None
+        return self.objects * (1 << 40) / self.nbytes
 
     @property
     def measured(self) -> bool:
@@ -79,6 +93,9 @@ class Phase:
             "cpu_per_gb": self.cpu_per_gb,
             "used_by_backup": self.used,
             "note": self.note,
+            "requests": self.requests,
+            "objects": self.objects,
+            "objects_per_tib": self.objects_per_tib,
         }
 
 
@@ -146,7 +163,12 @@ def run_bench(
     level: int = 3,
     workers: int = 2,
     scratch: str | None = None,
+    store: str | None = None,
 ) -> list[Phase]:
+    """The phases of the module docstring; ``store``: a ``swift://``/``s3://`` URL whose
+    container or bucket must exist (a scratch prefix of it is written, then removed)."""
+    if store is not None:
+        store = _check_store_url(store)
     size = native.volume_size(source)
     n = min(size, limit)
     n -= n % ALIGN
@@ -187,6 +209,9 @@ def run_bench(
     if size <= limit:
         drop_cached(source, size)
         phases.append(_backup_phase(source, size, block_size, level, workers, scratch))
+        if store is not None:
+            drop_cached(source, size)
+            phases += _store_phases(source, size, block_size, level, workers, scratch, store)
         return phases
     try:
         with _first_bytes(source, n) as part:
@@ -195,8 +220,90 @@ def run_bench(
             p = _backup_phase(part, n, block_size, level, workers, scratch)
             p.note = f"first {n} bytes (read-only loop device); {p.note}"
             phases.append(p)
+            if store is not None:
+                drop_cached(part, n)
+                for p in _store_phases(part, n, block_size, level, workers, scratch, store):
+                    p.note = f"first {n} bytes; {p.note}"
+                    phases.append(p)
     except _NoLoopDevice as e:
         phases.append(Phase("backup (e2e)", 0, 0.0, 0.0, f"skipped: {e}"))
+    return phases
+
+
+def _check_store_url(store: object) -> str:
+    from .store import is_url, parse_location
+
+    if not is_url(store):
+        raise ValueError(
+            f"bench measures an object store given as swift://CONTAINER[/PREFIX] or "
+            f"s3://BUCKET[/PREFIX], not {store!r}"
+        )
+    parse_location(store)  # ValueError saying what is accepted
+    return str(store)
+
+
+def _scratch_url(store: str) -> str:
+    """A fresh prefix of the store's container or bucket: the bench's own repository."""
+    from .store import parse_location
+
+    loc = parse_location(store)
+    prefix = f"{loc.prefix}/" if loc.prefix else ""
+    return f"{loc.scheme}://{loc.name}/{prefix}cinderblock-bench-{uuid.uuid4().hex[:12]}"
+
+
+def _store_phases(source, size, block_size, level, workers, scratch, store) -> list[Phase]:
+    """A full backup, then an incremental of the unchanged source, into a scratch
+    repository on the object store; requests counted at the store layer (retries too)."""
+    from .engine import BackupEngine
+    from .store import open_store
+
+    url = _scratch_url(store)
+    blobs = open_store(url)
+    blobs.ensure_ready(create=False)  # a mistyped container is an error, never created
+    where = store.split("://", 1)[0]
+    root = tempfile.mkdtemp(prefix="cinderblock-bench-", dir=scratch)
+    phases = []
+    try:
+        eng = BackupEngine.open(
+            blobs,
+            workers=workers,
+            block_size=block_size,
+            compression_level=level,
+            catalog_path=os.path.join(root, "catalog.sqlite"),
+        )
+        try:
+            vid = str(uuid.uuid4())
+            eng.register_volume("bench", vid, source, attached=False)
+            for name, incremental in ((f"backup to {where}", False), (f"incr. to {where}", True)):
+                holder: dict = {}
+                before = blobs.requests
+
+                def backup(incremental=incremental, holder=holder) -> None:
+                    body = {"backup": {"volume_id": vid, "incremental": incremental}}
+                    bid = eng.create_backup("bench", body)["backup"]["id"]
+                    holder["done"] = eng.wait(bid)
+
+                p = _measure(name, size, backup)
+                p.requests = blobs.requests - before
+                done = holder["done"]
+                if done["status"] != "available":
+                    p.note = f"failed: {done['fail_reason']}"
+                else:
+                    stats = done["stats"]
+                    p.objects = stats["objects_written"]
+                    p.note = (
+                        f"stored {stats['bytes_stored'] / 1e6:.1f} MB; {p.requests} requests, "
+                        f"{p.objects} objects ({p.objects_per_tib:.0f} per TiB)"
+                    )
+                phases.append(p)
+        finally:
+            eng.close()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        try:
+            blobs.delete_many(list(blobs.keys("")))
+        except Exception as e:  # noqa: BLE001 - the measurement stands; say what is left
+            phases.append(Phase("cleanup", 0, 0.0, 0.0, f"could not remove {url}: {e}"))
     return phases
 
 
@@ -281,12 +388,15 @@ def bottleneck(phases: list[Phase]) -> str:
     return min(parts, key=lambda p: p.nbytes / p.seconds).name
 
 
-def as_json(source: str, phases: list[Phase]) -> dict:
-    return {
+def as_json(source: str, phases: list[Phase], store: str | None = None) -> dict:
+    body = {
         "source": source,
         "phases": [p.as_dict() for p in phases],
         "bottleneck": bottleneck(phases),
     }
+    if store is not None:
+        body["store"] = store  # a URL never holds a credential (engine/store/url.py)
+    return body
 
 
 def format_table(source: str, phases: list[Phase]) -> str:

@@ -446,6 +446,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
     if args.group == "bench":
         from .bench import as_json, format_table, run_bench
 
+        # --repo swift://… or s3://… (or $CINDERBLOCK_REPO): also measure that store.
+        store = args.repo if is_url(args.repo) else None
         phases = run_bench(
             args.source,
             limit=args.limit,
@@ -453,9 +455,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
             level=args.level,
             workers=args.workers,
             scratch=args.scratch,
+            store=store,
         )
         if out.as_json:
-            out.emit(as_json(args.source, phases))
+            out.emit(as_json(args.source, phases, store))
         else:
             print(format_table(args.source, phases))
         return EXIT_OK

@@ -37,6 +37,7 @@ from ..nbd import NbdError, is_nbd_uri
 from ..nbd.qemu import served as qemu_served
 from ..nbd.uri import is_export_location, is_qemu_image_uri, parse_qemu_image_uri
 from ..repository import BlockMap, Container
+from ..repository.leases import DEFAULT_TTL, check_lease_ttl
 from ..store.files import fsync_dir
 from . import audit
 from .backup import BackupJob, BackupStats, run_backup
@@ -187,6 +188,7 @@ def backup_volume(
     lease_owner: str | None = None,
     audit_blocks: int | None = None,
     audit_seed: int | None = None,
+    lease_ttl: float = DEFAULT_TTL,
 ) -> tuple[BlockMap, BackupStats]:
     """Back up ``source`` into ``container``; return its committed block map and stats.
 
@@ -205,6 +207,11 @@ def backup_volume(
     parent; one mismatch makes the backup read everything (``stats.changes_audit``: sampled,
     mismatched, and the audit's own ``bytes_read``, which ``stats.bytes_read`` leaves out). The
     source must not change size or identity while it is read (``SourceChanged``).
+
+    ``lease_ttl``: seconds the write lease lives without a refresh (it is refreshed every
+    quarter of that). A writer that dies leaves a lease that sweeps honour until it expires
+    (``engine.repository.leases``): a shorter TTL lets another host collect its leftovers
+    sooner, at the price of more refresh requests.
     """
     if not isinstance(container, Container):
         raise InvalidInput("container must be an engine.repository.Container")
@@ -229,6 +236,7 @@ def backup_volume(
         )
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise InvalidInput(f"workers must be a positive int, got {workers!r}")
+    lease_ttl = check_lease_ttl(lease_ttl)
     backup_id = str(uuid.UUID(backup_id)) if backup_id else str(uuid.uuid4())
     parent_id = None if parent is None else parent.backup_id
     tracker = changes if isinstance(changes, ChangeSource) else None
@@ -308,7 +316,7 @@ def backup_volume(
         # (``fence``) before its first dedup lookup or object publication, and
         # ``lease.check`` before the commit, so nothing that needs the fence runs without it.
         with container.write_lease(
-            owner=lease_owner, cancelled=cancelled, background=True
+            owner=lease_owner, ttl=lease_ttl, cancelled=cancelled, background=True
         ) as lease:
             blockmap, stats = run_backup(container, job, fence=lease.ready)
             _check_unchanged(src, source)

@@ -52,6 +52,7 @@ from ..errors import BlobNotFound, Cancelled, CinderblockError, CorruptionError,
 from ..gc import MIN_GRACE_SECONDS, sweep_container
 from ..repository import BlockMap, Container, Repository
 from ..repository.layout import DEFAULT_CONTAINER, check_container, check_project_id
+from ..store import is_url, open_store
 
 LOG = logging.getLogger(__name__)
 
@@ -59,8 +60,11 @@ cinderblock_opts = [
     cfg.StrOpt(
         "backup_cinderblock_repository",
         default="$state_path/backup_cinderblock",
-        help="The cinderblock repository backups are stored in: a directory path (made into "
-        "a repository on first use; the directory itself must exist).",
+        help="The cinderblock repository backups are stored in: a directory path, "
+        "swift://CONTAINER[/PREFIX] or s3://BUCKET[/PREFIX] (made into a repository on "
+        "first use; the directory, container or bucket itself must exist). Object-store "
+        "credentials come from the environment of cinder-backup (OS_CLOUD, OS_*, ST_* for "
+        "Swift; AWS_* for S3), never from this option.",
     ),
     cfg.IntOpt(
         "backup_cinderblock_block_size",
@@ -93,6 +97,8 @@ FORMAT = "cinderblock"
 FORMAT_VERSION = 1
 #: How often the calling thread looks at the backup row (cancellation) while data moves.
 POLL_SECONDS = 0.2
+#: Thread-pool proxies ``_unwrap`` looks through (Cinder adds one; more is a loop or a bug).
+MAX_PROXY_DEPTH = 16
 
 
 def _conf(name: str, default: Any) -> Any:
@@ -137,11 +143,26 @@ def _refresh(backup: Any) -> None:
 
 
 def _unwrap(volume_file: Any) -> Any:
-    """The object behind Cinder's thread-pool proxy (``eventlet.tpool.Proxy``)."""
+    """The object behind Cinder's thread-pool proxies (``eventlet.tpool.Proxy``), however
+    many are nested.
+
+    Every layer goes, not just the outer one: a proxy reached from the data path's thread
+    hands the call to eventlet's pool and waits for the answer on that thread's own event
+    hub, which nothing ever wakes — a proxy left inside another (Cinder's around a wrapper
+    that was proxied already) hung the backup for good, and only for a file object without
+    ``fileno()``, the one read through its methods. The data path runs off the event loop
+    already, so what the proxies are for is done without them.
+    """
     tpool = sys.modules.get("eventlet.tpool")
-    if tpool is not None and isinstance(volume_file, tpool.Proxy):
-        return object.__getattribute__(volume_file, "_obj")
-    return volume_file
+    if tpool is None:
+        return volume_file
+    for _ in range(MAX_PROXY_DEPTH):
+        if not isinstance(volume_file, tpool.Proxy):
+            return volume_file
+        volume_file = object.__getattribute__(volume_file, "_obj")
+    raise exception.InvalidInput(
+        reason=f"volume_file is nested in more than {MAX_PROXY_DEPTH} thread-pool proxies"
+    )
 
 
 def _volume_of(volume_file: Any) -> Any:
@@ -153,6 +174,28 @@ def _volume_of(volume_file: Any) -> Any:
     if has_working_fileno(obj):
         return obj.fileno()
     return obj
+
+
+def _parse_metadata(raw: Any, backup_id: str) -> dict[str, Any] | None:
+    """The cinderblock metadata in ``raw`` (a ``service_metadata`` text); None if empty."""
+    if not raw:
+        return None
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise exception.InvalidBackup(
+            reason=f"backup {backup_id} was not made by the cinderblock driver (its "
+            "service_metadata is not cinderblock's); use the driver that made it, or "
+            "take a full backup"
+        )
+    if meta.get("version") != FORMAT_VERSION:
+        raise exception.InvalidBackup(
+            reason=f"backup {backup_id} has cinderblock metadata version "
+            f"{meta.get('version')!r}, which this driver does not know"
+        )
+    return meta
 
 
 class CinderblockBackupDriver(driver.BackupDriver):
@@ -177,6 +220,8 @@ class CinderblockBackupDriver(driver.BackupDriver):
             raise exception.InvalidConfigurationValue(
                 option="backup_cinderblock_repository", value=where
             )
+        if is_url(where):
+            return where  # an object store: checked when it is opened
         path = os.path.abspath(where)
         if not os.path.isdir(path):
             raise exception.BackupDriverException(
@@ -196,15 +241,37 @@ class CinderblockBackupDriver(driver.BackupDriver):
         os.unlink(probe)
         return path
 
+    def _open_location(self, where: str) -> Repository:
+        """The repository at a path, or at a ``swift://``/``s3://`` URL.
+
+        A URL's container or bucket must exist, as a directory must (``cinderblock init
+        --repo URL`` makes one, or the object store's own tools); an empty one becomes a
+        repository on first use. Credentials come from cinder-backup's environment, the way
+        the store modules take them (``OS_CLOUD``/``OS_*``/``ST_*`` for Swift, ``AWS_*`` and
+        boto3's files for S3: ``docs/object-stores.md``); none is ever in the option, in a
+        log line or in an error, whose texts name the URL, the user and the status only.
+        """
+        if not is_url(where):
+            return Repository.open(where, compression_level=self.compression_level)
+        try:
+            store = open_store(where)
+            store.ensure_ready(create=False)
+        except ValueError as e:
+            raise exception.InvalidConfigurationValue(
+                option="backup_cinderblock_repository", value=str(e)
+            ) from None
+        return Repository.open(store, compression_level=self.compression_level)
+
     def check_for_setup_error(self) -> None:
         """A missing, unwritable or foreign repository fails cinder-backup's start clearly."""
-        path = self._check_location()
+        where = self._check_location()
         try:
-            self._repo = Repository.open(path, compression_level=self.compression_level)
+            self._repo = self._open_location(where)
         except CinderblockError as e:
             raise exception.BackupDriverException(
-                reason=f"backup_cinderblock_repository {path} cannot be used: {e}"
+                reason=f"backup_cinderblock_repository {where} cannot be used: {e}"
             ) from None
+        LOG.info("cinderblock backups go to %s", self._repo.url)
 
     def repository(self) -> Repository:
         if self._repo is None:
@@ -216,24 +283,16 @@ class CinderblockBackupDriver(driver.BackupDriver):
 
     @staticmethod
     def _service_metadata(backup: Any) -> dict[str, Any] | None:
-        """The driver's part of ``backup.service_metadata``; None if there is none yet."""
-        raw = backup.service_metadata
-        if not raw:
-            return None
-        try:
-            meta = json.loads(raw)
-        except ValueError:
-            meta = None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        """The driver's part of ``backup.service_metadata``; None if there is none yet.
+
+        Metadata naming another project than the row's is refused: whatever put it there,
+        no row may reach another project's data (restore, export, delete).
+        """
+        meta = _parse_metadata(backup.service_metadata, backup.id)
+        if meta is not None and meta.get("project") != backup.project_id:
             raise exception.InvalidBackup(
-                reason=f"backup {backup.id} was not made by the cinderblock driver (its "
-                "service_metadata is not cinderblock's); use the driver that made it, or "
-                "take a full backup"
-            )
-        if meta.get("version") != FORMAT_VERSION:
-            raise exception.InvalidBackup(
-                reason=f"backup {backup.id} has cinderblock metadata version "
-                f"{meta.get('version')!r}, which this driver does not know"
+                reason=f"backup {backup.id}'s cinderblock metadata names another project's "
+                "data; it cannot be used from this project"
             )
         return meta
 
@@ -500,7 +559,13 @@ class CinderblockBackupDriver(driver.BackupDriver):
         }
 
     def import_record(self, backup: Any, driver_info: dict) -> None:
-        """Check the exported backup is in this repository, intact, then adopt it."""
+        """Check the exported backup is in this repository, intact and of the importing
+        project, then adopt it.
+
+        Nothing is written to ``backup`` until every check passed: the manager saves a
+        failed import's row (``error``), and a row naming another backup's block map would
+        let its delete remove that backup.
+        """
         info = driver_info.get("cinderblock") if isinstance(driver_info, dict) else None
         if not isinstance(info, dict) or info.get("format") != FORMAT:
             raise exception.InvalidBackup(
@@ -518,8 +583,13 @@ class CinderblockBackupDriver(driver.BackupDriver):
                 "parent_blockmap",
             )
         }
-        backup.service_metadata = json.dumps(meta, sort_keys=True)
-        self._service_metadata(backup)  # its version
+        raw = json.dumps(meta, sort_keys=True)
+        _parse_metadata(raw, backup.id)  # its version
+        if meta["project"] != backup.project_id:
+            raise exception.InvalidBackup(
+                reason=f"the record is of a backup of another project than {backup.project_id}"
+                "; import it in the project that made it"
+            )
         try:
             check_project_id(meta["project"])
             check_container(meta["container"])
@@ -535,5 +605,6 @@ class CinderblockBackupDriver(driver.BackupDriver):
                 reason=f"backup {meta['blockmap']}'s block map in the repository differs from "
                 "the exported one"
             )
+        backup.service_metadata = raw
         backup.container = meta["container"]
         backup.save()

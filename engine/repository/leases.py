@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import BlobNotFound, RepositoryError, StoreError
+from ..errors import BlobNotFound, InvalidInput, RepositoryError, StoreError
 from ..store.blob import BlobStore
 from .layout import ContainerKeys
 
@@ -46,6 +46,19 @@ POLL_SECONDS = 0.1
 MAX_LEASE_BYTES = 1 << 16
 WRITE = "write"
 SWEEP = "sweep"
+MIN_TTL = 1.0
+MAX_TTL = 86400.0
+
+
+def check_lease_ttl(ttl: object) -> float:
+    """A lease TTL in seconds: a number from ``MIN_TTL`` to ``MAX_TTL``; InvalidInput else."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not MIN_TTL <= ttl <= MAX_TTL:
+        raise InvalidInput(
+            f"lease_ttl must be {MIN_TTL:.0f} to {MAX_TTL:.0f} seconds, got {ttl!r}: the "
+            "lease is refreshed every quarter of it, and a dead writer's lease holds sweeps "
+            "off for that long"
+        )
+    return float(ttl)
 
 
 @dataclass(frozen=True)
@@ -67,12 +80,18 @@ def default_owner() -> str:
 
 
 def live_leases(
-    store: BlobStore, keys: ContainerKeys, kind: str, *, now: float | None = None
+    store: BlobStore,
+    keys: ContainerKeys,
+    kind: str,
+    *,
+    now: float | None = None,
+    expired: list[str] | None = None,
 ) -> list[Lease]:
     """The container's unexpired leases of ``kind``.
 
     A lease that cannot be read or parsed counts as live until its publication time plus
     the default TTL: treating a damaged lease as absent could let a sweep overtake a writer.
+    ``expired``, when given, receives the keys of the expired ones (a dead holder's).
     """
     now = time.time() if now is None else now
     out = []
@@ -96,6 +115,8 @@ def live_leases(
             lease = Lease(kind, name, "unknown (unreadable lease)", 0.0, info.mtime, DEFAULT_TTL)
         if not lease.expired(now):
             out.append(lease)
+        elif expired is not None:
+            expired.append(info.key)
     return out
 
 
@@ -280,14 +301,31 @@ def start_write_lease(
     return PendingWriteLease(store, keys, WRITE, owner=owner, ttl=ttl, cancelled=cancelled).start()
 
 
+def _remove_expired(store: BlobStore, keys: list[str]) -> None:
+    """Remove the leases of holders that died (expired by time): they count for nothing,
+    but every later lease check would read each one again. A holder that was only cut off
+    and comes back re-publishes its lease at its next refresh (and its ``check`` fails its
+    backup anyway), so removing one is never less safe than ignoring it."""
+    try:
+        n = store.delete_many(keys)
+    except (OSError, StoreError) as e:
+        log.warning("could not remove %d expired lease(s): %s", len(keys), e)
+        return
+    if n:
+        log.info("removed %d expired lease(s) of holders that died", n)
+
+
 def try_sweep_lease(
     store: BlobStore, keys: ContainerKeys, *, owner: str | None = None, ttl: float = DEFAULT_TTL
 ) -> tuple[HeldLease | None, str | None]:
     """Take a sweep lease unless a writer or another sweep is live; (lease, None) or
     (None, why not)."""
     lease = HeldLease(store, keys, SWEEP, owner=owner, ttl=ttl).acquire()
-    writers = live_leases(store, keys, WRITE)
-    others = [s for s in live_leases(store, keys, SWEEP) if s.id != lease.id]
+    dead: list[str] = []
+    writers = live_leases(store, keys, WRITE, expired=dead)
+    others = [s for s in live_leases(store, keys, SWEEP, expired=dead) if s.id != lease.id]
+    if dead:
+        _remove_expired(store, dead)
     if writers or others:
         lease.release()
         if writers:

@@ -25,7 +25,14 @@ from urllib.parse import quote
 
 from ..errors import CatalogError, InvalidInput
 from ..requests.listing import BACKUP_COLUMNS
-from .status import BackupStatus, Kind, SnapshotStatus, VolumeStatus, transition
+from .status import (
+    BackupStatus,
+    Kind,
+    SnapshotStatus,
+    StatusTransitionError,
+    VolumeStatus,
+    transition,
+)
 
 SCHEMA_VERSION = 1
 
@@ -342,8 +349,21 @@ class Catalog:
             old = self.status_of(Kind.BACKUP, backup_id)
             if old is None:
                 return
+            if old != BackupStatus.DELETING:  # the table also lets reindex drop rows
+                raise StatusTransitionError(Kind.BACKUP, old, None, backup_id)
             transition(Kind.BACKUP, old, None, what=backup_id)
             self.execute("DELETE FROM backups WHERE id = ?", (backup_id,))
+
+    def drop_vanished_backup(self, backup_id: str, status: str) -> bool:
+        """Drop the row of a backup gone from the repository (another host deleted it),
+        if it is still ``status``; whether it was dropped (reindex, recovery.drop_vanished)."""
+        with self._lock, self.transaction():
+            old = self.status_of(Kind.BACKUP, backup_id)
+            if old != status:
+                return False
+            transition(Kind.BACKUP, old, None, what=backup_id)
+            self.execute("DELETE FROM backups WHERE id = ?", (backup_id,))
+            return True
 
     def set_progress(self, backup_id: str, fraction: float) -> None:
         self.execute("UPDATE backups SET progress = ? WHERE id = ?", (fraction, backup_id))

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 from ..changes import ChangeSet, LegacyExtents
 from ..changesources import ChangeSource
 from ..datapath import backup_volume, restore_volume
-from ..errors import CinderblockError, CorruptionError
+from ..errors import BlobNotFound, CinderblockError, CorruptionError
 from ..owners import me
+from ..repository import BlockMap, Container
 from ..sources import OpenedSource, VolumeInfo, open_source
 from .catalog import Catalog, now
 from .planner import Plan, size_gib
@@ -66,7 +67,7 @@ def run_backup_job(
             log.warning("backup %s: quarantine not examined: %s", backup_id, e)
         parent_manifest = None
         if plan.parent is not None:
-            parent_manifest = container.get_blockmap(plan.parent["id"])
+            parent_manifest = parent_blockmap(catalog, container, plan.parent["id"], backup_id)
         manifest, stats = backup_volume(
             source.path,
             container,
@@ -145,6 +146,41 @@ def _rotate(hint: object, backup_id: str, plan: Plan, *, ok: bool) -> None:
             hint.failed(backup_id, parent_id)
     except Exception as e:  # noqa: BLE001 - the backup stands; the next one may read in full
         log.warning("backup %s: %s checkpoint rotation failed: %s", backup_id, hint.describe(), e)
+
+
+def parent_blockmap(
+    catalog: Catalog, container: Container, parent_id: str, backup_id: str
+) -> BlockMap | None:
+    """The parent's block map; None when another host deleted the parent meanwhile.
+
+    The parent was chosen from this host's catalog, which may not know yet that another
+    host deleted it (its record and block map both gone: ``recovery.drop_vanished``). Every
+    block map is complete, so the backup goes on as a full one (correct, just not cheaper)
+    and says so: no parent in its row or record. A block map missing beside a record that
+    is still there is damage, not a delete, and fails the backup as before.
+    """
+    try:
+        return container.get_blockmap(parent_id)
+    except CorruptionError:
+        if _present(container, container.keys.manifest(parent_id)) or _present(
+            container, container.keys.record(parent_id)
+        ):
+            raise  # damaged, or a reading error: not a delete
+    log.warning(
+        "backup %s: its parent %s was deleted by another host; backing up in full",
+        backup_id,
+        parent_id,
+    )
+    catalog.update_backup(backup_id, parent_id=None)
+    return None
+
+
+def _present(container: Container, key: str) -> bool:
+    try:
+        container.store.stat(key)
+    except BlobNotFound:
+        return False
+    return True
 
 
 def finish_backup(

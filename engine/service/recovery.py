@@ -16,7 +16,13 @@ from ..repository import Container, Repository
 from ..sources import remove_clones
 from .catalog import Catalog, now
 from .planner import size_gib
-from .records import COMMITTED_FIELDS, RECORD_DAMAGED, row_from_record, status_after_restore
+from .records import (
+    COMMITTED_FIELDS,
+    RECORD_DAMAGED,
+    record_damaged,
+    row_from_record,
+    status_after_restore,
+)
 from .status import BackupStatus, VolumeStatus
 
 if TYPE_CHECKING:
@@ -111,16 +117,20 @@ def reindex(repo: Repository, catalog: Catalog) -> int:
     container, and a read only of the records the catalog does not know: on an object store
     reopening costs a request per container, not one per backup. A backup whose record is
     damaged but whose block map reads is listed too, as ``error`` with the reason, and can
-    still be restored by id (``records.RECORD_DAMAGED``).
+    still be restored by id (``records.RECORD_DAMAGED``). Rows of backups that another host
+    deleted meanwhile are dropped (:func:`drop_vanished`).
     """
     added = 0
+    listed: dict[tuple[str, str], set[str]] = {}
     for project, name in repo.containers():
         try:
             container = repo.container(project, name)
         except CinderblockError:
             continue  # a name no container of ours could have: not ours
         known = catalog.container_statuses(project, name)
-        for bid in container.record_ids():
+        records = container.record_ids()
+        listed[(project, name)] = set(records)
+        for bid in records:
             if bid in known or catalog.backup(bid) is not None:
                 continue
             try:
@@ -139,7 +149,58 @@ def reindex(repo: Repository, catalog: Catalog) -> int:
                 if catalog.backup(bid) is None:
                     catalog.insert_backup(row)
                     added += 1
+    drop_vanished(repo, catalog, listed)
     return added
+
+
+def drop_vanished(
+    repo: Repository, catalog: Catalog, listed: dict[tuple[str, str], set[str]]
+) -> int:
+    """Drop the rows of committed backups that are gone from the repository; return how many.
+
+    Another host's delete removes a backup's record and then its block map; this host's
+    cache still lists it until it notices. A row goes only when *both* are absent, each
+    confirmed by a direct read (a listing may lag behind a write): a backup whose record
+    alone is missing is a disagreement that ``gc`` and ``verify`` must keep reporting (its
+    block map may still be restorable, and dropping its row would let a sweep take its
+    objects). Only rows at rest are considered (``available``, and ``error`` rows listed
+    from a damaged record); a backup this host is creating, restoring or deleting is left
+    to its job. ``listed`` holds the record ids a listing of each container just showed:
+    only rows missing there cost requests (two each).
+    """
+    dropped = 0
+    candidates = catalog.backups_with_status([BackupStatus.AVAILABLE, BackupStatus.ERROR])
+    for row in candidates:
+        if row["status"] == BackupStatus.ERROR and not record_damaged(row):
+            continue  # a failed backup: it never had a record
+        where = (row["project_id"], row["container"])
+        if row["id"] in listed.get(where, ()):
+            continue
+        try:
+            container = repo.container(*where)
+            if _present(container, container.keys.record(row["id"])) or _present(
+                container, container.keys.manifest(row["id"])
+            ):
+                continue
+        except (OSError, CinderblockError) as e:
+            log.warning("backup %s: could not check it is still there (%s)", row["id"], e)
+            continue
+        if catalog.drop_vanished_backup(row["id"], row["status"]):
+            log.info(
+                "backup %s is gone from the repository (deleted by another host): its row "
+                "is dropped from this catalog",
+                row["id"],
+            )
+            dropped += 1
+    return dropped
+
+
+def _present(container: Container, key: str) -> bool:
+    try:
+        container.store.stat(key)
+    except BlobNotFound:
+        return False
+    return True
 
 
 def _row_of_damaged_record(

@@ -82,6 +82,9 @@ TRANSITIONS: Mapping[Kind, frozenset[tuple[enum.StrEnum | None, enum.StrEnum | N
             (B.ERROR_DELETING, B.DELETING),  # force-delete retries a failed deletion
             (B.DELETING, B.ERROR_DELETING),  # the deletion failed
             (B.DELETING, None),  # the deletion finished: the row goes
+            # reindex: another host deleted it (its record and block map are gone)
+            (B.AVAILABLE, None),
+            (B.ERROR, None),  # ... one listed from a damaged record
             # A backup whose record is damaged, listed from its block map by reindex, may
             # still be restored by id; it stays error (records.RECORD_DAMAGED).
             (None, B.ERROR),

@@ -163,3 +163,41 @@ def test_open_refuses_a_non_repository_directory(tmp_path):
     with pytest.raises(RepositoryError):
         BackupEngine.open(d)
     assert os.listdir(d) == ["something"]
+
+
+def test_a_second_hosts_catalog_drops_what_the_first_deleted(open_engine, chain, tmp_path):
+    """Two catalogs on one repository (hosts): one deletes, the other's next reindex drops
+    that row and keeps every other; a failed backup of its own (never committed) stays."""
+    vid, path, copies, details = chain
+    a = open_engine()
+    b = open_engine(catalog_path=tmp_path / "host-b.sqlite")
+    assert {x["id"] for x in b.list_backups(PROJECT)["backups"]} == {d["id"] for d in details}
+    b.register_volume(PROJECT, vid, str(path))
+    gone = details[2]["id"]
+    a.delete_backup(PROJECT, gone)
+    os.unlink(path)  # b's next backup fails: an error row with no record
+    failed = wait_failed(b, create(b, vid))["id"]
+    assert b.reindex() == 0
+    left = {x["id"]: x["status"] for x in b.list_backups(PROJECT)["backups"]}
+    assert left == {details[0]["id"]: "available", details[1]["id"]: "available", failed: "error"}
+    assert_same_bytes(restore_new(b, details[1]["id"], tmp_path / "r1.img"), copies[1])
+
+
+def test_an_incremental_whose_parent_another_host_deleted_is_taken_in_full(
+    open_engine, chain, tmp_path
+):
+    """Host a still lists its newest backup when host b deletes it; a's next incremental
+    (planned on it) backs up in full instead of failing, and says so (no parent)."""
+    vid, path, copies, details = chain
+    a = open_engine()
+    a.register_volume(PROJECT, vid, str(path))
+    b = open_engine(catalog_path=tmp_path / "host-b.sqlite")
+    newest = details[-1]["id"]
+    b.delete_backup(PROJECT, newest)
+    assert newest in {x["id"] for x in a.list_backups(PROJECT)["backups"]}  # not noticed yet
+    data = mutate(path, {3: "random"}, seed=77)
+    inc = backup(a, vid, incremental=True)
+    assert inc["status"] == "available"
+    assert inc["is_incremental"] is False and parent_of(a, inc["id"]) is None
+    assert_same_bytes(restore_new(a, inc["id"], tmp_path / "r.img"), data)
+    assert_same_bytes(restore_new(b, details[0]["id"], tmp_path / "r0.img"), copies[0])

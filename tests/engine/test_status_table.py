@@ -37,6 +37,9 @@ USED_BY_THE_ENGINE = [
     (Kind.BACKUP, "restoring", "error"),
     (Kind.BACKUP, "deleting", "error_deleting"),
     (Kind.BACKUP, "deleting", None),
+    # reindex drops a row whose record and block map another host deleted.
+    (Kind.BACKUP, "available", None),
+    (Kind.BACKUP, "error", None),
     # An admin's os-reset_status (available needs a committed record: BackupEngine checks).
     (Kind.BACKUP, "available", "error"),
     (Kind.BACKUP, "error", "available"),
@@ -58,7 +61,8 @@ FORBIDDEN = [
     (Kind.BACKUP, "creating", "restoring"),
     (Kind.BACKUP, "creating", "deleting"),
     (Kind.BACKUP, "restoring", "deleting"),
-    (Kind.BACKUP, "available", None),
+    (Kind.BACKUP, "restoring", None),
+    (Kind.BACKUP, "creating", None),
     (Kind.BACKUP, None, "deleting"),
     (Kind.VOLUME, "error", "backing-up"),
     (Kind.VOLUME, "backing-up", "restoring-backup"),

@@ -258,6 +258,7 @@ def test_expired_sweep_lease_holds_nothing(eng, volume, repo_root):
     stale = plant_lease(repo_root, "sweep", age_seconds=300 + CLOCK_SKEW + 5, ttl=300)
     inc = backup(eng, vid, incremental=True)
     assert inc["status"] == "available"
+    assert stale.exists()  # a writer ignores it and leaves it
     junk = container_dir(repo_root) / "objects" / "ee" / ("ee" + "2" * 30)
     junk.parent.mkdir(exist_ok=True)
     junk.write_bytes(b"junk")
@@ -265,7 +266,10 @@ def test_expired_sweep_lease_holds_nothing(eng, volume, repo_root):
     report = eng.gc(grace_seconds=MIN_GRACE_SECONDS)
     assert report["containers_skipped"] == []
     assert report["objects_removed"] == 1
-    assert stale.exists()  # an expired lease is ignored, not deleted: its holder may return
+    # The next sweep removes it: it counted for nothing, and every later lease check would
+    # read it again. A holder that returns re-publishes it at its next refresh (a writer's
+    # own TTL check then abandons its backup), exactly as if it had been left and ignored.
+    assert not stale.exists()
 
 
 def test_live_sweep_lease_holds_backups_and_sweeps_until_it_expires(

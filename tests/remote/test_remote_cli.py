@@ -189,3 +189,55 @@ def test_cli_read_only_credential_cannot_back_up(saio, tmp_path):
     assert "Swift denied PUT" in out and "HTTP 403" in out and "read-only" in out
     assert "testing3" not in out
     assert stored_blobs(saio, name) == before
+
+
+def _strict_json(text: str):
+    def refuse(name):
+        raise AssertionError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("kind", ["swift", "s3"])
+def test_bench_learns_the_store_requests_objects_and_mb_s(saio, tmp_path, kind):
+    """``cinderblock bench IMAGE --repo URL``: a full and an unchanged incremental backup
+    into a scratch prefix of the container, with the requests counted at the store layer,
+    the objects and objects per TiB; strictly valid JSON; the scratch prefix is removed and
+    no secret is printed."""
+    container = unique_name("bench")
+    store = swift_store(saio, container)
+    store.ensure_ready(create=True)
+    env = cli_env(saio, kind, tmp_path)
+    image = tmp_path / "vol.img"
+    image.write_bytes(os.urandom(4 * MiB))  # random: every 64 KiB block an object
+    url = f"{kind}://{container}/site"
+    argv = ["bench", str(image), "--block-size", "64K", "--scratch", str(tmp_path)]
+    proc = run_cb(url, env, "--json", *argv)
+    body = _strict_json(proc.stdout)
+    assert body["store"] == url
+    phases = {p["name"]: p for p in body["phases"]}
+    full, incr = phases[f"backup to {kind}"], phases[f"incr. to {kind}"]
+    assert full["nbytes"] == incr["nbytes"] == 4 * MiB
+    assert full["objects"] == 64 and incr["objects"] == 0
+    assert full["objects_per_tib"] == 64 * (1 << 40) / (4 * MiB)
+    assert full["mb_per_s"] > 0 and incr["mb_per_s"] > 0
+    # At least a PUT per object, besides config, lease, block map and record; the unchanged
+    # incremental costs a handful of requests, not one per block.
+    assert full["requests"] >= 64 + 4
+    assert 0 < incr["requests"] < 32, incr
+    assert phases["backup (e2e)"]["objects"] is None  # the local scratch phase: no store
+    assert list(store.keys("")) == []  # the scratch prefix is gone
+    text = run_cb(url, env, *argv).stdout  # the table names the same phases
+    assert f"backup to {kind}" in text and "per TiB" in text
+
+
+def test_bench_on_a_missing_container_fails_clearly_and_creates_nothing(saio, tmp_path):
+    env = cli_env(saio, "swift", tmp_path)
+    image = tmp_path / "vol.img"
+    image.write_bytes(os.urandom(MiB))
+    container = unique_name("nobench")
+    proc = run_cb(f"swift://{container}", env, "bench", str(image), check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert f"Swift container '{container}' does not exist" in proc.stderr
+    with pytest.raises(Exception):  # noqa: B017 - the container was not created
+        swift_store(saio, container).ensure_ready(create=False)

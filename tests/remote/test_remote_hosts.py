@@ -192,3 +192,59 @@ def test_missing_object_on_swift_names_the_block_and_allow_damaged_restores_the_
         assert_same_bytes(got, expected)
     finally:
         eng.close()
+
+
+def test_a_backup_deleted_by_another_host_leaves_this_hosts_cache_at_its_next_refresh(
+    swift_env, tmp_path
+):
+    """Two hosts with caches of their own: host a deletes; host b's next reindex (and any
+    later open of its cache) drops exactly that row. A backup whose record alone is gone
+    (damage, not a delete: its block map is there) keeps its row, and gc keeps its objects."""
+    saio = swift_env
+    container = unique_name("reindex")
+    url = f"swift://{container}/r"
+    a = open_host(url, tmp_path, "a")
+    hosts = [a]
+    try:
+        image = tmp_path / "vol.img"
+        make_image(image, 2 * MIB, seed=5)
+        vid = new_id()
+        a.register_volume(PROJECT, vid, str(image))
+        ids = []
+        for n in range(3):
+            with open(image, "r+b") as f:
+                f.seek(n * BS)
+                f.write(bytes([n + 1]) * BS)
+            bid = create(a, vid, incremental=bool(ids))
+            assert a.wait(bid, timeout=120)["status"] == "available"
+            ids.append(bid)
+        b = open_host(url, tmp_path, "b")
+        hosts.append(b)
+        assert {x["id"] for x in b.list_backups(PROJECT)["backups"]} == set(ids)
+        # Host a deletes the middle one; host b's cache still lists it ...
+        a.delete_backup(PROJECT, ids[1])
+        assert ids[1] not in {x["id"] for x in a.list_backups(PROJECT)["backups"]}
+        assert ids[1] in {x["id"] for x in b.list_backups(PROJECT)["backups"]}
+        # ... until its next refresh.
+        assert b.reindex() == 0  # nothing to add
+        assert {x["id"] for x in b.list_backups(PROJECT)["backups"]} == {ids[0], ids[2]}
+        # Damage, not a delete: the record of ids[2] alone goes (its block map stays). The
+        # row stays, and gc on b keeps everything it needs and says why.
+        store = swift_store(saio, container, prefix="r")
+        (record,) = [k for k in store.keys("projects/") if k.endswith(f"/{ids[2]}.json")]
+        store.delete(record)
+        b.reindex()
+        assert {x["id"] for x in b.list_backups(PROJECT)["backups"]} == {ids[0], ids[2]}
+        report = b.gc(grace_seconds=MIN_GRACE_SECONDS)
+        assert any(ids[2] in s["reason"] for s in report["containers_skipped"]), report
+        b.close()
+        hosts.remove(b)
+        b = open_host(url, tmp_path, "b")  # the same cache file, reopened
+        hosts.append(b)
+        assert {x["id"] for x in b.list_backups(PROJECT)["backups"]} == {ids[0], ids[2]}
+        out = tmp_path / "restored.img"
+        b.restore_backup(PROJECT, ids[0], str(out))
+        assert out.stat().st_size == 2 * MIB
+    finally:
+        for eng in hosts:
+            eng.close()

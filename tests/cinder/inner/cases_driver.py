@@ -341,6 +341,62 @@ def test_import_of_a_tampered_record_is_refused(cinder, tmp_path):
     assert "not exported by the cinderblock driver" in str(e.value)
 
 
+def _import_row(cinder, project: str):
+    """A row as the API makes it for an import (``creating``), in ``project``."""
+    from cinder import objects
+
+    row = objects.BackupImport(
+        context=cinder.ctx,
+        user_id=cinderkit.USER,
+        project_id=project,
+        volume_id="00000000-0000-0000-0000-000000000000",
+        status=fields.BackupStatus.CREATING,
+        deleted=False,
+        metadata={},
+    )
+    row.create()
+    return row
+
+
+def test_a_refused_import_leaves_the_row_naming_nothing_and_its_delete_harmless(cinder, tmp_path):
+    """The manager saves a failed import's row (error): it must not name the exported
+    backup's block map, or deleting that row would delete the original backup. And a
+    record of another project's backup is refused (no door into another project's data)."""
+    from cinder.volume import volume_utils
+
+    image = str(tmp_path / "vol.img")
+    with open(image, "wb") as f:
+        f.write(random.Random(18).randbytes(2 * MiB))
+    b = cinder.backup(cinder.volume(image))
+    good = cinder.driver.export_record(b)
+    tampered = json.loads(json.dumps(good))
+    tampered["cinderblock"]["blockmap_checksum"] = "00" * 16
+    for project, info, why in (
+        (cinderkit.PROJECT, tampered, "differs from the exported one"),
+        ("1e0b2c3d4e5f46a7b8c9d0e1f2a3b4c5", good, "a backup of another project"),
+    ):
+        row = _import_row(cinder, project)
+        with pytest.raises(exception.InvalidBackup) as e:
+            cinder.driver.import_record(row, info)
+        assert why in str(e.value)
+        volume_utils.update_backup_error(row, str(e.value))  # what the manager does
+        row.refresh()
+        assert row.service_metadata is None and row.status == "error"
+        cinder.driver.delete_backup(row)  # the delete of that error row
+    # A row of another project that names b's data anyway (however it got there) reaches
+    # nothing: neither export nor delete touch b.
+    forged = _import_row(cinder, "1e0b2c3d4e5f46a7b8c9d0e1f2a3b4c5")
+    forged.service_metadata = b.service_metadata
+    forged.save()
+    with pytest.raises(exception.InvalidBackup) as e:
+        cinder.driver.export_record(forged)
+    assert "names another project's data" in str(e.value)
+    cinder.driver.delete_backup(forged)
+    out = str(tmp_path / "r.img")
+    cinder.restore(b, out, volume_is_new=True)
+    assert sha(out) == sha(image)
+
+
 # ----------------------------------------------------------------------------- cancel
 
 
@@ -599,3 +655,30 @@ def test_a_backup_of_another_driver_is_refused_as_parent(cinder, tmp_path):
     failed = [b for b in db.backup_get_all_by_volume(cinder.ctx, vol.id, None) if b.id != parent.id]
     assert [b.status for b in failed] == [fields.BackupStatus.ERROR]
     assert "was not made by the cinderblock driver" in failed[0].fail_reason
+
+
+def test_nested_proxies_without_fileno_back_up_and_restore(cinder, tmp_path):
+    """Cinder's proxy around another proxy around a file object without ``fileno()`` (an
+    os-brick or RBD wrapper that is itself proxied): every layer is reached from the data
+    path's threads without waiting on the event loop, in both threading modes."""
+    from eventlet import tpool
+
+    image = str(tmp_path / "vol.img")
+    with open(image, "wb") as f:
+        f.write(random.Random(8).randbytes(3 * MiB + 777))
+    vol = cinder.volume(image)
+    with open(image, "rb") as raw:
+        full = cinder.run_backup(cinder.start_backup(vol), tpool.Proxy(NoFileno(raw)))
+    assert full.status == "available" and full.object_count > 0
+    target = str(tmp_path / "t.img")
+    with open(target, "wb") as f:
+        f.truncate(3 * MiB + 777)
+    tvol = cinder.volume(target)
+    cinder.restore(
+        full,
+        target,
+        volume_is_new=False,
+        volume=tvol,
+        file_wrapper=lambda f: tpool.Proxy(NoFileno(f)),
+    )
+    assert sha(target) == sha(image)
