@@ -128,11 +128,15 @@ def build_states(work: str, size: int, changes: bool = True) -> list[str]:
     from imagekit import build_image, scattered_change
 
     s0 = os.path.join(work, "s0.img")
+    s1, s2 = os.path.join(work, "s1.img"), os.path.join(work, "s2.img")
+    wanted = [s0, s1, s2] if changes else [s0]
+    if all(os.path.exists(s) and os.path.getsize(s) == size for s in wanted):
+        print("reusing the image states in the work directory", flush=True)
+        return wanted
     print(f"building a {size >> 20} MiB ext4 image of real files ...", flush=True)
     build_image(s0, size, work)
     if not changes:
         return [s0]
-    s1, s2 = os.path.join(work, "s1.img"), os.path.join(work, "s2.img")
     subprocess.run(["cp", "--sparse=always", s0, s1], check=True)
     scattered_change(s1, 0.01, seed=2)
     subprocess.run(["cp", "--sparse=always", s1, s2], check=True)
@@ -175,7 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="2G")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--block-size", type=int, default=1 << 20)
-    ap.add_argument("--workdir", default=None)
+    ap.add_argument(
+        "--workdir",
+        default=None,
+        help="kept afterwards; image states already there (same size) are reused",
+    )
     ap.add_argument("--json", default=None, help="write the rows here")
     ap.add_argument(
         "--noop-runs",

@@ -60,7 +60,8 @@ class Phase:
     note: str = ""
     used: bool = True  # a backup of this source goes through this phase
     requests: int | None = None  # HTTP requests the store layer made (object stores)
-    objects: int | None = None  # objects the backup wrote
+    objects: int | None = None  # stored objects (blobs) the backup added to the store
+    block_objects: int | None = None  # block objects it wrote (entries of packs in format 2)
 
     @property
     def objects_per_tib(self) -> float | None:
@@ -95,6 +96,7 @@ class Phase:
             "note": self.note,
             "requests": self.requests,
             "objects": self.objects,
+            "block_objects": self.block_objects,
             "objects_per_tib": self.objects_per_tib,
         }
 
@@ -276,6 +278,7 @@ def _store_phases(source, size, block_size, level, workers, scratch, store) -> l
             eng.register_volume("bench", vid, source, attached=False)
             for name, incremental in ((f"backup to {where}", False), (f"incr. to {where}", True)):
                 holder: dict = {}
+                stored_before = sum(1 for _k in blobs.keys(""))
                 before = blobs.requests
 
                 def backup(incremental=incremental, holder=holder) -> None:
@@ -284,16 +287,19 @@ def _store_phases(source, size, block_size, level, workers, scratch, store) -> l
                     holder["done"] = eng.wait(bid)
 
                 p = _measure(name, size, backup)
-                p.requests = blobs.requests - before
+                p.requests = blobs.requests - before  # the backup's own requests only
+                stored_after = sum(1 for _k in blobs.keys(""))
                 done = holder["done"]
                 if done["status"] != "available":
                     p.note = f"failed: {done['fail_reason']}"
                 else:
                     stats = done["stats"]
-                    p.objects = stats["objects_written"]
+                    p.objects = stored_after - stored_before
+                    p.block_objects = stats["objects_written"]
                     p.note = (
                         f"stored {stats['bytes_stored'] / 1e6:.1f} MB; {p.requests} requests, "
-                        f"{p.objects} objects ({p.objects_per_tib:.0f} per TiB)"
+                        f"{p.objects} objects ({p.objects_per_tib:.0f} per TiB) holding "
+                        f"{p.block_objects} block objects"
                     )
                 phases.append(p)
         finally:

@@ -19,7 +19,6 @@ import hashlib
 import logging
 import os
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, Any, TypeVar
@@ -74,6 +73,7 @@ from .planner import (
     plan_backup,
     size_gib,
 )
+from .progress import PROGRESS_INTERVAL, ProgressWriter
 from .records import carry_update, record_damaged, status_after_restore
 from .registry import Registry, canonical_uuid, in_use_or_false, size_or_none
 from .runner import Runner
@@ -84,7 +84,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_SIZE = 1 << 20
 DEFAULT_BASE_URL = "http://localhost:8776"
-PROGRESS_INTERVAL = 0.25  # seconds between progress updates of one job
 RESTART_REASON = recovery.RESTART_REASON
 
 
@@ -116,7 +115,8 @@ class BackupEngine:
         self.allow_delete_with_dependents = allow_delete_with_dependents
         self.window_bytes = window_bytes
         self.workers = workers
-        self._progress_at: dict[str, float] = {}
+        # Progress reaches the catalog from a thread of its own (engine.service.progress).
+        self.progress = ProgressWriter(catalog.set_progress, interval=PROGRESS_INTERVAL)
         # Cancellation events of this process's running jobs, by backup id.
         self._cancels: dict[str, threading.Event] = {}
         # Outcomes of this process's jobs the catalog could not take yet (it was full, say):
@@ -193,6 +193,7 @@ class BackupEngine:
     def close(self) -> None:
         """Finish running jobs, then release the catalog."""
         self.runner.shutdown()
+        self.progress.close()
         self.catalog.close()
 
     def __enter__(self) -> BackupEngine:
@@ -473,12 +474,9 @@ class BackupEngine:
         jobs.release_source_of(self.catalog, backup, failed=failed)
 
     def _progress(self, backup_id: str, fraction: float) -> None:
-        """Record progress, at most a few times a second: each update is a catalog commit."""
-        now_t = time.monotonic()
-        if now_t - self._progress_at.get(backup_id, 0.0) < PROGRESS_INTERVAL:
-            return
-        self._progress_at[backup_id] = now_t
-        self.catalog.set_progress(backup_id, round(fraction, 4))
+        """Record progress (the data path's callback): the writer thread commits it, at
+        most a few times a second, so no data-path thread waits for a catalog commit."""
+        self.progress.report(backup_id, fraction)
 
     # ------------------------------------------------------------------ show, list, wait
 

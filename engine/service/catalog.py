@@ -366,7 +366,12 @@ class Catalog:
             return True
 
     def set_progress(self, backup_id: str, fraction: float) -> None:
-        self.execute("UPDATE backups SET progress = ? WHERE id = ?", (fraction, backup_id))
+        """A running job's progress; a backup that is no longer running keeps its own (its
+        outcome set it), whatever a late report says."""
+        self.execute(
+            "UPDATE backups SET progress = ? WHERE id = ? AND status IN ('creating', 'restoring')",
+            (fraction, backup_id),
+        )
 
     def backups_of_volume(self, project_id: str, volume_id: str) -> list[dict[str, Any]]:
         return self.query(

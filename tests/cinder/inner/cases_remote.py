@@ -73,7 +73,8 @@ def test_chain_on_an_object_store_restores_bit_exact_and_deletes_clean(
         full.id,
     )
     stored = data_keys(url)
-    assert len(stored) == full.object_count > 0
+    # Pack files: a few stored blobs (packs, an index file, a pack list) hold the blocks.
+    assert 0 < len(stored) < full.object_count
     chain, states = [full], [sha(image)]
     existing = str(tmp_path / "existing.img")
     with open(image, "rb") as src, open(existing, "wb") as dst:
@@ -83,8 +84,7 @@ def test_chain_on_an_object_store_restores_bit_exact_and_deletes_clean(
         inc = cinder.backup(vol, incremental=True)
         assert inc.parent_id == chain[-1].id
         new = data_keys(url) - stored
-        assert len(new) == inc.object_count > 0  # only what changed is stored
-        assert inc.object_count < full.object_count
+        assert new and 0 < inc.object_count < full.object_count  # only what changed
         stored |= new
         chain.append(inc)
         states.append(sha(image))
