@@ -106,3 +106,18 @@ def clip_extents(pairs, volume_size: int, what: str) -> list[tuple[int, int]]:
             )
         out.append((int(off), int(length)))
     return out
+
+
+MAX_OUTPUT_BYTES = 256 << 20  # a tool's saved output: far above any real diff, bounded
+
+
+def read_tool_output(path: str) -> bytes:
+    """A change tracker's saved output (``rbd diff``, ``thin_delta``), bounded in size."""
+    try:
+        with open(path, "rb") as f:
+            blob = f.read(MAX_OUTPUT_BYTES + 1)
+    except OSError as e:
+        raise ChangeSourceError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(blob) > MAX_OUTPUT_BYTES:
+        raise ChangeSourceError(f"{path} is larger than {MAX_OUTPUT_BYTES} bytes")
+    return blob

@@ -12,9 +12,15 @@ from __future__ import annotations
 import json
 
 from ..changes import ChangeSet
-from .base import ChangeContext, ChangeSource, ChangeSourceError, clip_extents, require_base
+from .base import (
+    ChangeContext,
+    ChangeSource,
+    ChangeSourceError,
+    clip_extents,
+    read_tool_output,
+    require_base,
+)
 
-MAX_BYTES = 256 << 20
 _TRUE = ("true", True)
 _FALSE = ("false", False)
 
@@ -58,12 +64,6 @@ class RbdDiff(ChangeSource):
 
     def change_set(self, ctx: ChangeContext) -> ChangeSet:
         base = require_base(self.base, "rbd diff output")
-        try:
-            with open(self.path, "rb") as f:
-                blob = f.read(MAX_BYTES + 1)
-        except OSError as e:
-            raise ChangeSourceError(f"cannot read {self.path}: {e.strerror or e}") from None
-        if len(blob) > MAX_BYTES:
-            raise ChangeSourceError(f"{self.path} is larger than {MAX_BYTES} bytes")
+        blob = read_tool_output(self.path)
         changed, zeroed = parse_rbd_diff(blob, ctx.volume_size)
         return ChangeSet(base, ctx.volume_size, 512, changed, zeroed)

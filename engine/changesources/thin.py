@@ -14,9 +14,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from ..changes import ChangeSet
-from .base import ChangeContext, ChangeSource, ChangeSourceError, require_base
+from .base import ChangeContext, ChangeSource, ChangeSourceError, read_tool_output, require_base
 
-MAX_BYTES = 256 << 20
 _CHANGED = ("different", "right_only")
 _ZEROED = ("left_only",)
 _KINDS = (*_CHANGED, *_ZEROED, "same")
@@ -77,12 +76,6 @@ class ThinDelta(ChangeSource):
 
     def change_set(self, ctx: ChangeContext) -> ChangeSet:
         base = require_base(self.base, "thin_delta output")
-        try:
-            with open(self.path, "rb") as f:
-                blob = f.read(MAX_BYTES + 1)
-        except OSError as e:
-            raise ChangeSourceError(f"cannot read {self.path}: {e.strerror or e}") from None
-        if len(blob) > MAX_BYTES:
-            raise ChangeSourceError(f"{self.path} is larger than {MAX_BYTES} bytes")
+        blob = read_tool_output(self.path)
         changed, zeroed, chunk = parse_thin_delta(blob, ctx.volume_size)
         return ChangeSet(base, ctx.volume_size, chunk, changed, zeroed)

@@ -127,6 +127,14 @@ class Container:
             if digest is not None:
                 yield digest, info
 
+    def has_key(self, key: str) -> bool:
+        """Whether the store holds ``key`` (a record, a block map...): one stat."""
+        try:
+            self.store.stat(key)
+        except BlobNotFound:
+            return False
+        return True
+
     def has_object(self, digest: bytes) -> bool:
         if self.packed is not None:
             return digest in self.packed.view()

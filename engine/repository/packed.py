@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import BlobNotFound, CorruptionError, InvalidInput
 from ..store.blob import BlobInfo, BlobStore, Data, views
 from .layout import ContainerKeys
+from .layout import digest_of_key as _pack_id_of_key  # a pack id is spelled as a digest
 from .objects import HEADER_SIZE, parse_header
 from .packs import (
     ENTRY,
@@ -601,16 +602,6 @@ def _entry_ok(entry: bytes, digest: bytes) -> bool:
     return head is not None and head[3] == digest and head[2] + HEADER_SIZE == len(entry)
 
 
-def _pack_id_of_key(key: str) -> bytes | None:
-    name = key.rsplit("/", 1)[-1]
-    if len(name) != 32:
-        return None
-    try:
-        return bytes.fromhex(name)
-    except ValueError:
-        return None
-
-
 def sweep_released(
     packed: PackedObjects, released: set[bytes], remaining: set[str], *, dry_run: bool = False
 ) -> SweepResult | None:
@@ -653,7 +644,9 @@ def sweep_released(
     candidates = {loc.pack_id for d in released if (loc := view.locate(d)) is not None}
     dead = candidates - others
     res = SweepResult(damaged_entries=[])
-    if not dry_run and len(single) + len(combined) > 1:
+    if not dry_run and not lists:
+        store.delete_many(combined + single)  # no backup is left: neither are its lists
+    elif not dry_run and len(single) + len(combined) > 1:
         # Compact the pack lists into one file: the next delete reads one GET, not one per
         # backup. Written before the files it replaces go.
         blob = encode_all_refs(lists)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..changes import ChangeSet, LegacyExtents
 from ..changesources import ChangeSource
 from ..datapath import backup_volume, restore_volume
-from ..errors import BlobNotFound, CinderblockError, CorruptionError
+from ..errors import CinderblockError, CorruptionError
 from ..owners import me
 from ..repository import BlockMap, Container
 from ..sources import OpenedSource, VolumeInfo, open_source
@@ -163,9 +163,8 @@ def parent_blockmap(
     try:
         return container.get_blockmap(parent_id)
     except CorruptionError:
-        if _present(container, container.keys.manifest(parent_id)) or _present(
-            container, container.keys.record(parent_id)
-        ):
+        keys = container.keys
+        if container.has_key(keys.manifest(parent_id)) or container.has_key(keys.record(parent_id)):
             raise  # damaged, or a reading error: not a delete
     log.warning(
         "backup %s: its parent %s was deleted by another host; backing up in full",
@@ -174,14 +173,6 @@ def parent_blockmap(
     )
     catalog.update_backup(backup_id, parent_id=None)
     return None
-
-
-def _present(container: Container, key: str) -> bool:
-    try:
-        container.store.stat(key)
-    except BlobNotFound:
-        return False
-    return True
 
 
 def finish_backup(

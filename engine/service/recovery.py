@@ -178,8 +178,9 @@ def drop_vanished(
             continue
         try:
             container = repo.container(*where)
-            if _present(container, container.keys.record(row["id"])) or _present(
-                container, container.keys.manifest(row["id"])
+            keys = container.keys
+            if container.has_key(keys.record(row["id"])) or container.has_key(
+                keys.manifest(row["id"])
             ):
                 continue
         except (OSError, CinderblockError) as e:
@@ -193,14 +194,6 @@ def drop_vanished(
             )
             dropped += 1
     return dropped
-
-
-def _present(container: Container, key: str) -> bool:
-    try:
-        container.store.stat(key)
-    except BlobNotFound:
-        return False
-    return True
 
 
 def _row_of_damaged_record(
