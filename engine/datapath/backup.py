@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import native
 from ..errors import Cancelled
-from ..repository import BlockMap, Container
+from ..repository import BlockMap, Container, pagerefs
 from ..repository.objects import delta_page_limit
 from .fanout import fan_out
 from .nbdsource import NbdFile
@@ -211,20 +211,29 @@ class _Store:
         much changed).
 
         The base's page digests come from a ranged read of its object's first bytes; its
-        data is never read. The delta holds every page that differs from the base (the
+        data is never read. The delta names every page that differs from the base (the
         pages changed since the base was stored, not only since the parent): depth stays 1.
+        On pack files it is a referencing delta: a page unchanged since the parent version
+        is referenced where that version found it (one hop), only the others are stored.
         """
         found = self.container.delta_base(previous, len(data))
         if found is None:
             return None
-        base, base_pages = found
-        _pages, mask, count = native.changed_pages(data, self.container.seed, base_pages)
-        if not 0 < count <= delta_page_limit(len(base_pages)):
+        refs = self.container.supports_base
+        pages, mask, count = native.changed_pages(data, self.container.seed, found.pages)
+        if not 0 < count <= delta_page_limit(len(found.pages), refs=refs):
             return None
-        blob = self.container.codec.encode_delta(data, digest, base, mask)
+        codec = self.container.codec
+        if refs:
+            donors, sources = pagerefs.plan(
+                pages, mask, found.prior, previous, usable=self.container.has_object
+            )
+            blob = codec.encode_refs(data, digest, found.base, mask, pages, donors, sources)
+        else:
+            blob = codec.encode_delta(data, digest, found.base, mask)
         with self._seen_lock:
             self.stats.delta_blocks += 1
-        return blob, base
+        return blob, found.base
 
     def _publish(self, final: bool = True) -> None:
         # ``final`` names the job's last packs in an index file (version 2); packs of an

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,15 +41,26 @@ from .objects import (
     HEADER_SIZE,
     BaseCorruptionError,
     BlockCodec,
+    page_count,
     pages_prefix_size,
     parse_head,
 )
 from .packed import PackBatch, PackedObjects
 from .packs import DEFAULT_PACK_SIZE, decode_refs, encode_refs
 from .packview import PackView
+from .pagerefs import PageRefs, head_length
 from .records import MAX_RECORD_BYTES, decode_record, encode_record
 
 MAX_RECORD_READ = MAX_RECORD_BYTES + 1  # one byte more: an oversized record is seen as one
+
+
+class DeltaBase(NamedTuple):
+    """What a backup needs to store a new version of a block as a delta
+    (:meth:`Container.delta_base`)."""
+
+    base: bytes  # the full base block's digest
+    pages: np.ndarray  # its page digests
+    prior: PageRefs | None  # the previous version's head, when a referencing delta on it
 
 
 class Container:
@@ -241,30 +253,52 @@ class Container:
             return None
         return None if head is None else head.base
 
-    def delta_base(self, digest: bytes, raw_len: int) -> tuple[bytes, np.ndarray] | None:
-        """(base digest, its page digests) for a new version of the block whose previous
-        version is the object ``digest``, or None when there is no usable base (a version-1
-        object, another length, anything missing or damaged: the caller then stores the
-        full block).
+    def delta_base(self, digest: bytes, raw_len: int) -> DeltaBase | None:
+        """The base (its digest and page digests) for a new version of the block whose
+        previous version is the object ``digest``, and that version's head when it is a
+        referencing delta; None when there is no usable base (a version-1 object, another
+        length, anything missing or damaged: the caller then stores the full block).
 
         The base is the previous version itself when it is a full block, else the base of
         its delta (depth at most 1). One ranged read of the object's first bytes, two when
-        the previous version is a delta.
+        the previous version is a delta (three when its head is longer than that read).
         """
         size = pages_prefix_size(raw_len)
         try:
             prefix = self._prefix(digest, size)
             head = parse_head(prefix)
-            if head is None:
+            if head is None or head.raw_len != raw_len:
                 return None
-            base = digest
+            base, prior = digest, None
             if head.base is not None:
                 base = head.base
+                prior = self.page_refs(digest, prefix)
                 prefix = self._prefix(base, size)
             pages = self.codec.page_digests(prefix, base, raw_len)
         except (BlobNotFound, CorruptionError, InvalidInput):
             return None
-        return None if pages is None else (base, pages)
+        return None if pages is None else DeltaBase(base, pages, prior)
+
+    def page_refs(self, digest: bytes, prefix: bytes | None = None) -> PageRefs | None:
+        """The head of the referencing delta ``digest`` (None for any other object), from
+        ``prefix`` (its first bytes, when the caller has them) and one more ranged read when
+        the head is longer. CorruptionError when it is damaged or missing."""
+        if prefix is None:
+            prefix = self._prefix(digest, HEAD_SIZE + 64)
+        head = parse_head(prefix)
+        if head is None:
+            raise CorruptionError(f"block object {digest.hex()} has a damaged header")
+        if head.version != 3:
+            return None
+        npages = page_count(head.raw_len)
+        n = head_length(memoryview(prefix)[HEADER_SIZE:], npages)
+        if n is None or HEADER_SIZE + n > len(prefix):
+            if n is None:
+                prefix = self._prefix(digest, HEAD_SIZE + 64 + npages // 8)
+                n = head_length(memoryview(prefix)[HEADER_SIZE:], npages)
+            if n is not None and HEADER_SIZE + n > len(prefix):
+                prefix = self._prefix(digest, HEADER_SIZE + n)
+        return self.codec.refs(prefix, digest, what=f"block object {digest.hex()}")
 
     def _prefix(self, digest: bytes, size: int) -> bytes:
         """Up to ``size`` first bytes of the object (fewer when it is shorter)."""

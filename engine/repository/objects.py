@@ -17,6 +17,10 @@ two kinds of object:
   bitmap of the pages that differ from it, then those pages. Depth is at most 1: a base is
   always a full block.
 
+Version 3 is a **referencing delta** (codec 4 raw, 5 zstd; ``pagerefs.py``): like a delta,
+it names every page that differs from its base, but stores only the pages new since its
+parent version and references the others in the earlier deltas that store them (one hop).
+
 Version 1 objects (a full block without page digests) are still read. A reader checks the
 header, bounds every length before allocating, decompresses with the declared size as a
 hard limit, and re-hashes the result: a flipped bit anywhere ends in CorruptionError.
@@ -37,15 +41,27 @@ from .. import native
 from ..errors import CorruptionError
 from ..native import BLOCK_SIZE_MAX, PAGE_SIZE
 from ..native import digest as block_digest
+from . import pagerefs
+from .pagerefs import PageRefs
 
 MAGIC = b"CBOB"
-VERSION = 2  # written; 1 is still read
-READ_VERSIONS = (1, 2)
+VERSION = 2  # written for full blocks and deltas; 1 is still read
+VERSION_REFS = 3  # referencing deltas
+READ_VERSIONS = (1, 2, 3)
 CODEC_RAW = 0
 CODEC_ZSTD = 1
 CODEC_DELTA_RAW = 2
 CODEC_DELTA_ZSTD = 3
-DELTA_CODECS = (CODEC_DELTA_RAW, CODEC_DELTA_ZSTD)
+CODEC_REFS_RAW = 4
+CODEC_REFS_ZSTD = 5
+REFS_CODECS = (CODEC_REFS_RAW, CODEC_REFS_ZSTD)
+DELTA_CODECS = (CODEC_DELTA_RAW, CODEC_DELTA_ZSTD, *REFS_CODECS)
+#: The codecs each object version may carry.
+VERSION_CODECS = {
+    1: (CODEC_RAW, CODEC_ZSTD),
+    2: (CODEC_RAW, CODEC_ZSTD, CODEC_DELTA_RAW, CODEC_DELTA_ZSTD),
+    3: REFS_CODECS,
+}
 HEADER = struct.Struct("<4sBBHII16s")
 HEADER_SIZE = HEADER.size  # 32
 DIGEST_SIZE = 16
@@ -64,10 +80,18 @@ HEAD_SIZE = HEADER_SIZE + DIGEST_SIZE
 #: docs/performance.md).
 DELTA_MAX_FRACTION = 1 / 8
 
+#: The same limit for referencing deltas (version 3). A referencing delta stores each
+#: changed page once, so it no longer grows with every backup: what a higher threshold
+#: costs is restore work (base plus up to this fraction of pages, from at most
+#: ``pagerefs.MAX_DONORS`` donors) and a delta head of 9 bytes per named page. Measured on
+#: the chain of 30 daily scattered incrementals: docs/performance.md.
+REFS_MAX_FRACTION = 1 / 4
 
-def delta_page_limit(npages: int) -> int:
-    """The most changed pages a delta of a block of ``npages`` pages may hold."""
-    return int(npages * DELTA_MAX_FRACTION)
+
+def delta_page_limit(npages: int, *, refs: bool = False) -> int:
+    """The most changed pages a delta of a block of ``npages`` pages may hold (``refs``:
+    a referencing delta)."""
+    return int(npages * (REFS_MAX_FRACTION if refs else DELTA_MAX_FRACTION))
 
 
 # Store raw unless zstd saves at least this fraction: decompressing a block that barely
@@ -102,6 +126,11 @@ class BaseCorruptionError(CorruptionError):
         self.base = base
 
 
+class DonorCorruptionError(BaseCorruptionError):
+    """A referencing delta's donor (an object it takes pages from) is damaged or missing;
+    ``base`` names the donor, which is set aside like a damaged base."""
+
+
 def page_count(raw_len: int) -> int:
     return -(-raw_len // PAGE_SIZE)
 
@@ -133,7 +162,7 @@ def parse_head(blob: bytes) -> ObjectHead | None:
     magic, version, codec, reserved, raw_len, stored_len, digest = HEADER.unpack_from(blob)
     if magic != MAGIC or version not in READ_VERSIONS or reserved:
         return None
-    if codec not in (CODEC_RAW, CODEC_ZSTD) and (version == 1 or codec not in DELTA_CODECS):
+    if codec not in VERSION_CODECS[version]:
         return None
     base = None
     if codec in DELTA_CODECS:
@@ -265,7 +294,50 @@ class BlockCodec:
         )
         return header + body + payload
 
+    def encode_refs(
+        self,
+        block: bytes | memoryview,
+        digest: bytes,
+        base: bytes,
+        mask: np.ndarray,
+        page_digests: np.ndarray,
+        donors: list[bytes],
+        sources: np.ndarray,
+    ) -> bytes:
+        """A referencing delta (version 3) of ``block`` over the full block ``base``:
+        ``mask`` the pages that differ from it, ``page_digests`` the block's (one per page),
+        ``sources`` per masked page 0 (stored here) or k (in ``donors[k - 1]``)."""
+        if len(base) != DIGEST_SIZE:
+            raise ValueError("base must be a 16-byte digest")
+        pages = np.flatnonzero(mask)
+        head = pagerefs.encode_head(base, mask, donors, sources, page_digests[pages])
+        own = np.zeros(len(mask), np.bool_)
+        own[pages[np.asarray(sources) == 0]] = True
+        zstd, payload = self._pack(native.gather_pages(block, own))
+        header = HEADER.pack(
+            MAGIC,
+            VERSION_REFS,
+            CODEC_REFS_ZSTD if zstd else CODEC_REFS_RAW,
+            0,
+            len(block),
+            len(head) + len(payload),
+            digest,
+        )
+        return header + head + payload
+
     # ------------------------------------------------------------------ reading
+
+    def refs(self, blob: bytes, digest: bytes, *, what: str = "block object") -> PageRefs | None:
+        """The checked head of a referencing delta from its object's first bytes (enough of
+        them: ``pagerefs.head_length``), None for any other kind of object."""
+        if len(blob) < HEADER_SIZE:
+            raise CorruptionError(f"{what} is truncated ({len(blob)} bytes)")
+        magic, version, codec, reserved, raw_len, _stored, stored = HEADER.unpack_from(blob)
+        if magic != MAGIC or reserved or stored != digest or raw_len > BLOCK_SIZE_MAX:
+            raise CorruptionError(f"{what} has a damaged header")
+        if version != VERSION_REFS or codec not in REFS_CODECS:
+            return None
+        return pagerefs.parse_head(memoryview(blob)[HEADER_SIZE:], page_count(raw_len), what)
 
     def _head(self, blob: bytes, digest: bytes, what: str) -> ObjectHead:
         """Check the header and every length against the blob's size."""
@@ -284,8 +356,7 @@ class BlockCodec:
             raise CorruptionError(f"{what} carries the wrong digest")
         if raw_len > BLOCK_SIZE_MAX or stored_len != len(blob) - HEADER_SIZE:
             raise CorruptionError(f"{what} has inconsistent lengths (truncated or damaged)")
-        known = (CODEC_RAW, CODEC_ZSTD) if version == 1 else (CODEC_RAW, CODEC_ZSTD, *DELTA_CODECS)
-        if codec not in known:
+        if codec not in VERSION_CODECS[version]:
             raise CorruptionError(f"{what} has unknown codec {codec}")
         base = None
         if codec in DELTA_CODECS:
@@ -368,11 +439,16 @@ class BlockCodec:
             raise CorruptionError(f"{what} is larger than its block")
         target = out[: head.raw_len]
         body = memoryview(blob)[HEADER_SIZE:]
+        refs = None
         if head.base is None:
             self._full_into(head, body, target, what)
+        elif head.codec in REFS_CODECS:
+            refs = self._refs_into(head, body, target, what, base)
         else:
             self._delta_into(head, body, target, what, base)
         if block_digest(target, self.seed) != digest:
+            if refs is not None:
+                self._blame_pages(head, refs, target, what)
             if head.base is not None and not self._base_intact(head, base):
                 raise BaseCorruptionError(
                     f"{what} is a delta on block object {head.base.hex()}, which does not "
@@ -425,6 +501,118 @@ class BlockCodec:
         if n != size or extra:
             raise CorruptionError(f"{what} does not match its digest")
 
+    def _base_into(
+        self,
+        head: ObjectHead,
+        target: memoryview,
+        what: str,
+        fetch: Callable[[bytes], bytes] | None,
+    ) -> None:
+        """Decode a delta's full base into ``target`` (BaseCorruptionError when it fails)."""
+        base = head.base
+        assert base is not None
+        if fetch is None:
+            raise CorruptionError(f"{what} is a delta and its base was not given")
+        base_what = f"block object {base.hex()}"
+        try:
+            base_blob = fetch(base)
+            base_head = self._head(base_blob, base, base_what)
+            if base_head.base is not None:
+                raise CorruptionError(f"{base_what} is a delta itself, not a full block")
+            if base_head.raw_len != head.raw_len:
+                raise CorruptionError(f"{base_what} has another length than its delta")
+            self._full_into(base_head, memoryview(base_blob)[HEADER_SIZE:], target, base_what)
+        except CorruptionError as e:
+            raise BaseCorruptionError(
+                f"{what} is a delta on {base_what}{_which(e.message, base_what)}", base=base
+            ) from None
+
+    def _refs_into(
+        self,
+        head: ObjectHead,
+        body: memoryview,
+        target: memoryview,
+        what: str,
+        fetch: Callable[[bytes], bytes] | None,
+    ) -> PageRefs:
+        """A referencing delta in one pass: the base, the pages stored here, then each
+        donor's pages (every donor's object is read once, whatever it gives)."""
+        npages = page_count(head.raw_len)
+        refs = pagerefs.parse_head(body, npages, what)
+        if refs.base != head.base:
+            raise CorruptionError(f"{what} has a damaged delta head")
+        self._base_into(head, target, what, fetch)
+        assert fetch is not None
+        own = refs.own_mask()
+        pages = bytearray(masked_bytes(head.raw_len, own))
+        self._payload_into(
+            head.codec == CODEC_REFS_ZSTD, body[refs.head_len :], memoryview(pages), what
+        )
+        native.scatter_pages(target, pages, own)
+        numbers = refs.pages()
+        for k, donor in enumerate(refs.donors, 1):
+            want = np.zeros(npages, np.bool_)
+            want[numbers[refs.sources == k]] = True
+            self._donor_into(head, donor, want, target, what, fetch)
+        return refs
+
+    def _donor_into(
+        self,
+        head: ObjectHead,
+        donor: bytes,
+        want: np.ndarray,
+        target: memoryview,
+        what: str,
+        fetch: Callable[[bytes], bytes],
+    ) -> None:
+        """Overlay the pages ``want`` selects from the donor ``donor`` onto ``target``."""
+        donor_what = f"block object {donor.hex()}"
+        try:
+            blob = fetch(donor)
+            dhead = self._head(blob, donor, donor_what)
+            if dhead.codec not in REFS_CODECS or dhead.raw_len != head.raw_len:
+                raise CorruptionError(f"{donor_what} is not a delta of the same block")
+            body = memoryview(blob)[HEADER_SIZE:]
+            drefs = pagerefs.parse_head(body, page_count(head.raw_len), donor_what)
+            if drefs.base != head.base:
+                raise CorruptionError(f"{donor_what} is a delta on another base")
+            own = drefs.own_mask()
+            if (want & ~own).any():
+                raise CorruptionError(f"{donor_what} does not store the pages taken from it")
+            pages = bytearray(masked_bytes(head.raw_len, own))
+            self._payload_into(
+                dhead.codec == CODEC_REFS_ZSTD,
+                body[drefs.head_len :],
+                memoryview(pages),
+                donor_what,
+            )
+        except CorruptionError as e:
+            raise DonorCorruptionError(
+                f"{what} takes pages from {donor_what}{_which(e.message, donor_what)}", base=donor
+            ) from None
+        taken = native.gather_pages(memoryview(pages), want[own])
+        native.scatter_pages(target, taken, want)
+
+    def _blame_pages(self, head: ObjectHead, refs: PageRefs, target: memoryview, what: str) -> None:
+        """After a referencing delta failed its digest: a named page that fails its own
+        digest says which object gave it (a donor: DonorCorruptionError); otherwise the
+        caller goes on to the base."""
+        numbers = refs.pages()
+        if not len(numbers):
+            return
+        got = native.page_digests(target, self.seed)[numbers]
+        bad = np.flatnonzero(got != refs.digests)
+        for s in sorted(set(refs.sources[bad].tolist())):
+            if s:
+                donor = refs.donors[s - 1]
+                raise DonorCorruptionError(
+                    f"{what} takes pages from block object {donor.hex()}, which do not match "
+                    "their digests",
+                    base=donor,
+                )
+        if len(bad):
+            raise CorruptionError(f"{what} does not match its digest")
+
     def _delta_into(
         self,
         head: ObjectHead,
@@ -444,23 +632,7 @@ class BlockCodec:
         if npages % 8 and bits[-1] >> (npages % 8):
             raise CorruptionError(f"{what} has a damaged page mask")
         mask = native.unpack_mask(bits, npages)
-        base_what = f"block object {base.hex()}"
-        try:
-            base_blob = fetch(base)
-            base_head = self._head(base_blob, base, base_what)
-            if base_head.base is not None:
-                raise CorruptionError(f"{base_what} is a delta itself, not a full block")
-            if base_head.raw_len != head.raw_len:
-                raise CorruptionError(f"{base_what} has another length than its delta")
-            self._full_into(base_head, memoryview(base_blob)[HEADER_SIZE:], target, base_what)
-        except CorruptionError as e:
-            why = e.message
-            why = (
-                f", which {why[len(base_what) + 1 :]}"
-                if why.startswith(base_what + " ")
-                else f": {why}"
-            )
-            raise BaseCorruptionError(f"{what} is a delta on {base_what}{why}", base=base) from None
+        self._base_into(head, target, what, fetch)
         pages = bytearray(masked_bytes(head.raw_len, mask))
         self._payload_into(
             head.codec == CODEC_DELTA_ZSTD,
@@ -469,3 +641,10 @@ class BlockCodec:
             what,
         )
         native.scatter_pages(target, pages, mask)
+
+
+def _which(message: str, subject: str) -> str:
+    """``message`` about ``subject`` as a clause: ", which is ..." (else ": message")."""
+    if message.startswith(subject + " "):
+        return f", which {message[len(subject) + 1 :]}"
+    return f": {message}"

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import BlobNotFound, CorruptionError, InvalidInput
 from ..store.blob import BlobInfo, BlobStore, Data, views
+from .donors import donors_of
 from .layout import ContainerKeys
 from .layout import digest_of_key as _pack_id_of_key  # a pack id is spelled as a digest
 from .objects import HEADER_SIZE, parse_header
@@ -46,6 +47,7 @@ from .packs import (
     parse_pack_trailer,
 )
 from .packview import Location, PackView
+from .pagerefs import FLAG_PAGES, entry_flags
 
 log = logging.getLogger(__name__)
 
@@ -326,12 +328,13 @@ class PackBatch:
         if base is not None and (not isinstance(base, bytes) or len(base) != 16):
             raise InvalidInput("base must be a 16-byte digest or None")
         parts = views(data)
+        flags = entry_flags(parts[0]) if parts else 0
         full = None
         with self._lock:
             offset = len(self._buf)
             for p in parts:
                 self._buf += p
-            self._rows.append((digest, base or NO_BASE, 0, offset, len(self._buf) - offset, 0))
+            self._rows.append((digest, base or NO_BASE, 0, offset, len(self._buf) - offset, flags))
             if len(self._buf) >= self._packed.pack_size:
                 full = self._take()
         if full is not None:
@@ -465,14 +468,27 @@ def sweep_packs(
             named.setdefault(pid, (size, []))[1].append(f.entries[f.entries["pack"] == n])
     # An entry encoded against a base (a delta) keeps its base alive.
     bases = set()
+    released_bases = set()
     for f in files:
         has = f.entries["base"] != np.void(NO_BASE)
         rows = f.entries[has]
         for d, b in zip(rows["digest"].tolist(), rows["base"].tolist(), strict=True):
             if bytes(d) in referenced:
                 bases.add(bytes(b))
+            elif bytes(d) in released:
+                released_bases.add(bytes(b))
+    if released:
+        # What a released delta stood on (its base, its donors) is released with it: kept
+        # while another delta needs it, it goes with the last one, not a grace later.
+        released = released | released_bases | donors_of(packed, files, released)
     if bases:
         referenced = referenced | bases
+    # A referencing delta keeps the donors it takes pages from (one hop: a donor stores
+    # its pages itself, and its base is the delta's): read from the heads of the referenced
+    # entries that have donors.
+    donors = donors_of(packed, files, referenced)
+    if donors:
+        referenced = referenced | donors
     claimed: set[bytes] = set()
     # (pack id, size, kept entries, dead bytes, mtime)
     survey: list[tuple[bytes, int, np.ndarray, int, float]] = []
@@ -642,7 +658,16 @@ def sweep_released(
         return None
     view = PackView(([p[0] for p in f.packs], f.entries) for f in files)
     candidates = {loc.pack_id for d in released if (loc := view.locate(d)) is not None}
+    if not lists:
+        # The last backup: the donors of its deltas go too (their packs may hold nothing
+        # else it named).
+        donors = donors_of(packed, files, released)
+        candidates |= {loc.pack_id for d in donors if (loc := view.locate(d)) is not None}
     dead = candidates - others
+    if dead and lists and _holds_donor_pages(files, dead):
+        # A referencing delta there may give pages to a remaining backup's delta, which
+        # its pack list does not name: the full sweep reads the heads that say so.
+        return None
     res = SweepResult(damaged_entries=[])
     if not dry_run and not lists:
         store.delete_many(combined + single)  # no backup is left: neither are its lists
@@ -681,3 +706,14 @@ def sweep_released(
     store.delete_many(sorted(listed))
     packed._view, packed._files = None, None
     return res
+
+
+def _holds_donor_pages(files: list, packs: set[bytes]) -> bool:
+    """Whether any of ``packs`` holds a referencing delta (a possible donor)."""
+    for f in files:
+        for n, (pid, _size, _count) in enumerate(f.packs):
+            if pid in packs:
+                rows = f.entries[f.entries["pack"] == n]
+                if len(rows) and (rows["flags"] & FLAG_PAGES).any():
+                    return True
+    return False

@@ -1,8 +1,10 @@
 """Sub-block deltas on real files: what is stored, depth 1, bit-exact restores of chains,
 deletes in any order, dedup onto deltas, a damaged base reported for every block on it.
 
-Blocks are 256 KiB (64 pages, so a delta holds at most 8 of them) of random bytes, which
-zstd leaves raw: the stored size of every object is exact arithmetic.
+Blocks are 256 KiB (64 pages, so a referencing delta names at most 16 of them) of random
+bytes, which zstd leaves raw: the stored size of every object is exact arithmetic. On pack
+files (format 2, the default) deltas are referencing deltas: a page unchanged since the
+parent version is referenced in the delta that stores it, never stored again.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from backup_helpers import PROJECT, assert_same_bytes, backup, make_image, read_
 
 from engine import native
 from engine.errors import CorruptionError
+from engine.repository import pagerefs
 from engine.repository.objects import (
     HEADER_SIZE,
     delta_page_limit,
@@ -27,8 +30,17 @@ PAGES = BS // 4096
 NBLOCKS = 16
 SIZE = NBLOCKS * BS
 VID = "5f0c1d2e-3a4b-4c5d-8e6f-7a8b9c0d1e2f"
-DELTA_HEAD = HEADER_SIZE + 16 + PAGES // 8  # header, base digest, page mask
 FULL = pages_prefix_size(BS) + BS  # a full block of random bytes, stored raw
+LIMIT = delta_page_limit(PAGES, refs=True)  # 16
+
+
+def refs_size(named: int, stored: int, donors: int = 0) -> int:
+    """The size of a referencing delta naming ``named`` pages, ``stored`` of them in it:
+    header, base digest, mask, counts, donor digests, a source byte and a page digest per
+    named page, checksum, then the stored pages."""
+    head = HEADER_SIZE + 16 + PAGES // 8 + 8 + 16 * donors + 9 * named + 8
+    assert head == HEADER_SIZE + pagerefs.head_size(PAGES, named, donors)
+    return head + 4096 * stored
 
 
 def write_pages(path, pages: dict[int, list[int]], seed: int, bs: int = BS) -> bytes:
@@ -75,7 +87,7 @@ def _chain(eng, path):
     stats.append(eng.catalog.backup(ids[-1])["stats"])
     changes = [
         {**{b: [b * 3 % PAGES] for b in range(8)}, 8: [1, 2, 3]},  # 9 deltas
-        {0: [40], 1: list(range(10, 10 + delta_page_limit(PAGES)))},  # accumulate; too many
+        {0: [40], 1: list(range(10, 10 + LIMIT))},  # accumulate; too many
         {1: [63]},  # a delta on block 1's new base
     ]
     for k, change in enumerate(changes):
@@ -91,20 +103,24 @@ def test_scattered_pages_become_deltas_on_one_full_base_and_restore_bit_exact(vo
     assert stats[0]["delta_blocks"] == 0 and stats[0]["bytes_stored"] == NBLOCKS * FULL
     # Eight blocks with one changed page, one with three: nine deltas, nothing else.
     assert stats[1]["delta_blocks"] == 9 and stats[1]["objects_written"] == 9
-    assert stats[1]["bytes_stored"] == 9 * DELTA_HEAD + (8 + 3) * 4096
+    assert stats[1]["bytes_stored"] == 8 * refs_size(1, 1) + refs_size(3, 3)
     base0 = _digest(eng, images[0], 0)
     head, size = _head(eng, _digest(eng, images[1], 0))
-    assert head.base == base0 and size == DELTA_HEAD + 4096
-    # Block 0 changes again: its delta is against the same full base, with both pages
-    # (depth 1). Block 1 passes the limit: stored whole, it is the new base.
+    assert head.base == base0 and size == refs_size(1, 1)
+    # Block 0 changes again: its delta is against the same full base (depth 1) and names
+    # both pages, but stores only the new one: the other is referenced in the first delta.
+    # Block 1 passes the limit: stored whole, it is the new base.
     assert stats[2]["delta_blocks"] == 1 and stats[2]["objects_written"] == 2
-    head, size = _head(eng, _digest(eng, images[2], 0))
-    assert head.base == base0 and size == DELTA_HEAD + 2 * 4096
+    first0 = _digest(eng, images[1], 0)
+    blob = _container(eng).get_object(_digest(eng, images[2], 0))
+    refs = _container(eng).codec.refs(blob, _digest(eng, images[2], 0))
+    assert refs.base == base0 and refs.donors == [first0] and len(blob) == refs_size(2, 1, 1)
+    assert refs.pages().tolist() == [0, 40] and refs.sources.tolist() == [1, 0]
     head, size = _head(eng, _digest(eng, images[2], 1))
     assert head.base is None and size == FULL
-    assert stats[2]["bytes_stored"] == DELTA_HEAD + 2 * 4096 + FULL
+    assert stats[2]["bytes_stored"] == refs_size(2, 1, 1) + FULL
     head, size = _head(eng, _digest(eng, images[3], 1))
-    assert head.base == _digest(eng, images[2], 1) and size == DELTA_HEAD + 4096
+    assert head.base == _digest(eng, images[2], 1) and size == refs_size(1, 1)
     for k, (bid, image) in enumerate(zip(ids, images, strict=True)):
         assert_same_bytes(restore_new(eng, bid, tmp_path / f"r{k}.img"), image, f"backup {k}")
     report = eng.verify(PROJECT, deep=True)
@@ -223,9 +239,11 @@ def test_deep_verify_finds_a_flipped_base_for_each_dependent(fmt, request, monke
 
 
 def test_a_chain_of_30_scattered_incrementals(open_engine, tmp_path):
-    """Thirty incrementals of a few scattered pages each: every one restores bit-exact,
-    stores about what it wrote (a delta, or a new base when the pages since the base pass
-    the limit), and the chain never reads more than one base per block."""
+    """Thirty incrementals of a few scattered pages each: every one restores bit-exact and
+    stores exactly the pages written that day (each page once; the pages unchanged since
+    the parent are referenced where they are stored, from at most MAX_DONORS donors, else
+    stored again), or a new base when the pages since the base pass the limit; the chain
+    never reads more than one base per block and never a donor of a donor."""
     eng = open_engine(block_size=BS)
     path = tmp_path / "vol.img"
     make_image(path, SIZE, bs=BS, seed=8)
@@ -233,31 +251,58 @@ def test_a_chain_of_30_scattered_incrementals(open_engine, tmp_path):
     ids = [backup(eng, VID, name="full")["id"]]
     images = [read_bytes(path)]
     rng = random.Random(30)
-    since_base = {b: set() for b in range(NBLOCKS)}
+    # The model, per block: page -> the day whose delta stores it (since the base), and
+    # the names of the block's last delta: [that day, its donors' days...].
+    holder: dict[int, dict[int, int]] = {b: {} for b in range(NBLOCKS)}
+    names: dict[int, list[int]] = {b: [] for b in range(NBLOCKS)}
+    capped = 0
     for day in range(30):
         change: dict[int, list[int]] = {}
-        for _ in range(6):  # six 4 KiB writes a day, anywhere
+        for _ in range(6 if day < 20 else 12):  # 4 KiB writes, anywhere; more at the end
             change.setdefault(rng.randrange(NBLOCKS), []).append(rng.randrange(PAGES))
         images.append(write_pages(path, change, seed=100 + day))
         detail = backup(eng, VID, incremental=True, name=f"day {day}")
         ids.append(detail["id"])
         expect_bytes, expect_deltas = 0, 0
         for b, pages in change.items():
-            since_base[b] |= set(pages)
-            if len(since_base[b]) <= delta_page_limit(PAGES):
-                expect_deltas += 1
-                expect_bytes += DELTA_HEAD + 4096 * len(since_base[b])
-            else:
-                since_base[b] = set()
+            new, old = set(pages), holder[b]
+            if len(set(old) | new) > LIMIT:
+                holder[b], names[b] = {}, []
                 expect_bytes += FULL
+                continue
+            kept = {p: h for p, h in old.items() if p not in new}
+            counts: dict[int, int] = {}
+            for h in kept.values():
+                counts[h] = counts.get(h, 0) + 1
+            order = {h: k for k, h in enumerate(names[b])}
+            keep = sorted(counts, key=lambda h: (-counts[h], order[h]))[: pagerefs.MAX_DONORS]
+            capped += len(counts) > len(keep)
+            stored = new | {p for p, h in kept.items() if h not in keep}
+            holder[b] = {
+                **{p: h for p, h in kept.items() if h in keep},
+                **dict.fromkeys(stored, day),
+            }
+            names[b] = [day, *sorted(keep, key=order.get)]
+            expect_deltas += 1
+            expect_bytes += refs_size(len(holder[b]), len(stored), len(keep))
         assert detail["stats"]["delta_blocks"] == expect_deltas, day
         assert detail["stats"]["bytes_stored"] == expect_bytes, day
+    assert capped  # the donor cap was reached, and pages stored again
     for k in (1, 15, 30):
         assert_same_bytes(restore_new(eng, ids[k], tmp_path / f"d{k}.img"), images[k], f"day {k}")
-    for digest, _info in _container(eng).iter_objects():
+    c = _container(eng)
+    for digest, _info in c.iter_objects():
         head, _size = _head(eng, digest)
         if head.base is not None:
             assert _head(eng, head.base)[0].base is None  # depth at most 1
+            refs = c.codec.refs(c.get_object(digest), digest)
+            assert len(refs.donors) <= pagerefs.MAX_DONORS
+            for k, donor in enumerate(refs.donors, 1):  # a donor stores what it gives
+                taken = refs.pages()[refs.sources == k]
+                donor_refs = c.codec.refs(c.get_object(donor), donor)
+                assert donor_refs.base == refs.base
+                assert donor_refs.own_mask()[taken].all()
+    assert eng.verify(PROJECT, deep=True)["ok"]
 
 
 def test_every_block_size_and_a_short_last_block(open_engine, tmp_path):
