@@ -102,6 +102,11 @@ def restore(bid, state=None):
 if spec.get("delta_fraction") is not None:
     import engine.repository.objects as objects
     objects.DELTA_MAX_FRACTION = spec["delta_fraction"]
+    if hasattr(objects, "REFS_MAX_FRACTION"):
+        objects.REFS_MAX_FRACTION = spec["delta_fraction"]
+if spec.get("max_donors") is not None:
+    import engine.repository.pagerefs as pagerefs
+    pagerefs.MAX_DONORS = spec["max_donors"]
 s0, s1, s2, s3 = spec["states"]
 use(s0)
 full_id, out["full"] = backup(False)
@@ -276,7 +281,13 @@ def main(argv: list[str] | None = None) -> int:
         "--delta-fraction",
         type=float,
         default=None,
-        help="new side: DELTA_MAX_FRACTION to use instead of the engine's (a study)",
+        help="new side: DELTA_MAX_FRACTION (and REFS_MAX_FRACTION) instead of the engine's",
+    )
+    ap.add_argument(
+        "--max-donors",
+        type=int,
+        default=None,
+        help="new side: pagerefs.MAX_DONORS to use instead of the engine's (a study)",
     )
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", default=None)
@@ -310,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                         "daily": args.daily,
                         "pairs": args.pairs if rep == 0 and side == "new" else 0,
                         "delta_fraction": args.delta_fraction if side == "new" else None,
+                        "max_donors": args.max_donors if side == "new" else None,
                     }
                     got = run_side(names[side], spec)
                     for k, v in got.items():

@@ -11,8 +11,10 @@ Three depths, per backup:
 
 A delta object (sub-block deltas) is checked with its base: the base gets the same check as
 the delta (it is read whole when the delta is), and a damaged base is reported for every
-block that depends on it, in every backup. Objects shared by several backups, bases
-included, are checked once per run. A damaged object is moved to the
+block that depends on it, in every backup. A referencing delta is checked with its donors
+(the earlier deltas it takes pages from, named in its head) the same way: a damaged donor is
+reported for every block that takes pages from it. Objects shared by several backups, bases
+and donors included, are checked once per run. A damaged object is moved to the
 container's quarantine so that the next backup of any volume holding that block stores it
 afresh (objects are named by content: re-storing heals every backup that references it).
 """
@@ -27,7 +29,7 @@ from typing import Any
 
 from .errors import BlobNotFound, CorruptionError, InvalidInput, RepositoryError
 from .repository import Container, Repository
-from .repository.objects import HEADER_SIZE, BaseCorruptionError, parse_head
+from .repository.objects import HEADER_SIZE, VERSION_REFS, BaseCorruptionError, parse_head
 
 log = logging.getLogger("engine.verify")
 
@@ -42,22 +44,32 @@ class BackupVerdict:
     errors: list[str] = field(default_factory=list)
 
 
-def _quick_check(
-    container: Container, digest: bytes, block_size: int
-) -> tuple[str | None, bytes | None]:
-    """(what is wrong with the object or None, its base when it is a delta)."""
+Deps = tuple[bytes, ...]  # a delta's base, then a referencing delta's donors
+
+
+def _quick_check(container: Container, digest: bytes, block_size: int) -> tuple[str | None, Deps]:
+    """(what is wrong with the object or None, the objects it needs: a delta's base, then
+    a referencing delta's donors)."""
     head = container.object_head(digest)
     if head is None:
-        return "object is missing", None
+        return "object is missing", ()
     blob, size = head
     header = parse_head(blob)
     if header is None:
-        return "object header is damaged", None
+        return "object header is damaged", ()
     if header.digest != digest:
-        return "object header names another digest", None
+        return "object header names another digest", ()
+    deps: Deps = () if header.base is None else (header.base,)
     if header.raw_len > block_size or size != HEADER_SIZE + header.stored_len:
-        return "object size does not match its header (truncated or damaged)", header.base
-    return None, header.base
+        return "object size does not match its header (truncated or damaged)", deps
+    if header.version == VERSION_REFS:
+        try:
+            refs = container.page_refs(digest)
+        except CorruptionError as e:
+            return e.message, deps
+        if refs is not None:
+            deps = (*deps, *refs.donors)
+    return None, deps
 
 
 @dataclass(frozen=True)
@@ -88,8 +100,8 @@ def verify(
     """Check the given backups of ``project_id``; see the module docstring."""
     check_percent(deep, percent)
     rng = random.SystemRandom()
-    # (container, digest) -> (error, base of a delta)
-    checked: dict[tuple[str, bytes], tuple[str | None, bytes | None]] = {}
+    # (container, digest) -> (error, what a delta needs: its base, its donors)
+    checked: dict[tuple[str, bytes], tuple[str | None, Deps]] = {}
     verdicts = []
     containers: dict[str, Container] = {}
     released = 0
@@ -107,8 +119,8 @@ def verify(
         block_size: int,
         thorough: bool,
         v: BackupVerdict,
-    ) -> tuple[str | None, bytes | None]:
-        """The object's (error, base), checked once per run (again only to go deeper)."""
+    ) -> tuple[str | None, Deps]:
+        """The object's (error, deps), checked once per run (again only to go deeper)."""
         nonlocal thorough_checks
         key = (name, digest)
         if key in checked and (checked[key][0] is not None or not thorough):
@@ -149,15 +161,17 @@ def verify(
         for i, row in zip(blocks.tolist(), m.data_digests, strict=True):
             digest = bytes(row)
             thorough = i in sample
-            error, base = check(container, ref.container, digest, m.block_size, thorough, v)
-            if error is None and base is not None:
-                base_error, _ = check(container, ref.container, base, m.block_size, thorough, v)
-                if base_error is not None:
-                    error = f"its base block object {base.hex()}: {base_error}"
+            error, deps = check(container, ref.container, digest, m.block_size, thorough, v)
+            for n, dep in enumerate(deps if error is None else ()):
+                dep_error, _ = check(container, ref.container, dep, m.block_size, thorough, v)
+                if dep_error is not None:
+                    role = "base" if n == 0 else "donor"
+                    error = f"its {role} block object {dep.hex()}: {dep_error}"
                     if (ref.container, digest) not in set_aside:
                         # Set aside at the end (unless the key is to blame): the next backup
                         # then stores the block whole, which heals it.
                         set_aside[(ref.container, digest)] = container
+                    break
             v.blocks_checked += 1
             if error is not None:
                 v.ok = False
@@ -207,10 +221,11 @@ def _check_object(
     block_size: int,
     thorough: bool,
     mismatched: list[tuple[Container, bytes]],
-) -> tuple[str | None, bytes | None]:
-    """(error, base): the quick check, and with ``thorough`` the object decoded (a delta
-    onto its base) and re-hashed; a damaged object is quarantined. A delta whose base is
-    what fails is not blamed here: its base is checked as an object of its own."""
+) -> tuple[str | None, Deps]:
+    """(error, deps): the quick check, and with ``thorough`` the object decoded (a delta
+    onto its base and donors) and re-hashed; a damaged object is quarantined. A delta whose
+    base or donor is what fails is not blamed here: that one is checked as an object of its
+    own."""
     error, base = _quick_check(container, digest, block_size)
     if error is None and thorough:
         try:

@@ -85,7 +85,7 @@ DELTA_MAX_FRACTION = 1 / 8
 #: costs is restore work (base plus up to this fraction of pages, from at most
 #: ``pagerefs.MAX_DONORS`` donors) and a delta head of 9 bytes per named page. Measured on
 #: the chain of 30 daily scattered incrementals: docs/performance.md.
-REFS_MAX_FRACTION = 1 / 4
+REFS_MAX_FRACTION = 1 / 2
 
 
 def delta_page_limit(npages: int, *, refs: bool = False) -> int:
@@ -543,29 +543,41 @@ class BlockCodec:
             raise CorruptionError(f"{what} has a damaged delta head")
         self._base_into(head, target, what, fetch)
         assert fetch is not None
-        own = refs.own_mask()
-        pages = bytearray(masked_bytes(head.raw_len, own))
-        self._payload_into(
-            head.codec == CODEC_REFS_ZSTD, body[refs.head_len :], memoryview(pages), what
-        )
-        native.scatter_pages(target, pages, own)
         numbers = refs.pages()
+        here = numbers[refs.sources == 0]
+        payload = self._stored(head, refs, body, here, what)
+        _copy_pages(target, payload, here, np.arange(len(here)), head.raw_len)
         for k, donor in enumerate(refs.donors, 1):
-            want = np.zeros(npages, np.bool_)
-            want[numbers[refs.sources == k]] = True
-            self._donor_into(head, donor, want, target, what, fetch)
+            self._donor_into(head, donor, numbers[refs.sources == k], target, what, fetch)
         return refs
+
+    def _stored(
+        self, head: ObjectHead, refs: PageRefs, body: memoryview, here: np.ndarray, what: str
+    ) -> memoryview:
+        """The pages a referencing delta stores (``here``: their numbers), back to back:
+        the payload itself when raw, else decompressed (bounded by the pages' size)."""
+        size = len(here) * PAGE_SIZE
+        if len(here) and int(here[-1]) == page_count(head.raw_len) - 1 and head.raw_len % PAGE_SIZE:
+            size -= PAGE_SIZE - head.raw_len % PAGE_SIZE
+        payload = body[refs.head_len :]
+        if head.codec == CODEC_REFS_RAW:
+            if len(payload) != size:
+                raise CorruptionError(f"{what} has inconsistent lengths (truncated or damaged)")
+            return payload
+        pages = memoryview(bytearray(size))
+        self._payload_into(True, payload, pages, what)
+        return pages
 
     def _donor_into(
         self,
         head: ObjectHead,
         donor: bytes,
-        want: np.ndarray,
+        taken: np.ndarray,
         target: memoryview,
         what: str,
         fetch: Callable[[bytes], bytes],
     ) -> None:
-        """Overlay the pages ``want`` selects from the donor ``donor`` onto ``target``."""
+        """Overlay the pages ``taken`` (their numbers) from the donor ``donor``."""
         donor_what = f"block object {donor.hex()}"
         try:
             blob = fetch(donor)
@@ -576,42 +588,36 @@ class BlockCodec:
             drefs = pagerefs.parse_head(body, page_count(head.raw_len), donor_what)
             if drefs.base != head.base:
                 raise CorruptionError(f"{donor_what} is a delta on another base")
-            own = drefs.own_mask()
-            if (want & ~own).any():
+            stores = drefs.pages()[drefs.sources == 0]
+            rank = np.searchsorted(stores, taken)
+            if len(taken) and (
+                int(rank[-1]) >= len(stores)
+                or (stores[np.minimum(rank, len(stores) - 1)] != taken).any()
+            ):
                 raise CorruptionError(f"{donor_what} does not store the pages taken from it")
-            pages = bytearray(masked_bytes(head.raw_len, own))
-            self._payload_into(
-                dhead.codec == CODEC_REFS_ZSTD,
-                body[drefs.head_len :],
-                memoryview(pages),
-                donor_what,
-            )
+            payload = self._stored(dhead, drefs, body, stores, donor_what)
         except CorruptionError as e:
             raise DonorCorruptionError(
                 f"{what} takes pages from {donor_what}{_which(e.message, donor_what)}", base=donor
             ) from None
-        taken = native.gather_pages(memoryview(pages), want[own])
-        native.scatter_pages(target, taken, want)
+        _copy_pages(target, payload, taken, rank, head.raw_len)
 
     def _blame_pages(self, head: ObjectHead, refs: PageRefs, target: memoryview, what: str) -> None:
-        """After a referencing delta failed its digest: a named page that fails its own
-        digest says which object gave it (a donor: DonorCorruptionError); otherwise the
-        caller goes on to the base."""
+        """After a referencing delta failed its digest: when only pages taken from donors
+        fail their page digests, the first such donor is to blame (DonorCorruptionError);
+        otherwise the caller goes on (this object, else its base)."""
         numbers = refs.pages()
         if not len(numbers):
             return
         got = native.page_digests(target, self.seed)[numbers]
         bad = np.flatnonzero(got != refs.digests)
-        for s in sorted(set(refs.sources[bad].tolist())):
-            if s:
-                donor = refs.donors[s - 1]
-                raise DonorCorruptionError(
-                    f"{what} takes pages from block object {donor.hex()}, which do not match "
-                    "their digests",
-                    base=donor,
-                )
-        if len(bad):
-            raise CorruptionError(f"{what} does not match its digest")
+        if not len(bad) or (refs.sources[bad] == 0).any():
+            return  # its own pages (or the key) are wrong, or else the base: the caller says
+        donor = refs.donors[int(refs.sources[bad].min()) - 1]
+        raise DonorCorruptionError(
+            f"{what} takes pages from block object {donor.hex()}, which does not match its digest",
+            base=donor,
+        )
 
     def _delta_into(
         self,
@@ -648,3 +654,14 @@ def _which(message: str, subject: str) -> str:
     if message.startswith(subject + " "):
         return f", which {message[len(subject) + 1 :]}"
     return f": {message}"
+
+
+def _copy_pages(
+    target: memoryview, pages: memoryview, numbers: np.ndarray, slots: np.ndarray, raw_len: int
+) -> None:
+    """Copy page ``slots[j]`` of ``pages`` (back to back) to page ``numbers[j]`` of
+    ``target``: a few pages per object, so plain slice copies (memcpy) beat a mask pass."""
+    for p, r in zip(numbers.tolist(), slots.tolist(), strict=True):
+        at = p * PAGE_SIZE
+        n = min(PAGE_SIZE, raw_len - at)
+        target[at : at + n] = pages[r * PAGE_SIZE : r * PAGE_SIZE + n]

@@ -1,7 +1,7 @@
 """Sub-block deltas on real files: what is stored, depth 1, bit-exact restores of chains,
 deletes in any order, dedup onto deltas, a damaged base reported for every block on it.
 
-Blocks are 256 KiB (64 pages, so a referencing delta names at most 16 of them) of random
+Blocks are 256 KiB (64 pages, so a referencing delta names at most 32 of them) of random
 bytes, which zstd leaves raw: the stored size of every object is exact arithmetic. On pack
 files (format 2, the default) deltas are referencing deltas: a page unchanged since the
 parent version is referenced in the delta that stores it, never stored again.
@@ -31,7 +31,7 @@ NBLOCKS = 16
 SIZE = NBLOCKS * BS
 VID = "5f0c1d2e-3a4b-4c5d-8e6f-7a8b9c0d1e2f"
 FULL = pages_prefix_size(BS) + BS  # a full block of random bytes, stored raw
-LIMIT = delta_page_limit(PAGES, refs=True)  # 16
+LIMIT = delta_page_limit(PAGES, refs=True)  # 32
 
 
 def refs_size(named: int, stored: int, donors: int = 0) -> int:
