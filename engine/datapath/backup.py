@@ -130,6 +130,9 @@ class _Listed:
         return digest in self.digests
 
 
+_UNASKED = object()
+
+
 class _Store:
     """Compress and stage blocks, publishing them durably in batches.
 
@@ -168,6 +171,22 @@ class _Store:
         self._publish_lock = threading.Lock()
         self._seen_lock = threading.Lock()
         self.seen: set[bytes] = set()
+        # (previous version, raw length) -> its DeltaBase or None, fetched for a window at
+        # once (``prefetch``) and taken by ``_delta``.
+        self._bases: dict[tuple[bytes, int], object] = {}
+
+    def prefetch(self, previous: list[bytes], raw_len: int) -> None:
+        """Fetch the bases of a window's changed blocks together (``delta_bases``: a GET
+        per pack of bases, coalesced reads of the deltas' heads), not one block at a
+        time."""
+        todo = [p for p in dict.fromkeys(previous) if (p, raw_len) not in self._bases]
+        if len(todo) < 2:
+            return  # one block: asked for when it is stored, as before
+        if not self._fenced:
+            self.fence()
+            self._fenced = True
+        for p, found in zip(todo, self.container.delta_bases(todo, raw_len), strict=True):
+            self._bases[(p, raw_len)] = found
 
     def store(
         self,
@@ -216,7 +235,9 @@ class _Store:
         On pack files it is a referencing delta: a page unchanged since the parent version
         is referenced where that version found it (one hop), only the others are stored.
         """
-        found = self.container.delta_base(previous, len(data))
+        found = self._bases.pop((previous, len(data)), _UNASKED)
+        if found is _UNASKED:
+            found = self.container.delta_base(previous, len(data))
         if found is None:
             return None
         refs = self.container.supports_base
@@ -467,9 +488,8 @@ def _pipeline(
         if len(to_store):
             digests = w.digests[to_store]
             in_parent = parent.contains_digests(digests) if parent is not None else None
+            plan = []
             for j, i in enumerate(to_store.tolist()):
-                if cancelled():
-                    raise Cancelled("the backup was cancelled")
                 digest = digests[j].tobytes()
                 known = in_parent is not None and in_parent[j] and digest not in damaged
                 previous = None
@@ -477,6 +497,13 @@ def _pipeline(
                     previous = parent.digest(lo + i)
                     if previous in damaged:
                         previous = None
+                plan.append((i, digest, known, previous))
+            ask = [p for i, d, _k, p in plan if p is not None and len(w.block(i)) == job.block_size]
+            if len(ask) > 1:
+                store.prefetch(ask, job.block_size)  # the window's bases at once
+            for i, digest, known, previous in plan:
+                if cancelled():
+                    raise Cancelled("the backup was cancelled")
                 store.store(digest, w.block(i), known=known, previous=previous)
         if changed:
             with lock:

@@ -49,6 +49,7 @@ from .packed import PackBatch, PackedObjects
 from .packs import DEFAULT_PACK_SIZE, decode_refs, encode_refs
 from .packview import PackView
 from .pagerefs import PageRefs, head_length
+from .pagesection import read_prefixes, read_sections
 from .records import MAX_RECORD_BYTES, decode_record, encode_record
 
 MAX_RECORD_READ = MAX_RECORD_BYTES + 1  # one byte more: an oversized record is seen as one
@@ -278,6 +279,76 @@ class Container:
         except (BlobNotFound, CorruptionError, InvalidInput):
             return None
         return None if pages is None else DeltaBase(base, pages, prior)
+
+    def delta_bases(self, previous: list[bytes], raw_len: int) -> list[DeltaBase | None]:
+        """:meth:`delta_base` for a window of changed blocks of ``raw_len`` bytes at once.
+
+        On pack files: the heads of the previous versions that are deltas in coalesced
+        ranged reads (a day's deltas of consecutive blocks lie side by side), then the page
+        digests of every base from the page-digest sections of their packs (one GET per
+        pack); a base without a section record costs a ranged read of its own, coalesced
+        too. Version 1: one by one."""
+        if self.packed is None or not previous:
+            return [self.delta_base(d, raw_len) for d in previous]
+        view = self.packed.view()
+        size = pages_prefix_size(raw_len)
+        npages = page_count(raw_len)
+        bases: list[bytes | None] = []
+        priors: list[PageRefs | None] = [None] * len(previous)
+        deltas = [i for i, d in enumerate(previous) if view.base_of(d) is not None]
+        heads = read_prefixes(self.packed, [previous[i] for i in deltas], size)
+        base_of = {i: view.base_of(previous[i]) for i in deltas}
+        for i, prefix in zip(deltas, heads, strict=True):
+            try:
+                head = parse_head(prefix) if prefix is not None else None
+                if head is None or head.raw_len != raw_len or head.base != base_of[i]:
+                    base_of[i] = None
+                    continue
+                priors[i] = self.page_refs(previous[i], prefix)
+            except (BlobNotFound, CorruptionError, InvalidInput):
+                base_of[i] = None
+        for i, d in enumerate(previous):
+            bases.append(base_of.get(i, d))
+        packs = {loc.pack_id for b in bases if b is not None and (loc := view.locate(b))}
+        try:
+            sections = read_sections(self.packed, sorted(packs), npages)
+        except (BlobNotFound, CorruptionError, InvalidInput):
+            sections = {}
+        pages: dict[bytes, np.ndarray | None] = {}
+        unsectioned = []
+        for b in bases:
+            if b is None or b in pages:
+                continue
+            loc = view.locate(b)
+            rec = sections.get(loc.pack_id, {}).get(b) if loc is not None else None
+            if rec is None:
+                unsectioned.append(b)
+                pages[b] = None
+                continue
+            pages[b] = self._section_pages(b, rec, raw_len)
+        for b, prefix in zip(
+            unsectioned, read_prefixes(self.packed, unsectioned, size), strict=True
+        ):
+            try:
+                pages[b] = None if prefix is None else self.codec.page_digests(prefix, b, raw_len)
+            except (CorruptionError, InvalidInput):
+                pages[b] = None
+        out: list[DeltaBase | None] = []
+        for b, prior in zip(bases, priors, strict=True):
+            got = pages.get(b) if b is not None else None
+            out.append(None if got is None else DeltaBase(b, got, prior))
+        return out
+
+    def _section_pages(self, base: bytes, rec: bytes, raw_len: int) -> np.ndarray | None:
+        """A base's page digests from its pack's section record (checked like the
+        object's own); None when they do not fit a block of ``raw_len`` or are damaged."""
+        npages = page_count(raw_len)
+        if len(rec) != 8 * npages + 8:
+            return None
+        digests = rec[:-8]
+        if self.codec.pages_check(digests) != rec[-8:]:
+            return None
+        return np.frombuffer(digests, "<u8").astype(np.uint64)
 
     def page_refs(self, digest: bytes, prefix: bytes | None = None) -> PageRefs | None:
         """The head of the referencing delta ``digest`` (None for any other object), from

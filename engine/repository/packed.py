@@ -48,6 +48,7 @@ from .packs import (
 )
 from .packview import Location, PackView
 from .pagerefs import FLAG_PAGES, entry_flags
+from .pagesection import record as pages_record
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class PackedObjects:
         self._view: PackView | None = None
         self._files: list[IndexFile] | None = None  # the index files the view was built from
         self._lock = threading.Lock()
+        self._sizes: dict[bytes, tuple[int, int]] = {}  # packs remembered since (pack_sizes)
 
     # ------------------------------------------------------------------ the index
 
@@ -116,6 +118,15 @@ class PackedObjects:
         with self._lock:
             self._view, self._files = view, files
         return view
+
+    def pack_sizes(self) -> dict[bytes, tuple[int, int]]:
+        """pack id -> (size, entries) of every pack the loaded index files name."""
+        files = self._files
+        if files is None:
+            self.load()
+            files = self._files or []
+        sizes = {pid: (size, count) for f in files for pid, size, count in f.packs}
+        return {**sizes, **self._sizes}
 
     def all_there(self, files: list[IndexFile]) -> bool:
         """Whether every one of ``files`` is still published: a sweep since they were read
@@ -241,8 +252,9 @@ class PackedObjects:
         """Add packs this process has just named to the loaded view (if any)."""
         view = self._view
         if view is not None:
-            for pid, _size, entries in packs:
+            for pid, size, entries in packs:
                 view.add(pid, entries)
+                self._sizes[pid] = (size, len(entries))
 
     def forget(self, digest: bytes) -> None:
         view = self._view
@@ -316,6 +328,7 @@ class PackBatch:
         self._lock = threading.Lock()
         self._seal_lock = threading.Lock()
         self._buf = bytearray()
+        self._pages = bytearray()  # the open pack's page-digest section (pagesection.py)
         self._rows: list[tuple[bytes, bytes, int, int, int, int]] = []
         self._sealed: list[tuple[bytes, int, np.ndarray]] = []  # staged, not committed
         self._unindexed: list[tuple[bytes, int, np.ndarray]] = []  # durable, not named
@@ -329,28 +342,33 @@ class PackBatch:
             raise InvalidInput("base must be a 16-byte digest or None")
         parts = views(data)
         flags = entry_flags(parts[0]) if parts else 0
+        pages = pages_record(digest, parts[0]) if parts and base is None else None
         full = None
         with self._lock:
             offset = len(self._buf)
             for p in parts:
                 self._buf += p
+            if pages is not None:
+                self._pages += pages
             self._rows.append((digest, base or NO_BASE, 0, offset, len(self._buf) - offset, flags))
             if len(self._buf) >= self._packed.pack_size:
                 full = self._take()
         if full is not None:
             self._seal(*full)
 
-    def _take(self) -> tuple[bytearray, list] | None:
+    def _take(self) -> tuple[bytearray, list, bytearray] | None:
         """The open pack (under ``_lock``), replaced by an empty one."""
         if not self._rows:
             return None
-        buf, rows = self._buf, self._rows
-        self._buf, self._rows = bytearray(), []
-        return buf, rows
+        buf, rows, pages = self._buf, self._rows, self._pages
+        self._buf, self._rows, self._pages = bytearray(), [], bytearray()
+        return buf, rows, pages
 
-    def _seal(self, buf: bytearray, rows: list) -> None:
+    def _seal(self, buf: bytearray, rows: list, pages: bytearray) -> None:
         entries = entries_array(rows)
-        buf += pack_tail(entries, len(buf))
+        pages_offset = len(buf) if pages else 0
+        buf += pages
+        buf += pack_tail(entries, len(buf), pages_offset)
         pid = new_pack_id()
         self._store_batch.stage(self._packed.keys.pack(pid), buf)
         with self._seal_lock:

@@ -85,13 +85,20 @@ def new_pack_id() -> bytes:
     return secrets.token_bytes(16)
 
 
-def pack_tail(entries: np.ndarray, index_offset: int) -> bytes:
-    """The pack's index and trailer, appended after its entries (at ``index_offset``)."""
+def pack_tail(entries: np.ndarray, index_offset: int, pages_offset: int = 0) -> bytes:
+    """The pack's index and trailer, appended after its entries (at ``index_offset``);
+    ``pages_offset``: where its page-digest section starts (0: none; pagesection.py)."""
     local = entries.copy()
     local["pack"] = 0
     body = local.tobytes()
     trailer = PACK_TRAILER.pack(
-        PACK_MAGIC, PACK_VERSION, 0, len(local), 0, index_offset, xxhash.xxh3_64_intdigest(body)
+        PACK_MAGIC,
+        PACK_VERSION,
+        0,
+        len(local),
+        pages_offset,
+        index_offset,
+        xxhash.xxh3_64_intdigest(body),
     )
     return body + trailer
 

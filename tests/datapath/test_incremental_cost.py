@@ -151,14 +151,38 @@ def test_new_blocks_list_the_objects_once_for_the_whole_job(tmp_path, fmt):
     assert (stats.blocks_changed, stats.objects_written) == (5, 5)
     assert listings(store) == 1
     assert store.calls["stat", "objects"] == 0
-    # Version 2: one GET of the one index file to load the index, one ranged GET per changed
-    # block of its parent version's page digests (the sub-block delta check: what changed
-    # costs requests, the rest none), and the five new blocks in one pack (one PUT through
+    # Version 2: one GET of the one index file to load the index, one ranged GET of the
+    # tail of the pack the parent versions are in, whose page-digest section holds the page
+    # digests of all five (the sub-block delta check: what changed costs requests, the rest
+    # none; not one per changed block), and the five new blocks in one pack (one PUT through
     # the batch: not counted here) named by one new index.
     if fmt == 2:
-        assert store.calls["get", "objects"] == 1 + 5
+        assert store.calls["get", "objects"] == 1 + 1
         assert store.calls["put", "objects"] == 1
     assert restored(container, inc, tmp_path) == new
+
+
+def test_the_delta_check_of_a_window_costs_a_get_per_pack_not_per_block(tmp_path):
+    """Changed pages in 20 blocks, twice: the first incremental reads the page digests of
+    the 20 full parents from their pack's section (one GET); the second, whose parents are
+    20 deltas lying side by side in one pack, reads their heads in one coalesced GET and
+    their bases' page digests from the section again (one more). Besides: one GET per
+    index file to load the index."""
+    store, container, src, data, full = setup(tmp_path, 2)
+    changed = [b for b in range(48) if b % 7][:20]
+    rng = np.random.default_rng(4)
+    parent = full
+    for day in range(2):
+        with open(src, "r+b") as f:
+            for b in changed:
+                f.seek(b * BS + 4096 * (3 + day))
+                f.write(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+        store.calls.clear()
+        parent, stats = backup_volume(src, container, parent=parent, block_size=BS)
+        assert (stats.blocks_changed, stats.delta_blocks) == (20, 20)
+        index_files = 1 + day  # one per backup so far, each one GET to load the index
+        assert store.calls["get", "objects"] == index_files + 1 + day, (day, store.calls)
+    assert restored(container, parent, tmp_path) == src.read_bytes()
 
 
 def test_a_lease_that_cannot_be_taken_fails_the_backup_with_nothing_published(tmp_path, fmt):
