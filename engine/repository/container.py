@@ -19,6 +19,7 @@ per object (version 1, ``objects/``), or entries of pack files named by index fi
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -52,6 +53,8 @@ from .pagerefs import PageRefs, head_length
 from .pagesection import read_prefixes, read_sections
 from .records import MAX_RECORD_BYTES, decode_record, encode_record
 
+#: At most this many blocks read by get_objects wait for their decode (``_RunDeps``).
+RUNS_HELD_MAX = 4096
 MAX_RECORD_READ = MAX_RECORD_BYTES + 1  # one byte more: an oversized record is seen as one
 
 
@@ -83,6 +86,10 @@ class Container:
         self.format_version = format_version
         self.packed = PackedObjects(store, keys, pack_size) if format_version >= 2 else None
         self._reloaded = False
+        # digest -> the run of get_objects it was read with (its deltas' bases and donors
+        # are then fetched for the whole run at once: _RunDeps)
+        self._runs: dict[bytes, _RunDeps] = {}
+        self._runs_lock = threading.Lock()
 
     @property
     def project_id(self) -> str:
@@ -194,10 +201,24 @@ class Container:
         if self.packed is not None:
             for d in digests:
                 self._locate(d)  # reload the view once if it lacks any of them
-            return self.packed.fetch(digests, self._missing, pool)
+            reads = self.packed.fetch(digests, self._missing, pool)
+            if len(digests) > 1:
+                run = _RunDeps(self, reads)
+                with self._runs_lock:
+                    if len(self._runs) > RUNS_HELD_MAX:
+                        self._runs.clear()  # left by reads never decoded (a failed restore)
+                    for d in digests:
+                        self._runs[d] = run
+            return reads
         if pool is not None:
             return [pool.submit(self.get_object, d) for d in digests]
         return [_Done(self.get_object, d) for d in digests]
+
+    def get_objects_plain(self, digests: list[bytes]) -> list:
+        """Pending reads of ``digests`` (coalesced like :meth:`get_objects`), without
+        fetching their own dependencies."""
+        assert self.packed is not None
+        return self.packed.fetch(digests, self._missing, None)
 
     def _missing(self, digest: bytes, *, pack_gone: bool = False) -> str:
         """Why an object is not there: set aside as damaged (by whom, when), or missing."""
@@ -378,8 +399,13 @@ class Container:
         return self.store.get(self.keys.object(digest), 0, size)
 
     def decode_into(self, digest: bytes, blob: bytes, out: memoryview, *, what: str) -> int:
-        """Decode the object ``blob`` of ``digest`` into ``out``, fetching a delta's base."""
-        return self.codec.decode_into(blob, digest, out, what=what, base=self.get_object)
+        """Decode the object ``blob`` of ``digest`` into ``out``, fetching a delta's base
+        (and a referencing delta's donors): for a block read with others by
+        :meth:`get_objects`, those of the whole run in coalesced reads."""
+        with self._runs_lock:
+            run = self._runs.pop(digest, None)
+        fetch = self.get_object if run is None else run.fetch
+        return self.codec.decode_into(blob, digest, out, what=what, base=fetch)
 
     def decode(self, digest: bytes, blob: bytes | None = None) -> bytes:
         """The block ``digest`` (fetched unless ``blob`` is given), its base applied."""
@@ -670,3 +696,50 @@ class _Done:
         if self._error is not None:
             raise self._error
         return self._value
+
+
+class _RunDeps:
+    """The bases and donors of the deltas of one run of blocks read together, fetched at
+    the first need for all of them (``PackedObjects.fetch``: a day's deltas of consecutive
+    blocks lie side by side in one pack, and so do the bases of consecutive full blocks),
+    instead of one ranged read per object per block. Memory: the run's dependencies, each
+    held until the block that needs it has taken it."""
+
+    def __init__(self, container: Container, reads: list) -> None:
+        self.container = container
+        self.reads = reads
+        self.lock = threading.Lock()
+        self.deps: dict[bytes, object] | None = None
+
+    def _load(self) -> dict[bytes, object]:
+        want: dict[bytes, None] = {}
+        codec = self.container.codec
+        for read in self.reads:
+            try:
+                blob = read.result()
+            except CorruptionError:
+                continue
+            head = parse_head(blob)
+            if head is None or head.base is None:
+                continue
+            want[head.base] = None
+            if head.version == 3:
+                with contextlib.suppress(CorruptionError):
+                    refs = codec.refs(blob, head.digest)
+                    if refs is not None:
+                        want.update(dict.fromkeys(refs.donors))
+        names = list(want)
+        got = self.container.get_objects_plain(names)
+        return dict(zip(names, got, strict=True))
+
+    def fetch(self, digest: bytes) -> bytes:
+        with self.lock:
+            if self.deps is None:
+                self.deps = self._load()
+            pending = self.deps.get(digest)
+        if pending is None:
+            return self.container.get_object(digest)
+        try:
+            return pending.result()
+        except CorruptionError:
+            return self.container.get_object(digest)  # says why, as a read of its own would
