@@ -246,10 +246,10 @@ class _Store:
             return None
         codec = self.container.codec
         if refs:
-            donors, sources = pagerefs.plan(
+            plan = pagerefs.plan(
                 pages, mask, found.prior, previous, usable=self.container.has_object
             )
-            blob = codec.encode_refs(data, digest, found.base, mask, pages, donors, sources)
+            blob = codec.encode_refs(data, digest, found.base, mask, pages, plan)
         else:
             blob = codec.encode_delta(data, digest, found.base, mask)
         with self._seen_lock:

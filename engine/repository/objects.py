@@ -301,18 +301,19 @@ class BlockCodec:
         base: bytes,
         mask: np.ndarray,
         page_digests: np.ndarray,
-        donors: list[bytes],
-        sources: np.ndarray,
+        plan: pagerefs.Plan,
     ) -> bytes:
         """A referencing delta (version 3) of ``block`` over the full block ``base``:
         ``mask`` the pages that differ from it, ``page_digests`` the block's (one per page),
-        ``sources`` per masked page 0 (stored here) or k (in ``donors[k - 1]``)."""
+        ``plan`` where each masked page comes from (``pagerefs.plan``)."""
         if len(base) != DIGEST_SIZE:
             raise ValueError("base must be a 16-byte digest")
         pages = np.flatnonzero(mask)
-        head = pagerefs.encode_head(base, mask, donors, sources, page_digests[pages])
+        head = pagerefs.encode_head(
+            base, mask, plan.donors, plan.sources, plan.slots, page_digests[pages]
+        )
         own = np.zeros(len(mask), np.bool_)
-        own[pages[np.asarray(sources) == 0]] = True
+        own[pages[np.asarray(plan.sources) == 0]] = True
         zstd, payload = self._pack(native.gather_pages(block, own))
         header = HEADER.pack(
             MAGIC,
@@ -548,7 +549,17 @@ class BlockCodec:
         payload = self._stored(head, refs, body, here, what)
         _copy_pages(target, payload, here, np.arange(len(here)), head.raw_len)
         for k, donor in enumerate(refs.donors, 1):
-            self._donor_into(head, donor, numbers[refs.sources == k], target, what, fetch)
+            taken = refs.sources == k
+            self._donor_into(
+                head,
+                donor,
+                refs.offsets[k - 1],
+                numbers[taken],
+                refs.slots[taken],
+                target,
+                what,
+                fetch,
+            )
         return refs
 
     def _stored(
@@ -572,35 +583,65 @@ class BlockCodec:
         self,
         head: ObjectHead,
         donor: bytes,
+        offset: int,
         taken: np.ndarray,
+        slots: np.ndarray,
         target: memoryview,
         what: str,
         fetch: Callable[[bytes], bytes],
     ) -> None:
-        """Overlay the pages ``taken`` (their numbers) from the donor ``donor``."""
+        """Overlay the pages ``taken`` (their numbers) from the donor ``donor``, whose
+        stored pages start at ``offset`` of its object, at ``slots`` among them.
+
+        Only the donor's header is checked here (its digest, kind, lengths): the pages
+        taken are checked by the result's digest, and, when that fails, by their page
+        digests, which say whether the donor is to blame (``_blame_pages``)."""
         donor_what = f"block object {donor.hex()}"
         try:
             blob = fetch(donor)
             dhead = self._head(blob, donor, donor_what)
             if dhead.codec not in REFS_CODECS or dhead.raw_len != head.raw_len:
                 raise CorruptionError(f"{donor_what} is not a delta of the same block")
-            body = memoryview(blob)[HEADER_SIZE:]
-            drefs = pagerefs.parse_head(body, page_count(head.raw_len), donor_what)
-            if drefs.base != head.base:
-                raise CorruptionError(f"{donor_what} is a delta on another base")
-            stores = drefs.pages()[drefs.sources == 0]
-            rank = np.searchsorted(stores, taken)
-            if len(taken) and (
-                int(rank[-1]) >= len(stores)
-                or (stores[np.minimum(rank, len(stores) - 1)] != taken).any()
-            ):
-                raise CorruptionError(f"{donor_what} does not store the pages taken from it")
-            payload = self._stored(dhead, drefs, body, stores, donor_what)
+            if not HEADER_SIZE < offset <= len(blob):
+                raise CorruptionError(
+                    f"{donor_what} has inconsistent lengths (truncated or damaged)"
+                )
+            last = int(slots.max()) + 1 if len(slots) else 0
+            need = min(last * PAGE_SIZE, head.raw_len)
+            if dhead.codec == CODEC_REFS_RAW:
+                payload = memoryview(blob)[offset:]
+                if len(payload) < need - PAGE_SIZE:
+                    raise CorruptionError(
+                        f"{donor_what} has inconsistent lengths (truncated or damaged)"
+                    )
+            else:
+                payload = memoryview(bytearray(need))
+                n = self._prefix_into(memoryview(blob)[offset:], payload, donor_what)
+                payload = payload[:n]
         except CorruptionError as e:
             raise DonorCorruptionError(
                 f"{what} takes pages from {donor_what}{_which(e.message, donor_what)}", base=donor
             ) from None
-        _copy_pages(target, payload, taken, rank, head.raw_len)
+        if not _copy_pages(target, payload, taken, slots, head.raw_len):
+            raise DonorCorruptionError(
+                f"{what} takes pages from {donor_what}, which has inconsistent lengths "
+                "(truncated or damaged)",
+                base=donor,
+            )
+
+    def _prefix_into(self, payload: memoryview, out: memoryview, what: str) -> int:
+        """Decompress at most ``len(out)`` bytes of a zstd frame's start; return how many."""
+        n = 0
+        try:
+            with self._decompressor().stream_reader(payload) as reader:
+                while n < len(out):
+                    got = reader.readinto(out[n:])
+                    if not got:
+                        break
+                    n += got
+        except zstandard.ZstdError as e:
+            raise CorruptionError(f"{what} does not decompress: {e}") from None
+        return n
 
     def _blame_pages(self, head: ObjectHead, refs: PageRefs, target: memoryview, what: str) -> None:
         """After a referencing delta failed its digest: when only pages taken from donors
@@ -658,10 +699,15 @@ def _which(message: str, subject: str) -> str:
 
 def _copy_pages(
     target: memoryview, pages: memoryview, numbers: np.ndarray, slots: np.ndarray, raw_len: int
-) -> None:
+) -> bool:
     """Copy page ``slots[j]`` of ``pages`` (back to back) to page ``numbers[j]`` of
-    ``target``: a few pages per object, so plain slice copies (memcpy) beat a mask pass."""
+    ``target``: a few pages per object, so plain slice copies (memcpy) beat a mask pass.
+    False (nothing more copied) when a slot lies past the end of ``pages``."""
     for p, r in zip(numbers.tolist(), slots.tolist(), strict=True):
         at = p * PAGE_SIZE
         n = min(PAGE_SIZE, raw_len - at)
-        target[at : at + n] = pages[r * PAGE_SIZE : r * PAGE_SIZE + n]
+        src = pages[r * PAGE_SIZE : r * PAGE_SIZE + n]
+        if len(src) != n:
+            return False
+        target[at : at + n] = src
+    return True

@@ -36,9 +36,9 @@ LIMIT = delta_page_limit(PAGES, refs=True)  # 32
 
 def refs_size(named: int, stored: int, donors: int = 0) -> int:
     """The size of a referencing delta naming ``named`` pages, ``stored`` of them in it:
-    header, base digest, mask, counts, donor digests, a source byte and a page digest per
-    named page, checksum, then the stored pages."""
-    head = HEADER_SIZE + 16 + PAGES // 8 + 8 + 16 * donors + 9 * named + 8
+    header, base digest, mask, counts, donors (digest and payload offset), a source, a slot
+    and a page digest per named page, checksum, then the stored pages."""
+    head = HEADER_SIZE + 16 + PAGES // 8 + 8 + 24 * donors + 11 * named + 8
     assert head == HEADER_SIZE + pagerefs.head_size(PAGES, named, donors)
     return head + 4096 * stored
 

@@ -59,8 +59,8 @@ class Chain:
     def add(self, block: bytes) -> bytes:
         digest = native.digest(block, SEED)
         pages, mask, _count = native.changed_pages(block, SEED, self.pages)
-        donors, sources = pagerefs.plan(pages, mask, self.prior, self.prior_digest)
-        blob = codec.encode_refs(block, digest, self.bd, mask, pages, donors, sources)
+        plan = pagerefs.plan(pages, mask, self.prior, self.prior_digest)
+        blob = codec.encode_refs(block, digest, self.bd, mask, pages, plan)
         self.objects[digest] = blob
         self.prior, self.prior_digest = codec.refs(blob, digest), digest
         return digest
