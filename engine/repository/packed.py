@@ -677,10 +677,11 @@ def sweep_released(
     view = PackView(([p[0] for p in f.packs], f.entries) for f in files)
     candidates = {loc.pack_id for d in released if (loc := view.locate(d)) is not None}
     if not lists:
-        # The last backup: the donors of its deltas go too (their packs may hold nothing
-        # else it named).
-        donors = donors_of(packed, files, released)
-        candidates |= {loc.pack_id for d in donors if (loc := view.locate(d)) is not None}
+        # The last backup: the bases and donors of its deltas go too (their packs may hold
+        # nothing else it named).
+        needed = donors_of(packed, files, released)
+        needed |= {b for d in released if (b := view.base_of(d)) is not None}
+        candidates |= {loc.pack_id for d in needed if (loc := view.locate(d)) is not None}
     dead = candidates - others
     if dead and lists and _holds_donor_pages(files, dead):
         # A referencing delta there may give pages to a remaining backup's delta, which

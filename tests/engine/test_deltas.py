@@ -354,3 +354,82 @@ def test_a_wrong_key_is_blamed_on_the_key_for_deltas_too(vol, open_engine, tmp_p
     right = open_engine(root, block_size=BS)
     assert right.verify(PROJECT, deep=True)["ok"]
     assert_same_bytes(restore_new(right, ids[1], tmp_path / "r.img"), images[1])
+
+
+@pytest.fixture
+def donor_chain(open_engine, tmp_path):
+    """Four blocks; each incremental writes one new page in each: day 1 pages 1, day 2
+    pages 2, day 3 pages 3. Day 3's deltas take page 1 from day 1's and page 2 from day 2's."""
+    eng = open_engine(block_size=BS, allow_delete_with_dependents=True)
+    path = tmp_path / "vol.img"
+    make_image(path, 4 * BS, bs=BS, seed=12)
+    eng.register_volume(PROJECT, VID, str(path), name="donors")
+    ids, images = [backup(eng, VID, name="full")["id"]], [read_bytes(path)]
+    for day in (1, 2, 3):
+        images.append(write_pages(path, {b: [day] for b in range(4)}, seed=day))
+        detail = backup(eng, VID, incremental=True, name=f"day {day}")
+        assert detail["stats"]["delta_blocks"] == 4
+        assert detail["stats"]["bytes_stored"] == 4 * refs_size(day, 1, day - 1)
+        ids.append(detail["id"])
+    return eng, path, ids, images
+
+
+def _donors_of(eng, image: bytes, block: int) -> list[bytes]:
+    c = _container(eng)
+    digest = _digest(eng, image, block)
+    return c.codec.refs(c.get_object(digest), digest).donors
+
+
+def test_deleting_the_backups_that_stored_the_pages_keeps_the_donors(donor_chain, tmp_path):
+    eng, _path, ids, images = donor_chain
+    donors = _donors_of(eng, images[3], 0)
+    assert sorted(donors) == sorted([_digest(eng, images[1], 0), _digest(eng, images[2], 0)])
+    eng.delete_backup(PROJECT, ids[1])
+    eng.delete_backup(PROJECT, ids[2])
+    eng.delete_backup(PROJECT, ids[0])
+    report = eng.gc(grace_seconds=60)
+    assert not report["containers_skipped"], report
+    kept = {d for d, _info in _container(eng).iter_objects()}
+    for b in range(4):  # the base, the two donors and the delta of every block stay
+        assert {_digest(eng, images[k], b) for k in range(4)} <= kept
+    assert len(kept) == 16
+    assert_same_bytes(restore_new(eng, ids[3], tmp_path / "d3.img"), images[3])
+    assert eng.verify(PROJECT, deep=True)["ok"]
+    eng.delete_backup(PROJECT, ids[3])
+    assert list(_container(eng).iter_objects()) == []  # the donors went with the last one
+
+
+def test_a_damaged_donor_is_reported_for_every_block_that_takes_pages_from_it(
+    donor_chain, tmp_path
+):
+    eng, path, ids, images = donor_chain
+    c = _container(eng)
+    # Day 1's delta of block 0 gives page 1 to days 2 and 3: flip a byte of that page.
+    donor = _digest(eng, images[1], 0)
+    loc = c.known().locate(donor)
+    pack = os.path.join(eng.repo.local_root, c.keys.pack(loc.pack_id))
+    with open(pack, "r+b") as f:
+        at = loc.offset + loc.length - 100
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0x08]))
+    delta3 = _digest(eng, images[3], 0)
+    with pytest.raises(CorruptionError) as info:
+        eng.restore_backup(PROJECT, ids[3], str(tmp_path / "x.img"))
+    assert info.value.message == (
+        f"block object {delta3.hex()} takes pages from block object {donor.hex()}, which does "
+        "not match its digest"
+    )
+    assert info.value.block == 0
+    report = {b["id"]: b for b in eng.verify(PROJECT, deep=True)["backups"]}
+    assert report[ids[0]]["ok"]
+    for k in (1, 2, 3):  # the donor itself, and each delta taking its page
+        assert report[ids[k]]["damaged_blocks"] == [0], (k, report[ids[k]])
+    assert report[ids[2]]["errors"][0].endswith(
+        f"its donor block object {donor.hex()}: {report[ids[1]]['errors'][0].split(': ', 1)[1]}"
+    )
+    # The next incremental stores block 0 afresh: everything it needs is intact.
+    heal = backup(eng, VID, incremental=True, name="heal")
+    assert heal["stats"]["objects_written"] == 1
+    assert_same_bytes(restore_new(eng, heal["id"], tmp_path / "heal.img"), images[3])
