@@ -214,12 +214,6 @@ class Container:
             return [pool.submit(self.get_object, d) for d in digests]
         return [_Done(self.get_object, d) for d in digests]
 
-    def get_objects_plain(self, digests: list[bytes]) -> list:
-        """Pending reads of ``digests`` (coalesced like :meth:`get_objects`), without
-        fetching their own dependencies."""
-        assert self.packed is not None
-        return self.packed.fetch(digests, self._missing, None)
-
     def _missing(self, digest: bytes, *, pack_gone: bool = False) -> str:
         """Why an object is not there: set aside as damaged (by whom, when), or missing."""
         found = self.quarantine_marks(digest)
@@ -729,17 +723,15 @@ class _RunDeps:
                     if refs is not None:
                         want.update(dict.fromkeys(refs.donors))
         names = list(want)
-        got = self.container.get_objects_plain(names)
+        assert self.container.packed is not None
+        got = read_prefixes(self.container.packed, names)
         return dict(zip(names, got, strict=True))
 
     def fetch(self, digest: bytes) -> bytes:
         with self.lock:
             if self.deps is None:
                 self.deps = self._load()
-            pending = self.deps.get(digest)
-        if pending is None:
+            blob = self.deps.get(digest)
+        if blob is None:  # not among them, or unreadable: a read of its own says why
             return self.container.get_object(digest)
-        try:
-            return pending.result()
-        except CorruptionError:
-            return self.container.get_object(digest)  # says why, as a read of its own would
+        return blob

@@ -99,16 +99,15 @@ def read_sections(
     return out
 
 
-def read_prefixes(packed, digests: Sequence[bytes], size: int) -> list[bytes | None]:
-    """The first ``size`` bytes (fewer for a shorter entry) of each entry, entries of a
+def read_prefixes(packed, digests: Sequence[bytes], size: int | None = None) -> list[bytes | None]:
+    """The first ``size`` bytes (None: all; fewer for a shorter entry) of each entry, entries of a
     pack within ``GAP_BYTES`` of each other sharing one ranged GET (at most
     ``RANGE_BYTES``); None for an entry that is missing or cannot be read."""
-    view = packed.view()
     located = []
-    for i, d in enumerate(digests):
-        loc = view.locate(d)
+    for i, loc in enumerate(packed.view().locate_many(list(digests))):
         if loc is not None:
-            located.append((loc.pack_id, loc.offset, min(size, loc.length), i))
+            n = loc.length if size is None else min(size, loc.length)
+            located.append((loc.pack_id, loc.offset, n, i))
     located.sort()
     out: list[bytes | None] = [None] * len(digests)
     group: list = []
