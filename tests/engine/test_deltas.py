@@ -242,7 +242,8 @@ def test_a_chain_of_30_scattered_incrementals(open_engine, tmp_path):
     """Thirty incrementals of a few scattered pages each: every one restores bit-exact and
     stores exactly the pages written that day (each page once; the pages unchanged since
     the parent are referenced where they are stored, from at most MAX_DONORS donors, else
-    stored again), or a new base when the pages since the base pass the limit; the chain
+    stored again, the half giving fewest), or a new base when the pages since the base pass
+    the limit; the chain
     never reads more than one base per block and never a donor of a donor."""
     eng = open_engine(block_size=BS)
     path = tmp_path / "vol.img"
@@ -275,8 +276,9 @@ def test_a_chain_of_30_scattered_incrementals(open_engine, tmp_path):
             for h in kept.values():
                 counts[h] = counts.get(h, 0) + 1
             order = {h: k for k, h in enumerate(names[b])}
-            keep = sorted(counts, key=lambda h: (-counts[h], order[h]))[: pagerefs.MAX_DONORS]
-            capped += len(counts) > len(keep)
+            keep = sorted(counts, key=lambda h: (counts[h], order[h]))
+            if len(keep) > pagerefs.MAX_DONORS:  # the half giving the fewest pages goes
+                keep, capped = keep[len(keep) // 2 :], capped + 1
             stored = new | {p for p, h in kept.items() if h not in keep}
             holder[b] = {
                 **{p: h for p, h in kept.items() if h in keep},

@@ -129,7 +129,7 @@ def test_the_head_the_sizes_and_the_codec():
     assert codec.decode(chain2.objects[d], d, base=chain2.fetch) == bytes(soft)
 
 
-def test_past_max_donors_the_fewest_pages_are_stored_again():
+def test_past_max_donors_the_half_giving_the_fewest_pages_is_stored_again():
     base = _block(3)
     chain = Chain(base)
     block = base
@@ -138,14 +138,16 @@ def test_past_max_donors_the_fewest_pages_are_stored_again():
         block = _write(block, [2 * day, 40] if day == 0 else [2 * day], seed=10 + day)
         digests.append(chain.add(block))
     refs = codec.refs(chain.objects[digests[-1]], digests[-1])
-    assert len(refs.donors) == pagerefs.MAX_DONORS  # day 0 keeps its place: it gives two
+    assert len(refs.donors) == pagerefs.MAX_DONORS  # every earlier day gives a page
     block = _write(block, [60], seed=99)
     last = chain.add(block)
     refs = codec.refs(chain.objects[last], last)
-    assert len(refs.donors) == pagerefs.MAX_DONORS and digests[0] in refs.donors
-    # Nine donors were possible; the one giving a single page that ranked last went.
+    # Nine donors were possible: four of those giving one page went and their pages are
+    # stored here again; day 0 (two pages) and four others stay.
+    assert len(refs.donors) == 5 and digests[0] in refs.donors
     own = np.flatnonzero(refs.own_mask()).tolist()
-    assert 60 in own and len(own) == 2
+    assert len(own) == 5 and 60 in own
+    assert {2 * digests.index(d) for d in refs.donors if d != digests[0]}.isdisjoint(own)
     assert codec.decode(chain.objects[last], last, base=chain.fetch) == block
 
 
