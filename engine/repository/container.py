@@ -341,6 +341,8 @@ class Container:
                 pages[b] = None
                 continue
             pages[b] = self._section_pages(b, rec, raw_len)
+            if pages[b] is None:  # a damaged record: the entry's own digests decide
+                unsectioned.append(b)
         for b, prefix in zip(
             unsectioned, read_prefixes(self.packed, unsectioned, size), strict=True
         ):
