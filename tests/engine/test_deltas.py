@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 
+import numpy as np
 import pytest
 from backup_helpers import PROJECT, assert_same_bytes, backup, make_image, read_bytes, restore_new
 
@@ -435,3 +436,44 @@ def test_a_damaged_donor_is_reported_for_every_block_that_takes_pages_from_it(
     heal = backup(eng, VID, incremental=True, name="heal")
     assert heal["stats"]["objects_written"] == 1
     assert_same_bytes(restore_new(eng, heal["id"], tmp_path / "heal.img"), images[3])
+
+
+def test_deltas_of_format_2_written_before_are_read_and_built_on(
+    open_engine, tmp_path, monkeypatch
+):
+    """A container holding version-2 deltas (codec 2/3, what the engine wrote before
+    referencing deltas): they restore bit-exact, and the next version of such a block is a
+    referencing delta that stores every page it names (a version-2 delta has no page
+    digests to reference against), the one after it references again."""
+    from engine.repository.objects import BlockCodec
+
+    eng = open_engine(block_size=BS)
+    path = tmp_path / "vol.img"
+    make_image(path, 2 * BS, bs=BS, seed=21)
+    eng.register_volume(PROJECT, VID, str(path), name="old deltas")
+    ids, images = [backup(eng, VID, name="full")["id"]], [read_bytes(path)]
+
+    def old_encode(self, block, digest, base, mask, page_digests, plan):
+        return self.encode_delta(block, digest, base, mask)
+
+    with monkeypatch.context() as m:
+        m.setattr(BlockCodec, "encode_refs", old_encode)
+        images.append(write_pages(path, {0: [1], 1: [2]}, seed=1))
+        ids.append(backup(eng, VID, incremental=True, name="v2 deltas")["id"])
+    c = _container(eng)
+    assert parse_head(c.get_object(_digest(eng, images[1], 0))).version == 2
+    for day, pages in ((2, {0: [5]}), (3, {0: [9]})):
+        images.append(write_pages(path, pages, seed=day))
+        detail = backup(eng, VID, incremental=True, name=f"day {day}")
+        ids.append(detail["id"])
+        c, digest = _container(eng), _digest(eng, images[day], 0)  # a view with this backup
+        refs = c.codec.refs(c.get_object(digest), digest)
+        if day == 2:  # on a version-2 parent: both named pages stored
+            assert refs.donors == [] and np.flatnonzero(refs.own_mask()).tolist() == [1, 5]
+            assert detail["stats"]["bytes_stored"] == refs_size(2, 2)
+        else:  # on a referencing parent: pages 1 and 5 taken from it
+            assert refs.donors == [_digest(eng, images[2], 0)]
+            assert np.flatnonzero(refs.own_mask()).tolist() == [9]
+    for k, (bid, image) in enumerate(zip(ids, images, strict=True)):
+        assert_same_bytes(restore_new(eng, bid, tmp_path / f"r{k}.img"), image, f"backup {k}")
+    assert eng.verify(PROJECT, deep=True)["ok"]
