@@ -111,7 +111,8 @@ def _build_commands() -> argparse.ArgumentParser:
         help="register an image file, a block device or an NBD export as a volume",
         description="Register PATH as a volume: an image file, a block device, an NBD export "
         "(nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH) or a qcow2 image the "
-        "engine serves over NBD for each backup (qemu-nbd:///PATH/IMAGE.qcow2; "
+        "engine serves over NBD for each backup (qemu-nbd:///PATH/IMAGE.qcow2), or a disk in "
+        "use by a running QEMU, read through a fleecing view (qsd:///NODE?qmp=SOCKET; "
         "docs/change-sources.md).",
     )
     a.add_argument("path")

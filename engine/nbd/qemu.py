@@ -77,6 +77,11 @@ def remove_bitmap(image: str, name: str) -> None:
     _run(_tool("qemu-img"), "bitmap", "--remove", "-f", "qcow2", image, name)
 
 
+def create_image(image: str, size: int) -> None:
+    """A new empty qcow2 image of ``size`` bytes (a fleecing image: engine.nbd.fleece)."""
+    _run(_tool("qemu-img"), "create", "-q", "-f", "qcow2", image, str(int(size)))
+
+
 def _alive(pid: int) -> bool:
     """Whether ``pid`` still runs (a zombie waiting for its reaper does not)."""
     try:

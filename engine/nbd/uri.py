@@ -105,6 +105,61 @@ def parse_qemu_image_uri(value: str) -> str:
     return os.path.normpath(path)
 
 
+LIVE_SCHEME = "qsd://"
+_LIVE_USAGE = "use qsd:///NODE?qmp=QMP_SOCKET[&nbd=NBD_SOCKET]"
+_NODE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+@dataclass(frozen=True)
+class LiveAddress:
+    """An image in use by a running QEMU (``qemu-storage-daemon`` or a VM): the block node
+    that holds it (its qcow2 format node, where its dirty bitmaps live), the QMP monitor
+    the engine may use, and optionally the Unix socket of the NBD server QEMU already runs."""
+
+    node: str
+    qmp: str
+    nbd: str | None = None
+
+    @property
+    def uri(self) -> str:
+        from urllib.parse import quote
+
+        out = f"qsd:///{self.node}?qmp={quote(self.qmp, safe='/')}"
+        return out + (f"&nbd={quote(self.nbd, safe='/')}" if self.nbd else "")
+
+
+def is_live_uri(value: object) -> bool:
+    """Whether ``value`` names an image in use by a running QEMU (``qsd:///NODE?qmp=…``)."""
+    return isinstance(value, str) and value.lower().startswith("qsd:")
+
+
+def parse_live_uri(value: str) -> LiveAddress:
+    """The address a ``qsd:///NODE?qmp=PATH[&nbd=PATH]`` location names (InvalidInput
+    otherwise)."""
+    if not isinstance(value, str) or "\0" in value or len(value) > 4096:
+        raise InvalidInput(f"qsd location must be text without NUL bytes: {_LIVE_USAGE}")
+    parts = urlsplit(value)
+    if parts.scheme.lower() != "qsd" or parts.netloc or parts.fragment:
+        raise InvalidInput(f"{value!r} is not a qsd location: {_LIVE_USAGE}")
+    node = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
+    if not node or len(node) > 31 or not set(node) <= _NODE_CHARS or not node[0].isalpha():
+        raise InvalidInput(
+            f"{value!r}: NODE must be the QEMU node-name of the image's format node (a "
+            f"letter, then letters, digits, '-', '_' or '.', at most 31): {_LIVE_USAGE}"
+        )
+    query = parse_qs(parts.query, keep_blank_values=True)
+    qmp = query.pop("qmp", [])
+    nbd = query.pop("nbd", [])
+    if query:
+        raise InvalidInput(f"qsd location {value!r}: unknown parameter {sorted(query)[0]!r}")
+    if len(qmp) != 1 or not qmp[0] or len(nbd) > 1 or (nbd and not nbd[0]):
+        raise InvalidInput(f"qsd location {value!r} needs exactly one qmp=PATH: {_LIVE_USAGE}")
+    paths = [qmp[0], *nbd]
+    if not all(os.path.isabs(p) for p in paths):
+        raise InvalidInput(f"qsd location {value!r}: socket paths must be absolute")
+    return LiveAddress(node, os.path.normpath(qmp[0]), os.path.normpath(nbd[0]) if nbd else None)
+
+
 def is_export_location(value: object) -> bool:
-    """An NBD URI or a qemu-nbd image location: a volume read over NBD, not a file."""
-    return is_nbd_uri(value) or is_qemu_image_uri(value)
+    """An NBD URI, a qemu-nbd image or a qsd location: a volume read over NBD, not a file."""
+    return is_nbd_uri(value) or is_qemu_image_uri(value) or is_live_uri(value)
