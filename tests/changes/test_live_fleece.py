@@ -392,3 +392,53 @@ def test_bad_live_locations_are_refused_with_what_to_do(tmp_path, daemon):
 @pytest.fixture(autouse=True)
 def _log(caplog):
     caplog.set_level(logging.INFO)
+
+
+def test_a_daemon_killed_with_its_bitmap_enabled_means_one_full_read_then_a_new_chain(
+    tmp_path, daemon, caplog
+):
+    container = Repository.open(tmp_path / "repo").container(PROJECT, "c")
+    source = parse_source("qemu-bitmap")
+    full, _ = backup_volume(daemon.location, container, changes=source, block_size=BS)
+    source.committed(full.backup_id, None)
+    old = f"cinderblock-{full.backup_id}"
+    daemon.stop()  # a clean quit writes the bitmap into the qcow2 ...
+    daemon.start()  # ... which flags it in-use while this QEMU has it loaded
+    daemon.write("write -P 0x41 26M 4k")
+    daemon.kill()  # SIGKILL: the bitmap stays flagged in-use, without that write
+    daemon.start()  # the guest's QEMU again, on the same image
+    assert daemon.bitmaps()[old]["inconsistent"] is True
+    now = daemon.view(tmp_path / "v.raw")
+    source = parse_source("qemu-bitmap")
+    with caplog.at_level(logging.WARNING):
+        inc, stats = backup_volume(
+            daemon.location, container, parent=full, changes=source, block_size=BS
+        )
+    new = f"cinderblock-{inc.backup_id}"
+    reason = (
+        f"dirty bitmap {old!r} of node disk0 is flagged in-use: the QEMU that had it open was "
+        "killed or crashed before writing it back, so it may miss writes; it is not used: "
+        f"the whole volume is read; the next backup counts from {new}"
+    )
+    assert stats.changes_refused == f"qemu-bitmap: {reason}"
+    assert reason in caplog.text
+    assert stats.changed_extents_used is False
+    assert stats.blocks_read == 11  # every data block: 6 + 3 + 1, and 26 MiB
+    assert _restored(container, inc, tmp_path) == now
+    source.committed(inc.backup_id, full.backup_id)
+    bm = daemon.bitmaps()
+    assert set(bm) == {new} and not bm[new].get("inconsistent")  # the bad one removed
+    daemon.write("write -P 0x42 27M 4k")
+    now = daemon.view(tmp_path / "v.raw")
+    nxt, stats = backup_volume(
+        daemon.location,
+        container,
+        parent=inc,
+        changes=parse_source("qemu-bitmap"),
+        block_size=BS,
+        audit_blocks=0,
+    )
+    assert stats.changed_extents_used is True
+    assert stats.blocks_read == 1
+    assert _restored(container, nxt, tmp_path) == now
+    daemon.assert_clean()
