@@ -24,7 +24,7 @@ import stat
 import struct
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from .errors import InvalidInput
@@ -150,9 +150,10 @@ def check_location(
             )
         return f"qemu-nbd://{image}"
     address = parse_nbd_uri(value)
+    if address.tls_dir is not None:
+        address = replace(address, tls_dir=check_path(address.tls_dir, "TLS certificates"))
     if address.socket is not None:
-        sock = check_path(address.socket, "NBD socket")
-        return type(address)(address.export, socket=sock).uri
+        return replace(address, socket=check_path(address.socket, "NBD socket")).uri
     if not remote_allowed:
         raise InvalidInput(
             "a TCP NBD export cannot be checked against the allowed directories: serve it on "

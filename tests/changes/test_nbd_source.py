@@ -82,8 +82,10 @@ def test_uri_errors_say_what_is_accepted(tmp_path):
         + usage.replace("[", r"\[").replace("]", r"\]").replace("?", r"\?").replace("+", r"\+"),
     ):
         parse_nbd_uri("nbd+unix:///x")
-    with pytest.raises(InvalidInput, match=r"NBD over TLS \(nbds://\) is not supported"):
+    with pytest.raises(InvalidInput, match=r"'nbds://h/x' needs tls-certificates=DIR: the dir"):
         parse_nbd_uri("nbds://h/x")
+    with pytest.raises(InvalidInput, match=r"is not an NBD URI: use nbd://.* or over TLS nbds://"):
+        parse_nbd_uri("nbd+tcp://h/x")
     with pytest.raises(NbdError, match=r"cannot connect to the NBD export .*is the server"):
         NbdClient(parse_nbd_uri(f"nbd+unix:///?socket={tmp_path}/none.sock"))
 
