@@ -116,9 +116,15 @@ def _drop_node(q: QmpClient, node: str) -> None:
     if info is None:
         return
     q.execute("blockdev-del", **{"node-name": node})
-    image = _image_file(info)
+    # Only a fleecing directory of ours, in the temporary directory, whatever QEMU says.
+    image = os.path.realpath(_image_file(info) or "/")
     parent = os.path.dirname(image)
-    if os.path.basename(image) == IMAGE_NAME and os.path.basename(parent).startswith(TMP_PREFIX):
+    ours = os.path.basename(parent).startswith(TMP_PREFIX)
+    if (
+        os.path.basename(image) == IMAGE_NAME
+        and ours
+        and os.path.dirname(parent) == (os.path.realpath(tempfile.gettempdir()))
+    ):
         shutil.rmtree(parent, ignore_errors=True)
 
 
