@@ -51,7 +51,15 @@ class QmpClient:
         self.sock = sock
         self._buf = b""
         try:
-            greeting = self._message()
+            try:
+                greeting = self._message()
+            except NbdError as e:
+                if "in time" not in e.message:
+                    raise
+                raise NbdError(
+                    f"QEMU sent no QMP greeting on {path}: another client holds that monitor "
+                    "(a QMP chardev serves one at a time); give the engine a monitor of its own"
+                ) from None
             if "QMP" not in greeting:
                 raise NbdError(f"{path} is not a QMP monitor (no greeting)")
             self.version = greeting["QMP"].get("version", {}).get("qemu", {})

@@ -442,3 +442,47 @@ def test_a_daemon_killed_with_its_bitmap_enabled_means_one_full_read_then_a_new_
     assert stats.blocks_read == 1
     assert _restored(container, nxt, tmp_path) == now
     daemon.assert_clean()
+
+
+def test_a_monitor_held_by_another_client_is_named_as_such(tmp_path, daemon):
+    from engine.nbd import NbdError
+
+    # Someone else holds the engine's monitor.
+    with QmpClient(daemon.qmp_engine), pytest.raises(NbdError) as e:
+        QmpClient(daemon.qmp_engine, timeout=1)
+    assert str(e.value) == (
+        f"QEMU sent no QMP greeting on {daemon.qmp_engine}: another client holds that "
+        "monitor (a QMP chardev serves one at a time); give the engine a monitor of its own"
+    )
+
+
+def test_the_cli_backs_up_a_disk_in_use(tmp_path, daemon):
+    import json
+    import sys
+
+    def cli(*args):
+        out = subprocess.run(
+            [sys.executable, "-m", "engine", "--repo", str(tmp_path / "repo"), "--project",
+             PROJECT, "--json", *args],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout) if out.stdout.strip() else None
+
+    cli("init")
+    cli("volume", "add", daemon.location, "--id", VOL)
+    full = cli(
+        "backup", "create", VOL, "--wait", "--block-size", "1M", "--changes-from", "qemu-bitmap"
+    )
+    assert full["status"] == "available" and full["stats"]["consistency"] == "fleece"
+    daemon.write("write -P 0x61 8M 4k")
+    now = daemon.view(tmp_path / "v.raw")
+    inc = cli(
+        "backup", "create", VOL, "--incremental", "--wait", "--changes-from", "qemu-bitmap"
+    )  # fmt: skip
+    assert inc["stats"]["changed_extents_used"] is True
+    assert inc["stats"]["blocks_read"] == 1
+    cli("backup", "restore", inc["id"], str(tmp_path / "r.raw"))
+    assert (tmp_path / "r.raw").read_bytes() == now
+    assert daemon.ours() == {f"cinderblock-{inc['id']}"}
+    daemon.assert_clean()
