@@ -152,6 +152,8 @@ def test_killed_backup_keeps_both_bitmaps_and_a_stale_checkpoint_is_refused(tmp_
     finally:
         eng.close()
     # Killed again; the parent's bitmap kept counting, so the next backup still uses it.
+    private = tmp_path / "tmp"
+    private.mkdir()
     qemu_io(image, "write -P 0x23 11M 64k")
     killed = _cli(
         repo,
@@ -162,14 +164,25 @@ def test_killed_backup_keeps_both_bitmaps_and_a_stale_checkpoint_is_refused(tmp_
         "--wait",
         "--changes-from",
         "qemu-bitmap",
-        env={"CINDERBLOCK_CRASH_AT": "manifest-tmp"},
+        env={"CINDERBLOCK_CRASH_AT": "manifest-tmp", "TMPDIR": str(private)},
     )
     assert killed.returncode == -9
+    # Its export's private directory stayed (SIGKILL runs no clean-up) ...
+    assert len([n for n in os.listdir(private) if n.startswith(qimg.TMP_PREFIX)]) == 1
     qemu_io(image, "write -P 0x24 40M 64k")
     proc = _cli(
-        repo, "backup", "create", VOL, "--incremental", "--wait", "--changes-from", "qemu-bitmap"
+        repo,
+        "backup",
+        "create",
+        VOL,
+        "--incremental",
+        "--wait",
+        "--changes-from",
+        "qemu-bitmap",
+        env={"TMPDIR": str(private)},
     )
     assert proc.returncode == 0, proc.stderr
+    assert os.listdir(private) == []  # ... and the next backup removed it, and its own
     done = json.loads(proc.stdout)
     assert done["stats"]["changed_extents_used"] is True
     assert done["stats"]["blocks_read"] == 2  # 11 MiB (before the kill) and 40 MiB
@@ -291,3 +304,32 @@ def test_a_bitmap_left_in_use_by_a_killed_qemu_is_refused_and_replaced(tmp_path,
     finally:
         eng.close()
     assert qemu_nbd_pids(image) == []
+
+
+def test_stale_export_directories_are_swept_and_live_ones_kept(tmp_path, image, exports):
+    root = tmp_path / "tmp"
+    root.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    uri = exports.start(image)  # a live qemu-nbd
+    cases = {
+        "dead": dead.pid,  # its qemu-nbd is gone
+        "reused": os.getpid(),  # the pid now belongs to another program
+        "live": exports.pids[-1],
+    }
+    for name, pid in cases.items():
+        (root / f"{qimg.TMP_PREFIX}{name}").mkdir()
+        (root / f"{qimg.TMP_PREFIX}{name}" / "qemu-nbd.pid").write_text(f"{pid}\n")
+    (root / f"{qimg.TMP_PREFIX}starting").mkdir()  # no pid file yet: a start under way
+    (root / "unrelated").mkdir()
+    removed = qimg.sweep_stale(str(root))
+    assert sorted(os.path.basename(d) for d in removed) == [
+        f"{qimg.TMP_PREFIX}dead",
+        f"{qimg.TMP_PREFIX}reused",
+    ]
+    assert sorted(os.listdir(root)) == [
+        f"{qimg.TMP_PREFIX}live",
+        f"{qimg.TMP_PREFIX}starting",
+        "unrelated",
+    ]
+    assert uri
