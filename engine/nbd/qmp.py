@@ -74,6 +74,10 @@ class QmpClient:
                 chunk = self.sock.recv(1 << 16)
             except TimeoutError:
                 raise NbdError(f"QEMU did not answer on {self.path} in time") from None
+            except OSError as e:
+                raise NbdError(
+                    f"QEMU's QMP connection {self.path} broke: {e.strerror or e}"
+                ) from None
             if not chunk:
                 raise NbdError(f"QEMU closed the QMP connection {self.path}")
             self._buf += chunk
@@ -95,7 +99,10 @@ class QmpClient:
         req: dict[str, Any] = {"execute": command, "id": ident}
         if arguments:
             req["arguments"] = arguments
-        self.sock.sendall(json.dumps(req).encode() + b"\n")
+        try:
+            self.sock.sendall(json.dumps(req).encode() + b"\n")
+        except OSError as e:
+            raise NbdError(f"QEMU's QMP connection {self.path} broke: {e.strerror or e}") from None
         while True:
             msg = self._message()
             if "event" in msg:
