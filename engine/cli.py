@@ -110,8 +110,10 @@ def _build_commands() -> argparse.ArgumentParser:
         "add",
         help="register an image file, a block device or an NBD export as a volume",
         description="Register PATH as a volume: an image file, a block device, an NBD export "
-        "(nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH) or a qcow2 image the "
-        "engine serves over NBD for each backup (qemu-nbd:///PATH/IMAGE.qcow2; "
+        "(nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH, over TLS nbds://… or "
+        "nbds+unix://… with tls-certificates=DIR) or a qcow2 image the "
+        "engine serves over NBD for each backup (qemu-nbd:///PATH/IMAGE.qcow2), or a disk in "
+        "use by a running QEMU, read through a fleecing view (qsd:///NODE?qmp=SOCKET; "
         "docs/change-sources.md).",
     )
     a.add_argument("path")

@@ -24,14 +24,22 @@ import stat
 import struct
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from .errors import InvalidInput
 from .native import volume_size as _file_size
 from .nbd import NbdClient, NbdError, parse_nbd_uri
 from .nbd import qemu as qemu_image
-from .nbd.uri import is_export_location, is_nbd_uri, is_qemu_image_uri, parse_qemu_image_uri
+from .nbd.fleece import node_size
+from .nbd.uri import (
+    is_export_location,
+    is_live_uri,
+    is_nbd_uri,
+    is_qemu_image_uri,
+    parse_live_uri,
+    parse_qemu_image_uri,
+)
 from .owners import me
 
 _FICLONE = 0x40049409  # <linux/fs.h>: _IOW(0x94, 9, int)
@@ -98,7 +106,13 @@ class Resolver(Protocol):
 
 def volume_size(source: str | int) -> int:
     """The source's size in bytes: a file's or device's, or an export's (asked over NBD;
-    a ``qemu-nbd:///`` image's virtual size from ``qemu-img info``)."""
+    a ``qemu-nbd:///`` image's virtual size from ``qemu-img info``, a ``qsd:///`` disk's
+    from its QEMU over QMP)."""
+    if is_live_uri(source):
+        try:
+            return node_size(parse_live_uri(str(source)))
+        except (NbdError, InvalidInput, ValueError, KeyError) as e:
+            raise OSError(f"cannot read the size of {source}: {e}") from None
     if is_qemu_image_uri(source):
         try:
             return qemu_image.image_size(parse_qemu_image_uri(str(source)))
@@ -122,6 +136,11 @@ def check_location(
     ``nbd+unix`` socket, a ``qemu-nbd`` image. A TCP export has no path to vet, so it is
     accepted only where paths are not limited (``remote_allowed``). InvalidInput otherwise.
     """
+    if is_live_uri(value):
+        live = parse_live_uri(value)
+        qmp = check_path(live.qmp, "QMP socket")
+        nbd = check_path(live.nbd, "NBD socket") if live.nbd else None
+        return type(live)(live.node, qmp, nbd).uri
     if is_qemu_image_uri(value):
         image = check_path(parse_qemu_image_uri(value), "qemu-nbd image")
         if not os.path.isfile(image) or not qemu_image.is_qcow2(image):
@@ -131,9 +150,10 @@ def check_location(
             )
         return f"qemu-nbd://{image}"
     address = parse_nbd_uri(value)
+    if address.tls_dir is not None:
+        address = replace(address, tls_dir=check_path(address.tls_dir, "TLS certificates"))
     if address.socket is not None:
-        sock = check_path(address.socket, "NBD socket")
-        return type(address)(address.export, socket=sock).uri
+        return replace(address, socket=check_path(address.socket, "NBD socket")).uri
     if not remote_allowed:
         raise InvalidInput(
             "a TCP NBD export cannot be checked against the allowed directories: serve it on "
@@ -160,7 +180,9 @@ def detect_in_use(path: str | int) -> bool:
     if is_qemu_image_uri(path):
         return file_is_locked(parse_qemu_image_uri(str(path)))  # QEMU locks its images
     if is_export_location(path):
-        return False  # an export someone else serves: its server decides what we see
+        # An export someone else serves: its server decides what we see. A ``qsd:`` disk is
+        # in use by its guest, and read through a point-in-time (fleecing) view of it.
+        return False
     if is_block_device(path):
         try:
             fd = os.open(path, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
@@ -264,7 +286,7 @@ class OpenedSource:
 
     path: str | int
     size: int
-    consistency: str  # "snapshot", "offline", "clone", "live" or "export" (NBD)
+    consistency: str  # "snapshot", "offline", "clone", "live", "export" (NBD) or "fleece"
     cleanup: Callable[[], None] | None = None
 
     def close(self) -> None:
@@ -276,6 +298,8 @@ class OpenedSource:
 def open_source(path: str | int, *, in_use: bool, force: bool, snapshot: bool) -> OpenedSource:
     """Decide what to read for a backup of ``path`` (a path or a borrowed fd; the plan
     already checked force). Only a path can be cloned."""
+    if is_live_uri(path) and not snapshot:
+        return OpenedSource(path, volume_size(path), "fleece")  # point in time, in use
     if is_export_location(path):
         return OpenedSource(path, volume_size(path), "snapshot" if snapshot else "export")
     if snapshot:

@@ -34,8 +34,15 @@ from ..changes import ChangeSet, ChangeSetError, LegacyExtents, plan_runs
 from ..changesources import ChangeContext, ChangeSource, ChangeSourceError, QemuBitmap
 from ..errors import Cancelled, CinderblockError, InvalidInput
 from ..nbd import NbdError, is_nbd_uri
+from ..nbd.fleece import fleeced
 from ..nbd.qemu import served as qemu_served
-from ..nbd.uri import is_export_location, is_qemu_image_uri, parse_qemu_image_uri
+from ..nbd.uri import (
+    is_export_location,
+    is_live_uri,
+    is_qemu_image_uri,
+    parse_live_uri,
+    parse_qemu_image_uri,
+)
 from ..repository import BlockMap, Container
 from ..repository.leases import DEFAULT_TTL, check_lease_ttl
 from ..store.files import fsync_dir
@@ -115,10 +122,26 @@ def _open_source(
     contexts: tuple[str, ...] = (),
     tracker: ChangeSource | None = None,
     parent_id: str | None = None,
+    backup_id: str | None = None,
 ) -> Iterator[_Opened]:
     """Open the source once (non-blocking, so a FIFO can never hang the open). An NBD URI
     is one connection that also asks for ``contexts`` (a change source's dirty bitmap); a
-    ``qemu-nbd:///PATH`` image is served by a qemu-nbd of our own while it is read."""
+    ``qemu-nbd:///PATH`` image is served by a qemu-nbd of our own while it is read; a
+    ``qsd:///NODE`` disk in use is read through a fleecing view (engine.nbd.fleece) whose
+    transaction also rotates a QEMU-bitmap tracker's checkpoint."""
+    if is_live_uri(source):
+        address = parse_live_uri(str(source))
+        plan = None
+        if isinstance(tracker, QemuBitmap) and tracker.live is not None and backup_id:
+            plan = tracker.live_plan(backup_id, parent_id)
+        try:
+            with fleeced(address, plan) as uri, _open_source(uri, contexts) as src:
+                yield src
+        except NbdError as e:
+            raise InvalidInput(
+                f"cannot take a fleecing view of {address.uri}: {e.message}"
+            ) from None
+        return
     if is_qemu_image_uri(source):
         image = parse_qemu_image_uri(str(source))
         wanted = tracker.export_bitmaps(parent_id) if isinstance(tracker, QemuBitmap) else ()
@@ -251,7 +274,7 @@ def backup_volume(
                 "backup %s: %s could not start a checkpoint: %s", backup_id, tracker.describe(), e
             )
         contexts = tracker.nbd_contexts(parent_id)
-    with _open_source(source, contexts, tracker, parent_id) as src:
+    with _open_source(source, contexts, tracker, parent_id, backup_id) as src:
         hint: ChangeSet | LegacyExtents | None = None
         if tracker is not None:
             ctx = ChangeContext(

@@ -4,8 +4,9 @@
 
 Our own because PyPI has no libnbd bindings and Debian's ``python3-libnbd`` is importable
 only by the system interpreter; the protocol subset a backup needs (fixed newstyle
-handshake, structured replies, meta contexts, READ, BLOCK_STATUS) is small and is tested
-against a real ``qemu-nbd`` (docs/nbd.md).
+handshake, STARTTLS, structured replies, meta contexts, READ, BLOCK_STATUS) is small and is
+tested against a real ``qemu-nbd`` (docs/change-sources.md). ``qmp`` and ``fleece`` drive a
+running QEMU for a disk in use: a point-in-time (fleecing) view of it, exported over NBD.
 """
 
 from .client import NbdClient, NbdError

@@ -1,6 +1,7 @@
 """The NBD protocol subset a backup needs, written from the NBD protocol specification.
 
-One connection, fixed-newstyle handshake (``NBD_OPT_GO``), structured replies, and the meta
+One connection, fixed-newstyle handshake (``NBD_OPT_GO``; ``NBD_OPT_STARTTLS`` first for
+``nbds`` URIs: the rest goes over TLS), structured replies, and the meta
 contexts asked for (``base:allocation``, ``qemu:dirty-bitmap:NAME``). Requests are made one
 at a time under a lock: ``qemu-nbd`` serves one client by default (``-e 1``), so the backup's
 threads share this connection, and its reads go straight into the caller's buffer
@@ -10,7 +11,9 @@ arrays of ``(offset, length, flags)``: no Python object per extent.
 
 from __future__ import annotations
 
+import os
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Sequence
@@ -30,6 +33,7 @@ REQUEST_MAGIC = 0x25609513
 FLAG_FIXED_NEWSTYLE = 1
 FLAG_NO_ZEROES = 2
 
+OPT_STARTTLS = 5
 OPT_GO = 7
 OPT_STRUCTURED_REPLY = 8
 OPT_LIST_META_CONTEXT = 9
@@ -98,6 +102,7 @@ class NbdClient:
         self.label = address.uri
         self._lock = threading.Lock()
         self._cookie = 0
+        self._client_cert = False
         self.contexts: dict[str, int] = {}
         if address.socket is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -157,9 +162,59 @@ class NbdClient:
     def _rep_error(self, rtype: int, data: bytes, what: str) -> NbdError:
         kind = _REP_ERRORS.get(rtype & ~REP_ERR, f"error {rtype & ~REP_ERR}")
         text = data.decode("utf-8", "replace")[:200]
+        hint = ""
+        if kind == "TLS required":
+            hint = "; the server wants TLS: use nbds:// or nbds+unix:// with tls-certificates=DIR"
+        elif what.startswith("TLS"):
+            hint = "; the server was started without TLS: use nbd:// or nbd+unix://"
         return NbdError(
-            f"the NBD export {self.label} refused {what}: {kind}" + (f" ({text})" if text else "")
+            f"the NBD export {self.label} refused {what}: {kind}"
+            + (f" ({text})" if text else "")
+            + hint
         )
+
+    def _start_tls(self) -> None:
+        """``NBD_OPT_STARTTLS``, then the TLS handshake on the same socket: the rest of the
+        negotiation and every request go over TLS. The server's certificate must chain to
+        ``ca-cert.pem`` of the address's ``tls_dir`` and carry its host name (or
+        ``tls_hostname``); ``client-cert.pem`` + ``client-key.pem`` there, when present,
+        are offered to a server that checks its clients."""
+        self._send_option(OPT_STARTTLS)
+        rtype, data = self._option_reply(OPT_STARTTLS)
+        if rtype != REP_ACK:
+            raise self._rep_error(rtype, data, "TLS (NBD_OPT_STARTTLS)")
+        cert_dir = self.address.tls_dir or ""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ca = os.path.join(cert_dir, "ca-cert.pem")
+        try:
+            ctx.load_verify_locations(ca)
+            cert = os.path.join(cert_dir, "client-cert.pem")
+            key = os.path.join(cert_dir, "client-key.pem")
+            if os.path.exists(cert) and os.path.exists(key):
+                ctx.load_cert_chain(cert, key)
+                self._client_cert = True
+        except (OSError, ssl.SSLError) as e:
+            raise NbdError(
+                f"cannot load the TLS certificates of {self.label} from {cert_dir}: "
+                f"{getattr(e, 'strerror', None) or e}; it must hold ca-cert.pem (and "
+                "client-cert.pem with client-key.pem if the server checks its clients)"
+            ) from None
+        hostname = self.address.tls_hostname or self.address.host
+        if hostname is None:
+            ctx.check_hostname = False  # a Unix socket: the CA alone vouches for the server
+        try:
+            self.sock = ctx.wrap_socket(self.sock, server_hostname=hostname)
+        except ssl.SSLCertVerificationError as e:
+            raise NbdError(
+                f"the TLS certificate of the NBD export {self.label} is not trusted "
+                f"({e.verify_message}): {ca} must be the CA that signed the server's "
+                "certificate" + (f", issued for {hostname!r}" if hostname else "")
+            ) from None
+        except (ssl.SSLError, OSError) as e:
+            raise NbdError(
+                f"the TLS handshake with the NBD export {self.label} failed: {e}"
+            ) from None
 
     def _handshake(self, contexts: list[str]) -> None:
         magic, opt_magic, flags = struct.unpack(">QQH", self._recv_exact(18))
@@ -168,6 +223,23 @@ class NbdClient:
         if not flags & FLAG_FIXED_NEWSTYLE:
             raise NbdError(f"{self.label} does not speak the fixed newstyle NBD handshake")
         self.sock.sendall(struct.pack(">I", FLAG_FIXED_NEWSTYLE | (flags & FLAG_NO_ZEROES)))
+        if self.address.tls:
+            self._start_tls()
+            try:
+                self._negotiate(contexts)
+            except NbdError as e:
+                if not e.message.endswith("closed the connection") or self._client_cert:
+                    raise
+                raise NbdError(
+                    f"the NBD export {self.label} closed the TLS connection: if it checks its "
+                    f"clients (verify-peer), {self.address.tls_dir} must also hold "
+                    "client-cert.pem and client-key.pem, signed by a CA it trusts"
+                ) from None
+        else:
+            self._negotiate(contexts)
+
+    def _negotiate(self, contexts: list[str]) -> None:
+        """Options after the greeting (and TLS): structured replies, meta contexts, GO."""
         name = self.address.export.encode()
         self._send_option(OPT_STRUCTURED_REPLY)
         rtype, data = self._option_reply(OPT_STRUCTURED_REPLY)

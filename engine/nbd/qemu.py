@@ -77,6 +77,11 @@ def remove_bitmap(image: str, name: str) -> None:
     _run(_tool("qemu-img"), "bitmap", "--remove", "-f", "qcow2", image, name)
 
 
+def create_image(image: str, size: int) -> None:
+    """A new empty qcow2 image of ``size`` bytes (a fleecing image: engine.nbd.fleece)."""
+    _run(_tool("qemu-img"), "create", "-q", "-f", "qcow2", image, str(int(size)))
+
+
 def _alive(pid: int) -> bool:
     """Whether ``pid`` still runs (a zombie waiting for its reaper does not)."""
     try:
@@ -86,11 +91,55 @@ def _alive(pid: int) -> bool:
         return False
 
 
+TMP_PREFIX = "cinderblock-nbd-"
+STALE_AFTER = 3600  # seconds: a directory without a pid file is a start that died
+
+
+def _serves(pid: int) -> bool:
+    """Whether ``pid`` is a running qemu-nbd (a pid reused by another program is not)."""
+    if not _alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return os.path.basename(f.read().split(b"\0")[0]) == b"qemu-nbd"
+    except OSError:
+        return False
+
+
+def sweep_stale(tmp_root: str | None = None) -> list[str]:
+    """Remove the private directories of exports whose qemu-nbd is gone: a backup killed
+    with SIGKILL never ran its clean-up (its qemu-nbd ended with its connection, but the
+    directory with the socket and pid file stayed). Returns the directories removed."""
+    root = tmp_root or tempfile.gettempdir()
+    removed = []
+    try:
+        names = [n for n in os.listdir(root) if n.startswith(TMP_PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        d = os.path.join(root, name)
+        try:
+            with open(os.path.join(d, "qemu-nbd.pid")) as f:
+                stale = not _serves(int(f.read().strip()))
+        except FileNotFoundError:
+            try:
+                stale = time.time() - os.stat(d).st_mtime > STALE_AFTER
+            except OSError:
+                continue
+        except (OSError, ValueError):
+            continue
+        if stale:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
 @contextlib.contextmanager
 def served(image: str, bitmap_names: tuple[str, ...] = ()) -> Iterator[str]:
     """A read-only export of ``image`` with ``bitmap_names``: yields its ``nbd+unix`` URI;
     the server is stopped (and its socket removed) on the way out, whatever happened."""
-    tmp = tempfile.mkdtemp(prefix="cinderblock-nbd-")
+    sweep_stale()
+    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX)
     sock = os.path.join(tmp, "nbd.sock")
     pidfile = os.path.join(tmp, "qemu-nbd.pid")
     # No ``-t``: the server exits when its one client (this backup) disconnects, so even a

@@ -82,8 +82,10 @@ def test_uri_errors_say_what_is_accepted(tmp_path):
         + usage.replace("[", r"\[").replace("]", r"\]").replace("?", r"\?").replace("+", r"\+"),
     ):
         parse_nbd_uri("nbd+unix:///x")
-    with pytest.raises(InvalidInput, match=r"NBD over TLS \(nbds://\) is not supported"):
+    with pytest.raises(InvalidInput, match=r"'nbds://h/x' needs tls-certificates=DIR: the dir"):
         parse_nbd_uri("nbds://h/x")
+    with pytest.raises(InvalidInput, match=r"is not an NBD URI: use nbd://.* or over TLS nbds://"):
+        parse_nbd_uri("nbd+tcp://h/x")
     with pytest.raises(NbdError, match=r"cannot connect to the NBD export .*is the server"):
         NbdClient(parse_nbd_uri(f"nbd+unix:///?socket={tmp_path}/none.sock"))
 
@@ -171,3 +173,31 @@ def test_restore_onto_an_nbd_volume_is_refused(tmp_path, image, exports):
         eng.close()
     with pytest.raises(InvalidInput, match=r"restoring onto an NBD export is not supported"):
         restore_volume(Repository.open(tmp_path / "repo").container(PROJECT, "x"), None, uri)
+
+
+def test_allowed_directories_apply_to_qmp_sockets_and_tls_certificates(tmp_path):
+    inside = tmp_path / "volumes"
+    inside.mkdir()
+    outside = tmp_path / "elsewhere"
+    vol = "98db149d-b9e6-42d7-814d-492563c56fef"
+    eng = BackupEngine.open(tmp_path / "repo", allowed_paths=[str(inside)])
+    try:
+        with pytest.raises(InvalidInput, match=r"QMP socket '.*elsewhere/qmp.sock' is outside"):
+            eng.register_volume(PROJECT, vol, f"qsd:///disk0?qmp={outside}/qmp.sock")
+        with pytest.raises(InvalidInput, match=r"NBD socket '.*elsewhere/nbd.sock' is outside"):
+            eng.register_volume(
+                PROJECT, vol, f"qsd:///disk0?qmp={inside}/qmp.sock&nbd={outside}/nbd.sock"
+            )
+        with pytest.raises(InvalidInput, match=r"TLS certificates '.*elsewhere/pki' is outside"):
+            eng.register_volume(
+                PROJECT,
+                vol,
+                f"nbds+unix:///?socket={inside}/nbd.sock&tls-certificates={outside}/pki",
+            )
+        with pytest.raises(InvalidInput, match=r"a TCP NBD export cannot be checked against"):
+            eng.register_volume(PROJECT, vol, f"nbds://h/x?tls-certificates={inside}")
+        # Inside: registered (the daemon is asked nothing until a backup runs).
+        got = eng.register_volume(PROJECT, vol, f"qsd:///disk0?qmp={inside}/qmp.sock")
+        assert got["path"] == f"qsd:///disk0?qmp={inside}/qmp.sock"
+    finally:
+        eng.close()

@@ -152,6 +152,8 @@ def test_killed_backup_keeps_both_bitmaps_and_a_stale_checkpoint_is_refused(tmp_
     finally:
         eng.close()
     # Killed again; the parent's bitmap kept counting, so the next backup still uses it.
+    private = tmp_path / "tmp"
+    private.mkdir()
     qemu_io(image, "write -P 0x23 11M 64k")
     killed = _cli(
         repo,
@@ -162,14 +164,25 @@ def test_killed_backup_keeps_both_bitmaps_and_a_stale_checkpoint_is_refused(tmp_
         "--wait",
         "--changes-from",
         "qemu-bitmap",
-        env={"CINDERBLOCK_CRASH_AT": "manifest-tmp"},
+        env={"CINDERBLOCK_CRASH_AT": "manifest-tmp", "TMPDIR": str(private)},
     )
     assert killed.returncode == -9
+    # Its export's private directory stayed (SIGKILL runs no clean-up) ...
+    assert len([n for n in os.listdir(private) if n.startswith(qimg.TMP_PREFIX)]) == 1
     qemu_io(image, "write -P 0x24 40M 64k")
     proc = _cli(
-        repo, "backup", "create", VOL, "--incremental", "--wait", "--changes-from", "qemu-bitmap"
+        repo,
+        "backup",
+        "create",
+        VOL,
+        "--incremental",
+        "--wait",
+        "--changes-from",
+        "qemu-bitmap",
+        env={"TMPDIR": str(private)},
     )
     assert proc.returncode == 0, proc.stderr
+    assert os.listdir(private) == []  # ... and the next backup removed it, and its own
     done = json.loads(proc.stdout)
     assert done["stats"]["changed_extents_used"] is True
     assert done["stats"]["blocks_read"] == 2  # 11 MiB (before the kill) and 40 MiB
@@ -232,3 +245,91 @@ def test_external_export_with_a_bitmap_and_rotation_failure_keeps_both(tmp_path,
     out = tmp_path / "out.raw"
     restore_volume(container, inc, str(out))
     assert out.read_bytes() == raw_copy(image, tmp_path / "ref.raw")
+
+
+def _killed_writer(image, *commands: str) -> None:
+    """A real qemu-io that has the image open (its bitmaps loaded, flagged in-use), writes
+    ``commands`` and is killed with SIGKILL before it can write the bitmaps back."""
+    proc = subprocess.Popen(
+        [require_tool("qemu-io"), "-f", "qcow2", str(image)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for c in commands:
+            proc.stdin.write(c + "\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+            while "wrote" not in line:
+                assert line, "qemu-io ended early"
+                line = proc.stdout.readline()
+    finally:
+        proc.kill()
+        proc.wait(timeout=20)
+    assert proc.returncode == -9
+
+
+def test_a_bitmap_left_in_use_by_a_killed_qemu_is_refused_and_replaced(tmp_path, image, caplog):
+    eng = BackupEngine.open(tmp_path / "repo", workers=2, block_size=BS)
+    try:
+        eng.register_volume(PROJECT, VOL, f"qemu-nbd://{image}")
+        full = backup(eng, changes_from="qemu-bitmap")
+        old = f"cinderblock-{full['id']}"
+        _killed_writer(image, "write -P 0x51 3M 64k", "write -P 0x52 50M 4k")
+        assert "in-use" in qimg.bitmaps(str(image))[old]
+        with caplog.at_level(logging.WARNING):
+            inc = backup(eng, body={"incremental": True}, changes_from="qemu-bitmap")
+        assert inc["status"] == "available", inc
+        st = inc["stats"]
+        new = f"cinderblock-{inc['id']}"
+        reason = (
+            f"dirty bitmap {old!r} of {image} is flagged in-use: the QEMU that had it open was "
+            "killed or crashed before writing it back, so it may miss writes; it is not used: "
+            f"the whole volume is read; the next backup counts from {new}"
+        )
+        assert st["changes_refused"] == f"qemu-bitmap: {reason}"
+        assert st["changed_extents_used"] is False
+        assert st["blocks_read"] == 14  # every data block (3 MiB was one already; 50 MiB is new)
+        assert reason in caplog.text  # the log line, as it is
+        check_restore(eng, inc["id"], image, tmp_path)
+        # The in-use bitmap is gone; the new one is consistent and counts from here.
+        assert qimg.bitmaps(str(image)) == {new: ["auto"]}
+        qemu_io(image, "write -P 0x53 17M 4k")
+        nxt = backup(eng, body={"incremental": True}, changes_from="qemu-bitmap")
+        assert nxt["stats"]["changed_extents_used"] is True
+        assert nxt["stats"]["blocks_read"] == 1
+        check_restore(eng, nxt["id"], image, tmp_path)
+    finally:
+        eng.close()
+    assert qemu_nbd_pids(image) == []
+
+
+def test_stale_export_directories_are_swept_and_live_ones_kept(tmp_path, image, exports):
+    root = tmp_path / "tmp"
+    root.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    uri = exports.start(image)  # a live qemu-nbd
+    cases = {
+        "dead": dead.pid,  # its qemu-nbd is gone
+        "reused": os.getpid(),  # the pid now belongs to another program
+        "live": exports.pids[-1],
+    }
+    for name, pid in cases.items():
+        (root / f"{qimg.TMP_PREFIX}{name}").mkdir()
+        (root / f"{qimg.TMP_PREFIX}{name}" / "qemu-nbd.pid").write_text(f"{pid}\n")
+    (root / f"{qimg.TMP_PREFIX}starting").mkdir()  # no pid file yet: a start under way
+    (root / "unrelated").mkdir()
+    removed = qimg.sweep_stale(str(root))
+    assert sorted(os.path.basename(d) for d in removed) == [
+        f"{qimg.TMP_PREFIX}dead",
+        f"{qimg.TMP_PREFIX}reused",
+    ]
+    assert sorted(os.listdir(root)) == [
+        f"{qimg.TMP_PREFIX}live",
+        f"{qimg.TMP_PREFIX}starting",
+        "unrelated",
+    ]
+    assert uri
