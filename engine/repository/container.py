@@ -479,12 +479,15 @@ class Container:
         """Unpublish a backup durably: its record (so it stops existing), then its block map.
 
         Durable before it returns: the sweep that follows may remove the objects, and a
-        record that came back after a crash would name a backup whose data is gone.
+        record that came back after a crash would name a backup whose data is gone. On pack
+        files a tombstone (``refs/gone.<id>``) follows.
         """
-        keys = [self.keys.record(backup_id), self.keys.manifest(backup_id)]
+        self.store.delete_many([self.keys.record(backup_id), self.keys.manifest(backup_id)])
         if self.packed is not None:
-            keys.append(self.keys.refs(backup_id))
-        self.store.delete_many(keys)
+            # After the record is gone (a tombstone must never name a live backup): it
+            # tells the next fold (``packrefs``) to subtract this backup's pack list, which
+            # stays until then, whether or not this delete's own sweep gets to run.
+            self.store.put(self.keys.refs_gone(backup_id), b"")
 
     # ------------------------------------------------------------------ leases
 
