@@ -394,11 +394,27 @@ class Container:
     # ------------------------------------------------------------------ block maps
 
     def put_blockmap(self, blockmap: BlockMap) -> None:
-        """Publish a block map; in version 2 then its pack list (``refs/<backup id>``, the
+        """Publish a block map; in version 2 with its pack list (``refs/<backup id>``, the
         packs its entries are in), which lets a delete find the packs only it used
-        without reading every other block map."""
-        self.store.put(self.keys.manifest(blockmap.backup_id), blockmap.encode())
-        if self.packed is not None:
+        without reading every other block map.
+
+        Version 2 publishes both in one batch of the store (in a directory: one
+        ``syncfs`` and a directory sync each, not a file and a directory sync each): both
+        are durable before either is visible, and both before the record that commits the
+        backup. A block map is written once per backup; should one be there already (a
+        re-import), both are written again one by one, replacing it.
+        """
+        key = self.keys.manifest(blockmap.backup_id)
+        if self.packed is None:
+            self.store.put(key, blockmap.encode())
+            return
+        packs = self.packed.view().packs_of(blockmap.data_digests)
+        batch = self.store.batch()
+        batch.stage(key, blockmap.encode())
+        batch.stage(self.keys.refs(blockmap.backup_id), encode_refs(packs))
+        new = {k for k, _size in batch.commit()}
+        if key not in new:
+            self.store.put(key, blockmap.encode())
             self.put_refs(blockmap)
 
     def put_refs(self, blockmap: BlockMap) -> bool:
