@@ -45,7 +45,7 @@ from .objects import (
 )
 from .packed import PackBatch, PackedObjects
 from .packs import DEFAULT_PACK_SIZE, decode_refs, encode_refs
-from .packview import PackView
+from .packview import Location, PackView
 from .records import MAX_RECORD_BYTES, decode_record, encode_record
 
 MAX_RECORD_READ = MAX_RECORD_BYTES + 1  # one byte more: an oversized record is seen as one
@@ -150,6 +150,11 @@ class Container:
         if self.packed is not None:
             return self.packed.batch()
         return LooseBatch(self.store.batch(), self.keys)
+
+    def locate(self, digest: bytes) -> Location | None:
+        """Version 2: where the entry of ``digest`` is (its pack, offset, length, base), or
+        None; the view is loaded again once when it lacks a digest."""
+        return self._locate(digest)
 
     def _locate(self, digest: bytes):
         assert self.packed is not None

@@ -242,6 +242,84 @@ class PackedObjects:
             view.drop(digest)
 
 
+class PackChecker:
+    """Verify's quick check on pack files: each pack once, with one ranged GET of its tail.
+
+    The index files say each pack's size and the entries they name; the GET reads from the
+    end of the last named entry to that size: the pack's own index and trailer (and any
+    dead entries after the last named one). The pack is missing, shorter than named,
+    carries a bad trailer or a damaged index, or its own index does not list an entry the
+    index files name at the same place: each is one message for every block in the pack.
+    Entry headers and data are not read (deep verify decodes every entry).
+    """
+
+    def __init__(self, packed: PackedObjects) -> None:
+        self.packed = packed
+        self._named: dict[bytes, tuple[int, list[np.ndarray]]] | None = None
+        self._done: dict[bytes, str | None] = {}
+        self.requests = 0
+
+    def _table(self) -> dict[bytes, tuple[int, list[np.ndarray]]]:
+        if self._named is None:
+            files = self.packed._files
+            if files is None:
+                self.packed.load()
+                files = self.packed._files or []
+            named: dict[bytes, tuple[int, list[np.ndarray]]] = {}
+            for f in files:
+                for n, (pid, size, _count) in enumerate(f.packs):
+                    named.setdefault(pid, (size, []))[1].append(f.entries[f.entries["pack"] == n])
+            self._named = named
+        return self._named
+
+    def error_of(self, pack_id: bytes) -> str | None:
+        if pack_id not in self._done:
+            self._done[pack_id] = self._check(pack_id)
+        return self._done[pack_id]
+
+    def _check(self, pack_id: bytes) -> str | None:
+        row = self._table().get(pack_id)
+        if row is None:
+            return "its pack is named by no index file"
+        size, parts = row
+        entries = np.concatenate(parts)
+        ends = entries["offset"].astype(np.int64) + entries["length"]
+        start = int(ends.max()) if len(entries) else 0
+        what = f"pack {pack_id.hex()}"
+        if size < start + PACK_TRAILER_SIZE:
+            return f"{what} is smaller ({size} bytes) than the entries its index file names"
+        self.requests += 1
+        try:
+            tail = self.packed.store.get(self.packed.keys.pack(pack_id), start, size - start)
+        except BlobNotFound:
+            return f"{what} is missing"
+        if len(tail) != size - start:
+            return f"{what} is truncated (shorter than the {size} bytes its index file names)"
+        trailer = tail[-PACK_TRAILER_SIZE:]
+        try:
+            offset, _count = parse_pack_trailer(trailer, size, what=what)
+            if offset < start:
+                raise CorruptionError(f"{what} has its own index inside named entries")
+            own = parse_pack_index(tail[offset - start : -PACK_TRAILER_SIZE], trailer, what=what)
+        except CorruptionError as e:
+            return e.message
+        have = set(
+            zip(own["digest"].tolist(), own["offset"].tolist(), own["length"].tolist(), strict=True)
+        )
+        for d, off, n in zip(
+            entries["digest"].tolist(),
+            entries["offset"].tolist(),
+            entries["length"].tolist(),
+            strict=True,
+        ):
+            if (d, off, n) not in have:
+                return (
+                    f"{what}: its own index does not list entry {bytes(d).hex()} at "
+                    f"{off}+{n}, which the index files name (damaged or replaced)"
+                )
+        return None
+
+
 def merge_index_files(files: list[IndexFile]) -> list[tuple[bytes, int, np.ndarray]]:
     """(pack id, size, entries) of every pack the files name, each entry once."""
     by_pack: dict[bytes, tuple[int, list[np.ndarray]]] = {}
