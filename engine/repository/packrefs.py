@@ -22,7 +22,8 @@ Safety: the caller holds the container's sweep lease, so no writer runs. Every r
 backup's list names a pack holding each of its blocks (``PackView.packs_of``), so its packs
 keep a count of at least one; a pack is deleted only when its count falls to exactly zero.
 Anything that does not add up (a count that would go negative, an unreadable file, a
-committed backup without a list, quarantine marks) makes :func:`fold_deletes` return None
+committed backup without a list, a dying pack holding a block whose other copy was set
+aside as damaged) makes :func:`fold_deletes` return None
 and the caller run the full sweep, which rebuilds everything (:func:`rebuild_counts`).
 
 Order: the new index (without the dead packs) → old index files → dead packs → the newly
@@ -235,16 +236,20 @@ def _fold(packed: PackedObjects, committed: set[str], dry_run: bool) -> SweepRes
     res = SweepResult(damaged_entries=[])
     files = []
     if dead:
-        if packed.marks():
-            raise _Inconsistent("quarantine marks: a pack may hold a block stored afresh")
         files, bad = packed.index_files()
         if bad:
             raise _Inconsistent("an index file is unreadable")
+        marked = {d for d, _p in packed.marks()}
         res.packs_removed = len(dead)
         for f in files:
             for n, (pid, size, _c) in enumerate(f.packs):
                 if pid in dead:
-                    res.entries_removed += int((f.entries["pack"] == n).sum())
+                    mine = f.entries["digest"][f.entries["pack"] == n]
+                    if marked and marked & {bytes(d) for d in mine.tolist()}:
+                        # A block found damaged elsewhere and stored afresh here: backups
+                        # whose lists name the damaged copy read this one.
+                        raise _Inconsistent(f"pack {pid.hex()} holds a block set aside elsewhere")
+                    res.entries_removed += len(mine)
                     res.bytes_removed += size
     if dry_run:
         return res

@@ -280,3 +280,22 @@ def test_a_fold_cut_short_is_redone_by_the_next_delete(cut):
         assert r.restores(bm)
     # maps[1]'s and maps[2]'s packs are gone: the shared one, maps[3]'s and late's stay.
     assert len(r.packs()) == 3
+
+
+def test_a_pack_holding_a_block_stored_afresh_after_damage_is_not_deleted_by_a_fold():
+    r = Repo()
+    old = r.backup()
+    digest = next(d for d in old.referenced() if d != r.shared)
+    r.c.quarantine(digest, by="verify")  # old's copy found damaged: a mark names its pack
+    healer = r.repo.container("proj", "backups")
+    block = r.data[digest]
+    batch = healer.batch()  # the next backup of the block stores it afresh, in a new pack
+    batch.stage(digest, healer.codec.encode(block, digest))
+    batch.commit()
+    heal = blockmap([r.shared, digest])
+    healer.put_blockmap(heal)
+    healer.put_record({"id": heal.backup_id, "status": "available"})
+    r.store.take()
+    r.delete(heal)  # its pack's count falls to zero, but old reads the block from it
+    assert r.store.take()["get", "manifests"] > 0  # the full sweep decided instead
+    assert r.restores(old)
