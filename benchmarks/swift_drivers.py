@@ -21,7 +21,9 @@ Cinder's driver runs with its defaults (zlib, 50 MiB objects, 32 KiB SHA blocks,
 ``single_user`` v1 auth), cinderblock with its own (1 MiB blocks, zstd 3, 2 workers, the
 same credentials from the environment). Stored bytes and objects are what the step added
 to the driver's container (a listing); cinderblock's requests are counted at its store.
-Client and servers share this machine's cores; each step runs once per run (a backup
+Client CPU is the driver process's own (user + system, every thread); the Swift servers'
+is what their processes used during the step. Client and servers share this machine's
+cores; each step runs once per run (a backup
 cannot be repeated on the same state): run it a few times and quote medians.
 """
 
@@ -67,6 +69,28 @@ def _peak_rss() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def _own_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _servers_cpu() -> float:
+    """CPU seconds (user + system) the Swift servers have used: their pids come from the
+    parent in ``$CB_SAIO_PIDS``."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in filter(None, os.environ.get("CB_SAIO_PIDS", "").split(",")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+    return total
 
 
 def _container_usage(container: str) -> tuple[int, int]:
@@ -122,9 +146,11 @@ def run_driver(name: str, image: str, work: str, container: str) -> list[dict]:
         objs0, bytes0 = _container_usage(container)
         req0 = requests()
         _reset_peak()
+        cpu0, srv0 = _own_cpu(), _servers_cpu()
         t = time.perf_counter()
         out = fn()
         wall = time.perf_counter() - t
+        cpu, srv = _own_cpu() - cpu0, _servers_cpu() - srv0
         objs1, bytes1 = _container_usage(container)
         row = {
             "driver": name,
@@ -133,6 +159,8 @@ def run_driver(name: str, image: str, work: str, container: str) -> list[dict]:
             "stored": bytes1 - bytes0,
             "objects": objs1 - objs0,
             "peak_rss": _peak_rss(),
+            "cpu": cpu,
+            "server_cpu": srv,
         }
         if name == "cinderblock":
             row["requests"] = requests() - req0
@@ -192,6 +220,7 @@ def main() -> None:
         for var in ("OS_CLOUD", "OS_AUTH_URL", "OS_CINDER_DISABLE_EVENTLET_PATCHING"):
             env.pop(var, None)
         env["PYTHONPATH"] = ROOT  # this checkout's engine, whatever the venv's .pth names
+        env["CB_SAIO_PIDS"] = ",".join(str(p.pid) for p in saio.procs.values())
         if args.threads == "native":
             env["OS_CINDER_DISABLE_EVENTLET_PATCHING"] = "1"
         for name in ("swift", "cinderblock"):
@@ -224,8 +253,9 @@ def table(rows: list[dict], size: int, threads: str = "eventlet") -> str:
         "",
         "| step | swift wall | cinderblock wall | speed-up | swift MB/s | cinderblock MB/s "
         "| swift stored | cinderblock stored | swift objects | cinderblock objects "
-        "| cinderblock requests | swift peak RSS | cinderblock peak RSS |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| cinderblock requests | swift peak RSS | cinderblock peak RSS "
+        "| client CPU swift / cinderblock | Swift servers' CPU swift / cinderblock |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in STEPS:
         p, c = by[("swift", s)], by[("cinderblock", s)]
@@ -233,7 +263,9 @@ def table(rows: list[dict], size: int, threads: str = "eventlet") -> str:
             f"| {s} | {p['wall']:.2f} s | {c['wall']:.2f} s | {p['wall'] / c['wall']:.1f}x "
             f"| {size / p['wall'] / 1e6:.0f} | {size / c['wall'] / 1e6:.0f} "
             f"| {_mb(p['stored'])} | {_mb(c['stored'])} | {p['objects']} | {c['objects']} "
-            f"| {c.get('requests', '-')} | {_mb(p['peak_rss'])} | {_mb(c['peak_rss'])} |"
+            f"| {c.get('requests', '-')} | {_mb(p['peak_rss'])} | {_mb(c['peak_rss'])} "
+            f"| {p['cpu']:.1f} s / {c['cpu']:.1f} s "
+            f"| {p['server_cpu']:.1f} s / {c['server_cpu']:.1f} s |"
         )
     return "\n".join(lines)
 

@@ -89,7 +89,9 @@ def _build_commands() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"cinderblock {version}")
     _add_global_options(p, defaults=True)
     groups = p.add_subparsers(
-        dest="group", required=True, metavar="{init,volume,snapshot,backup,verify,gc,bench,serve}"
+        dest="group",
+        required=True,
+        metavar="{init,volume,snapshot,backup,verify,gc,bench,serve,repo}",
     )
 
     ini = groups.add_parser(
@@ -230,6 +232,18 @@ def _build_commands() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="keep anything younger than this (default 900)",
     )
+    rp = groups.add_parser("repo", help="repository maintenance").add_subparsers(
+        dest="cmd", required=True
+    )
+    up = rp.add_parser(
+        "upgrade",
+        help="upgrade a format-1 repository to format 2 (pack files) in place",
+        description="Copy every block object into pack files, write index files and pack "
+        "lists, switch config.json last, then remove the loose objects. Refused while a "
+        "backup runs; an interrupted upgrade is resumed by running it again. Restart every "
+        "engine that has the repository open afterwards.",
+    )
+    up.add_argument("--pack-size", type=_size_arg, default=None, help="pack size (32M)")
     from .http.command import add_serve_parser
 
     add_serve_parser(groups)
@@ -477,6 +491,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
         from .http.command import run_serve
 
         return run_serve(args)
+    if args.group == "repo":
+        return _repo_upgrade(args, out)
     project = args.project
     try:
         eng = BackupEngine.open(args.repo, workers=args.workers, create=False)
@@ -706,6 +722,20 @@ def _init_remote(args: argparse.Namespace, out: Output) -> int:
         [("repository", store.url), ("status", "already existed" if existed else "created")],
     )
     return EXIT_OK
+
+
+def _repo_upgrade(args: argparse.Namespace, out: Output) -> int:
+    """``repo upgrade``: format 1 to 2 in place (``engine.repository.upgrade``)."""
+    from .repository import Repository
+    from .repository.upgrade import upgrade
+
+    repo = Repository.open(args.repo, create=False)
+    say = None if out.as_json else (lambda msg: print(msg, file=sys.stderr))
+    report = upgrade(repo, pack_size=args.pack_size, progress=say).as_dict()
+    out.emit(report, [(k, _cell(v)) for k, v in report.items()])
+    if report["format_before"] == 1 and not out.as_json:
+        print("restart every engine that has this repository open", file=sys.stderr)
+    return EXIT_OK if not report["damaged_objects"] else EXIT_ERROR
 
 
 def _init(args: argparse.Namespace, out: Output) -> int:

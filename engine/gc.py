@@ -34,7 +34,8 @@ from typing import Any
 from .errors import InvalidInput, RepositoryError
 from .owners import is_alive, me
 from .repository import Container, Repository
-from .repository.packed import sweep_packs, sweep_released
+from .repository.packed import sweep_packs
+from .repository.packrefs import fold_deletes, rebuild_counts
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,9 @@ def sweep_container(
     writer that could reference them holds a lease, which keeps the sweep out. So on a
     store whose listings show every lease at once, those of them that nothing else
     references go at once, whatever their age; on any other store they wait for the grace
-    like everything else.
+    like everything else. On pack files, ``released`` (even empty: the block map could
+    not be read) also says the sweep follows a delete, which then costs what it removes
+    (``packrefs.fold_deletes``) unless something does not add up.
     """
     grace = check_grace(grace_seconds)
     report = report or GcReport(dry_run=dry_run)
@@ -165,7 +168,7 @@ def sweep_container(
         report.skip(container, why or "")
         return report
     with lease:
-        _sweep(container, dict(live or {}), dry_run, time.time() - grace, released or set(), report)
+        _sweep(container, dict(live or {}), dry_run, time.time() - grace, released, report)
     return report
 
 
@@ -174,10 +177,22 @@ def _sweep(
     live: dict[str, str],
     dry_run: bool,
     cutoff: float,
-    released: set[bytes],
+    released: set[bytes] | None,
     report: GcReport,
 ) -> None:
     store = container.store
+    if container.packed is not None and released is not None:
+        # A delete on pack files: the packs whose count of backups naming them falls to
+        # zero go; no block map, record or remaining pack list is read. gc does the rest.
+        committed = {bid for bid, status in live.items() if status in COMMITTED_STATUSES}
+        fast = fold_deletes(container.packed, committed, dry_run=dry_run)
+        if fast is not None:
+            report.objects_removed += fast.entries_removed
+            report.packs_removed += fast.packs_removed
+            report.bytes_reclaimed += fast.bytes_removed
+            report.containers_swept += 1
+            return
+    released = released or set()
     records = set(container.record_ids())
     manifest_ids = set(container.blockmap_ids())
     for bid, status in sorted(live.items()):
@@ -190,16 +205,6 @@ def _sweep(
                 f"backup {bid} is {status} but its record is missing (the catalog and the "
                 "repository disagree); nothing removed — run verify",
             )
-            return
-    if container.packed is not None and released:
-        # A delete on pack files: only the packs the deleted backup alone used go, found
-        # through the remaining backups' pack lists (no block map is read); gc does the rest.
-        fast = sweep_released(container.packed, released, manifest_ids, dry_run=dry_run)
-        if fast is not None:
-            report.objects_removed += fast.entries_removed
-            report.packs_removed += fast.packs_removed
-            report.bytes_reclaimed += fast.bytes_removed
-            report.containers_swept += 1
             return
     blockmaps = {info.key.rsplit("/", 1)[-1]: info for info in container.blockmaps()}
     referenced: set[bytes] = set()
@@ -252,21 +257,19 @@ def _sweep(
 
 
 def _refresh_refs(container: Container, blockmaps: dict, orphans: list[str]) -> None:
-    """Rewrite the pack lists that a sweep made stale (entries moved by a rewrite, or read
-    from another copy), and remove those of block maps that are gone."""
+    """Count the pack lists afresh after a sweep (its rewrites moved entries, and the
+    lists of vanished block maps go): ``packrefs.rebuild_counts``."""
     gone = set(orphans)
+    packed = container.packed
+    assert packed is not None
+    view = packed.view()
+    lists = {}
     for bid, info in blockmaps.items():
         if info.key in gone:
             continue
         with contextlib.suppress(RepositoryError):
-            container.put_refs(container.get_blockmap(bid))
-    stale = [
-        i.key
-        for i in container.store.list(container.keys.refs_prefix)
-        if i.key.rsplit("/", 1)[-1] not in blockmaps
-        or container.keys.manifest(i.key.rsplit("/", 1)[-1]) in gone
-    ]
-    container.store.delete_many(stale)
+            lists[bid] = view.packs_of(container.get_blockmap(bid).data_digests)
+    rebuild_counts(packed, lists)
 
 
 def _loose_garbage(

@@ -48,7 +48,7 @@ from .objects import (
 )
 from .packed import PackBatch, PackedObjects
 from .packs import DEFAULT_PACK_SIZE, decode_refs, encode_refs
-from .packview import PackView
+from .packview import Location, PackView
 from .pagerefs import PageRefs, head_length
 from .pagesection import read_prefixes, read_sections
 from .records import MAX_RECORD_BYTES, decode_record, encode_record
@@ -170,6 +170,11 @@ class Container:
         if self.packed is not None:
             return self.packed.batch()
         return LooseBatch(self.store.batch(), self.keys)
+
+    def locate(self, digest: bytes) -> Location | None:
+        """Version 2: where the entry of ``digest`` is (its pack, offset, length, base), or
+        None; the view is loaded again once when it lacks a digest."""
+        return self._locate(digest)
 
     def _locate(self, digest: bytes):
         assert self.packed is not None
@@ -521,11 +526,27 @@ class Container:
     # ------------------------------------------------------------------ block maps
 
     def put_blockmap(self, blockmap: BlockMap) -> None:
-        """Publish a block map; in version 2 then its pack list (``refs/<backup id>``, the
+        """Publish a block map; in version 2 with its pack list (``refs/<backup id>``, the
         packs its entries are in), which lets a delete find the packs only it used
-        without reading every other block map."""
-        self.store.put(self.keys.manifest(blockmap.backup_id), blockmap.encode())
-        if self.packed is not None:
+        without reading every other block map.
+
+        Version 2 publishes both in one batch of the store (in a directory: one
+        ``syncfs`` and a directory sync each, not a file and a directory sync each): both
+        are durable before either is visible, and both before the record that commits the
+        backup. A block map is written once per backup; should one be there already (a
+        re-import), both are written again one by one, replacing it.
+        """
+        key = self.keys.manifest(blockmap.backup_id)
+        if self.packed is None:
+            self.store.put(key, blockmap.encode())
+            return
+        packs = self.packed.view().packs_of(blockmap.data_digests)
+        batch = self.store.batch()
+        batch.stage(key, blockmap.encode())
+        batch.stage(self.keys.refs(blockmap.backup_id), encode_refs(packs))
+        new = {k for k, _size in batch.commit()}
+        if key not in new:
+            self.store.put(key, blockmap.encode())
             self.put_refs(blockmap)
 
     def put_refs(self, blockmap: BlockMap) -> bool:
@@ -606,12 +627,15 @@ class Container:
         """Unpublish a backup durably: its record (so it stops existing), then its block map.
 
         Durable before it returns: the sweep that follows may remove the objects, and a
-        record that came back after a crash would name a backup whose data is gone.
+        record that came back after a crash would name a backup whose data is gone. On pack
+        files a tombstone (``refs/gone.<id>``) follows.
         """
-        keys = [self.keys.record(backup_id), self.keys.manifest(backup_id)]
+        self.store.delete_many([self.keys.record(backup_id), self.keys.manifest(backup_id)])
         if self.packed is not None:
-            keys.append(self.keys.refs(backup_id))
-        self.store.delete_many(keys)
+            # After the record is gone (a tombstone must never name a live backup): it
+            # tells the next fold (``packrefs``) to subtract this backup's pack list, which
+            # stays until then, whether or not this delete's own sweep gets to run.
+            self.store.put(self.keys.refs_gone(backup_id), b"")
 
     # ------------------------------------------------------------------ leases
 

@@ -5,7 +5,9 @@ influence.
     projects/<project>/<container>/objects/<d[0:2]>/<digest hex>     (version 1)
     projects/<project>/<container>/packs/<p[0:2]>/<pack id hex>      (version 2)
     projects/<project>/<container>/index/<index id hex>             (version 2)
-    projects/<project>/<container>/refs/<backup id>                 (version 2)
+    projects/<project>/<container>/refs/<backup id>                 (version 2: new pack lists)
+    projects/<project>/<container>/packrefs/<backup id>.<gen>       (version 2: counted ones)
+    projects/<project>/<container>/refcounts/<gen>                  (version 2: pack counts)
     projects/<project>/<container>/manifests/<backup id>          (block maps)
     projects/<project>/<container>/records/<backup id>.json
     projects/<project>/<container>/quarantine/<digest hex>.<ns>   (damaged, set aside)
@@ -34,6 +36,8 @@ OBJECTS = "objects"
 PACKS = "packs"
 INDEX = "index"
 REFS = "refs"
+PACKREFS = "packrefs"
+REFCOUNTS = "refcounts"
 MANIFESTS = "manifests"
 RECORDS = "records"
 QUARANTINE = "quarantine"
@@ -115,6 +119,25 @@ class ContainerKeys:
     @property
     def refs_prefix(self) -> str:
         return f"{self.prefix}{REFS}/"
+
+    def refs_gone(self, backup_id: str) -> str:
+        """The tombstone a delete leaves for the next fold of the pack counts."""
+        return f"{self.prefix}{REFS}/gone.{check_uuid(backup_id, 'backup id')}"
+
+    def counted_refs(self, backup_id: str, generation: int) -> str:
+        """A pack list the counts of ``generation`` folded in (never rewritten)."""
+        return f"{self.prefix}{PACKREFS}/{check_uuid(backup_id, 'backup id')}.{generation:016x}"
+
+    @property
+    def counted_refs_prefix(self) -> str:
+        return f"{self.prefix}{PACKREFS}/"
+
+    def refcounts(self, generation: int) -> str:
+        return f"{self.prefix}{REFCOUNTS}/{generation:016x}"
+
+    @property
+    def refcounts_prefix(self) -> str:
+        return f"{self.prefix}{REFCOUNTS}/"
 
     def manifest(self, backup_id: str) -> str:
         return f"{self.prefix}{MANIFESTS}/{check_uuid(backup_id, 'backup id')}"

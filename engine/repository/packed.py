@@ -14,7 +14,6 @@ each other in one pack into one GET.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -34,10 +33,7 @@ from .packs import (
     ENTRY,
     NO_BASE,
     PACK_TRAILER_SIZE,
-    decode_all_refs,
     decode_index,
-    decode_refs,
-    encode_all_refs,
     encode_index,
     entries_array,
     new_pack_id,
@@ -55,8 +51,6 @@ log = logging.getLogger(__name__)
 #: Packs published by one batch before an index file names them (the last ones are named at
 #: the end of the job whatever their number): about 1 GiB at the default pack size.
 INDEX_EVERY_PACKS = 32
-#: ``refs/all.<id>``: the pack lists of many backups in one file (written by deletes).
-REFS_ALL_PREFIX = "all."
 #: Adjacent entries are read in one GET up to this size, across gaps of at most ``GAP``.
 COALESCE_BYTES = 8 << 20
 COALESCE_GAP = 64 << 10
@@ -260,6 +254,84 @@ class PackedObjects:
         view = self._view
         if view is not None:
             view.drop(digest)
+
+
+class PackChecker:
+    """Verify's quick check on pack files: each pack once, with one ranged GET of its tail.
+
+    The index files say each pack's size and the entries they name; the GET reads from the
+    end of the last named entry to that size: the pack's own index and trailer (and any
+    dead entries after the last named one). The pack is missing, shorter than named,
+    carries a bad trailer or a damaged index, or its own index does not list an entry the
+    index files name at the same place: each is one message for every block in the pack.
+    Entry headers and data are not read (deep verify decodes every entry).
+    """
+
+    def __init__(self, packed: PackedObjects) -> None:
+        self.packed = packed
+        self._named: dict[bytes, tuple[int, list[np.ndarray]]] | None = None
+        self._done: dict[bytes, str | None] = {}
+        self.requests = 0
+
+    def _table(self) -> dict[bytes, tuple[int, list[np.ndarray]]]:
+        if self._named is None:
+            files = self.packed._files
+            if files is None:
+                self.packed.load()
+                files = self.packed._files or []
+            named: dict[bytes, tuple[int, list[np.ndarray]]] = {}
+            for f in files:
+                for n, (pid, size, _count) in enumerate(f.packs):
+                    named.setdefault(pid, (size, []))[1].append(f.entries[f.entries["pack"] == n])
+            self._named = named
+        return self._named
+
+    def error_of(self, pack_id: bytes) -> str | None:
+        if pack_id not in self._done:
+            self._done[pack_id] = self._check(pack_id)
+        return self._done[pack_id]
+
+    def _check(self, pack_id: bytes) -> str | None:
+        row = self._table().get(pack_id)
+        if row is None:
+            return "its pack is named by no index file"
+        size, parts = row
+        entries = np.concatenate(parts)
+        ends = entries["offset"].astype(np.int64) + entries["length"]
+        start = int(ends.max()) if len(entries) else 0
+        what = f"pack {pack_id.hex()}"
+        if size < start + PACK_TRAILER_SIZE:
+            return f"{what} is smaller ({size} bytes) than the entries its index file names"
+        self.requests += 1
+        try:
+            tail = self.packed.store.get(self.packed.keys.pack(pack_id), start, size - start)
+        except BlobNotFound:
+            return f"{what} is missing"
+        if len(tail) != size - start:
+            return f"{what} is truncated (shorter than the {size} bytes its index file names)"
+        trailer = tail[-PACK_TRAILER_SIZE:]
+        try:
+            offset, _count = parse_pack_trailer(trailer, size, what=what)
+            if offset < start:
+                raise CorruptionError(f"{what} has its own index inside named entries")
+            own = parse_pack_index(tail[offset - start : -PACK_TRAILER_SIZE], trailer, what=what)
+        except CorruptionError as e:
+            return e.message
+        have = set(
+            zip(own["digest"].tolist(), own["offset"].tolist(), own["length"].tolist(), strict=True)
+        )
+        for d, off, n in zip(
+            entries["digest"].tolist(),
+            entries["offset"].tolist(),
+            entries["length"].tolist(),
+            strict=True,
+        ):
+            if (d, off, n) not in have:
+                return (
+                    f"{what}: its own index does not list entry {bytes(d).hex()} at "
+                    f"{off}+{n}, which the index files name (damaged or replaced)"
+                )
+        return None
 
 
 def merge_index_files(files: list[IndexFile]) -> list[tuple[bytes, int, np.ndarray]]:
@@ -636,99 +708,50 @@ def _entry_ok(entry: bytes, digest: bytes) -> bool:
     return head is not None and head[3] == digest and head[2] + HEADER_SIZE == len(entry)
 
 
-def sweep_released(
-    packed: PackedObjects, released: set[bytes], remaining: set[str], *, dry_run: bool = False
-) -> SweepResult | None:
-    """The sweep after a delete: remove the packs only the deleted backup used.
-
-    Cost: one listing and one small GET per remaining backup's pack list
-    (``refs/<backup id>``), the index files, and one new index — never a block map. The
-    packs that held ``released`` digests and that no remaining backup's pack list names
-    are deleted (with the sweep lease held no writer is running; every entry in them was
-    the deleted backup's or already dead); a partly dead pack is left for gc, which
-    reclaims entries and rewrites packs. None (the caller does the full sweep) when some
-    remaining block map has no readable pack list or an index file is unreadable.
-    """
-    store, keys = packed.store, packed.keys
-    lists: dict[str, set[bytes]] = {}
-    combined: list[str] = []
-    single: list[str] = []
-    try:
-        for key in store.keys(keys.refs_prefix):
-            name = key.rsplit("/", 1)[-1]
-            if name.startswith(REFS_ALL_PREFIX):
-                combined.append(key)
-            elif name in remaining:
-                single.append(key)
-        for key in combined:
-            for bid, packs in decode_all_refs(store.get(key), what=key).items():
-                if bid in remaining:
-                    lists[bid] = packs
-        for key in single:  # a backup's own list is newer than a combined one
-            lists[key.rsplit("/", 1)[-1]] = decode_refs(store.get(key), what=key)
-    except (BlobNotFound, CorruptionError):
-        return None
-    if set(lists) != remaining:
-        return None
-    others: set[bytes] = set().union(*lists.values()) if lists else set()
-    files, bad = packed.index_files()
-    if bad:
-        return None
-    view = PackView(([p[0] for p in f.packs], f.entries) for f in files)
-    candidates = {loc.pack_id for d in released if (loc := view.locate(d)) is not None}
-    if not lists:
-        # The last backup: the bases and donors of its deltas go too (their packs may hold
-        # nothing else it named).
-        needed = donors_of(packed, files, released)
-        needed |= {b for d in released if (b := view.base_of(d)) is not None}
-        candidates |= {loc.pack_id for d in needed if (loc := view.locate(d)) is not None}
-    dead = candidates - others
-    if dead and lists and _holds_donor_pages(files, dead):
-        # A referencing delta there may give pages to a remaining backup's delta, which
-        # its pack list does not name: the full sweep reads the heads that say so.
-        return None
-    res = SweepResult(damaged_entries=[])
-    if not dry_run and not lists:
-        store.delete_many(combined + single)  # no backup is left: neither are its lists
-    elif not dry_run and len(single) + len(combined) > 1:
-        # Compact the pack lists into one file: the next delete reads one GET, not one per
-        # backup. Written before the files it replaces go.
-        blob = encode_all_refs(lists)
-        store.put(keys.refs_all(pack_id_of(blob)), blob)
-        store.delete_many(combined + single)
-    if not dead:
-        return res
-    keep: dict[bytes, tuple[int, list[np.ndarray]]] = {}
+def rewrite_index_without(packed: PackedObjects, files: list[IndexFile], dead: set[bytes]) -> int:
+    """Replace ``files`` by one index naming every entry of theirs outside the ``dead``
+    packs (written before the files it replaces go); return how many files went. Whole
+    arrays: no Python object per entry."""
+    store = packed.store
+    number: dict[bytes, int] = {}
+    sizes: list[int] = []
+    parts = []
     for f in files:
+        remap = np.zeros(len(f.packs), np.int64)
         for n, (pid, size, _count) in enumerate(f.packs):
-            mine = f.entries[f.entries["pack"] == n]
             if pid in dead:
-                res.entries_removed += len(mine)
-            else:
-                keep.setdefault(pid, (size, []))[1].append(mine)
-    listed = {keys.pack(p): 0 for p in dead}
-    for p in dead:
-        with contextlib.suppress(BlobNotFound):
-            listed[keys.pack(p)] = store.stat(keys.pack(p)).size
-    res.packs_removed = len(dead)
-    res.bytes_removed = sum(listed.values())
-    if dry_run:
-        return res
-    final = []
-    for pid, (size, parts) in sorted(keep.items()):
-        entries = np.concatenate(parts)
-        _u, first = np.unique(entries["offset"], return_index=True)
-        final.append((pid, size, entries[np.sort(first)]))
-    if final:
-        packed.publish_index(final)
-    res.index_files_removed = store.delete_many([f.key for f in files])
-    store.delete_many(sorted(listed))
+                remap[n] = -1
+                continue
+            if pid not in number:
+                number[pid] = len(number)
+                sizes.append(size)
+            remap[n] = number[pid]
+        e = f.entries.copy()
+        if len(e):
+            mapped = remap[e["pack"].astype(np.int64)]
+            e = e[mapped >= 0]
+            e["pack"] = mapped[mapped >= 0]
+        parts.append(e)
+    entries = np.concatenate(parts) if parts else np.zeros(0, ENTRY)
+    if len(entries):
+        key = (entries["pack"].astype(np.uint64) << np.uint64(32)) | entries["offset"].astype(
+            np.uint64
+        )
+        _u, first = np.unique(key, return_index=True)  # sorted by pack, then offset
+        entries = entries[first]
+    if number:
+        counts = np.bincount(entries["pack"].astype(np.int64), minlength=len(number))
+        rows = [(pid, sizes[n], int(counts[n])) for pid, n in number.items()]
+        blob = encode_index(rows, entries, time.time_ns())
+        store.put(packed.keys.index(pack_id_of(blob)), blob)
+    n = store.delete_many([f.key for f in files])
     packed._view, packed._files = None, None
-    return res
+    return n
 
 
-def _holds_donor_pages(files: list, packs: set[bytes]) -> bool:
-    """Whether any of ``packs`` holds a referencing delta (a possible donor)."""
+def holds_donor_pages(files: list, packs: set[bytes]) -> bool:
+    """Whether any of ``packs`` holds a referencing delta (a possible donor of pages to a
+    delta that a remaining backup names: its pack list does not name the donor's pack)."""
     for f in files:
         for n, (pid, _size, _count) in enumerate(f.packs):
             if pid in packs:

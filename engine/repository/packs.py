@@ -204,7 +204,8 @@ REFS_ALL_ROW = struct.Struct("<16sI")
 
 
 def encode_all_refs(refs: dict[str, set[bytes]]) -> bytes:
-    """The pack lists of many backups in one file (what a delete writes back)."""
+    """The pack lists of many backups in one file: what deletes of earlier engines wrote
+    (``refs/all.<id>``); ``packrefs`` folds them. Kept for tests of that."""
     import uuid
 
     parts = [REFS_HEADER.pack(REFS_ALL_MAGIC, REFS_VERSION, 0, len(refs), 0)]

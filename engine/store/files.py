@@ -146,16 +146,18 @@ class StagedBatch:
         self.root = root
         self.kind = kind
         self._lock = threading.Lock()
-        self._pending: list[tuple[str, str, int]] = []
+        self._pending: list[tuple[str, str, int, str]] = []
         self.pending_bytes = 0
 
-    def stage(self, path: str, data: Data) -> None:
-        """Write ``data`` (one buffer or several, in order) under a temporary name."""
+    def stage(self, path: str, data: Data, *, kind: str | None = None) -> None:
+        """Write ``data`` (one buffer or several, in order) under a temporary name;
+        ``kind`` names this file's crash points (default: the batch's)."""
         tmp = _write_temp(path, data, fsync=False)
-        crash_point(f"{self.kind}-tmp")
+        kind = kind or self.kind
+        crash_point(f"{kind}-tmp")
         size = size_of(data)
         with self._lock:
-            self._pending.append((tmp, path, size))
+            self._pending.append((tmp, path, size, kind))
             self.pending_bytes += size
 
     def publish(self) -> list[tuple[str, int]]:
@@ -168,11 +170,11 @@ class StagedBatch:
         sync_filesystem(self.root)
         published = []
         directories = set()
-        for tmp, path, size in batch:
+        for tmp, path, size, kind in batch:
             if _publish_link(tmp, path):
                 published.append((path, size))
                 directories.add(os.path.dirname(path))
-            crash_point(f"{self.kind}-published")
+            crash_point(f"{kind}-published")
         for d in directories:
             fsync_dir(d)
         return published
@@ -182,7 +184,7 @@ class StagedBatch:
         with self._lock:
             batch, self._pending = self._pending, []
             self.pending_bytes = 0
-        for tmp, _path, _size in batch:
+        for tmp, _path, _size, _kind in batch:
             unlink_quietly(tmp)
 
 

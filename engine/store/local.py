@@ -42,7 +42,11 @@ class LocalBatch:
         return self._staged.pending_bytes
 
     def stage(self, key: str, data: Data) -> None:
-        self._staged.stage(self._store.path_of(key), data)
+        # A block map (staged with its pack list) keeps its own crash points.
+        kind = crash_kind(key)
+        self._staged.stage(
+            self._store.path_of(key), data, kind=kind if kind in ("manifest", "record") else None
+        )
 
     def commit(self) -> list[tuple[str, int]]:
         root = self._store.root + os.sep

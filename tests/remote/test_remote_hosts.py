@@ -248,3 +248,98 @@ def test_a_backup_deleted_by_another_host_leaves_this_hosts_cache_at_its_next_re
     finally:
         for eng in hosts:
             eng.close()
+
+
+def test_two_hosts_storing_the_same_new_block_at_once(swift_env, tmp_path):
+    """Two hosts back up volumes with the same new blocks at the same moment: each loaded
+    the index before the other published its own, so both store them (two packs hold the
+    same entries). Restore and verify are right on both; deleting either backup leaves the
+    other whole (its own pack list names its own copy); gc keeps one copy, and the pack
+    lists it counts afresh name that copy, so a later delete still leaves the other whole."""
+    from engine.repository import Repository
+
+    url = f"swift://{unique_name('twice')}/repo"
+    Repository.open(url, format_version=2, pack_size=1 << 20)
+    hosts = [open_host(url, tmp_path, n) for n in ("a", "b", "c")]
+    a, b, c = hosts
+    paths, vids = [tmp_path / "vol-a.img", tmp_path / "vol-b.img"], []
+    for eng, path in zip((a, b), paths, strict=True):
+        path.write_bytes(bytes(BS))
+        vids.append(new_id())
+        eng.register_volume(PROJECT, vids[-1], str(path))
+    real_put, real_list = a.repo.store.put, b.repo.store.list
+    store = c.repo.store
+    container = c.repo.container(PROJECT, "backups")
+
+    def both_at_once(seed: int) -> tuple[bytes, list[str]]:
+        """The same new 2 MiB on both volumes, backed up by both hosts at once; a publishes
+        its index only once b has loaded the index, so neither knows the other's copy."""
+        data = make_image(tmp_path / f"new-{seed}.img", 2 * MIB, seed=seed)  # 32 random blocks
+        for path in paths:
+            path.write_bytes(data)
+        b_loaded = threading.Event()
+
+        def a_put(key, blob, *, exclusive=False):
+            if "/index/" in key:
+                assert b_loaded.wait(60), "b never loaded the index"
+            return real_put(key, blob, exclusive=exclusive)
+
+        def b_list(prefix):
+            items = list(real_list(prefix))
+            if prefix.endswith("/index/"):
+                b_loaded.set()
+            return iter(items)
+
+        a.repo.store.put, b.repo.store.list = a_put, b_list
+        try:
+            ids = [create(a, vids[0]), create(b, vids[1])]
+            for eng, bid in zip((a, b), ids, strict=True):
+                assert eng.wait(bid, timeout=120)["status"] == "available"
+        finally:
+            a.repo.store.put, b.repo.store.list = real_put, real_list
+        c.reindex()  # c's cache learns of them from their records
+        return data, ids
+
+    def copies(data: bytes) -> int:
+        """How many packs hold the first block of ``data``."""
+        d = block_digest(data[:BS], c.repo.seed)
+        return sum(
+            d in {bytes(e) for e in container.packed.pack_entries(store.stat(p))["digest"]}
+            for p in store.keys(container.keys.packs)
+        )
+
+    def restores(bid: str, data: bytes) -> None:
+        out = tmp_path / f"r-{bid}.img"
+        c.restore_backup(PROJECT, bid, str(out))
+        assert_same_bytes(out.read_bytes(), data, f"backup {bid}")
+
+    def packs() -> int:
+        return len(list(store.keys(container.keys.packs)))
+
+    try:
+        # 1. Stored twice; a delete (no gc) removes one copy, the other backup is whole.
+        data, ids = both_at_once(21)
+        assert copies(data) == 2 and packs() == 2 * 2  # each host: 2 MiB in 1 MiB packs
+        for bid in ids:
+            restores(bid, data)
+        assert c.verify(PROJECT)["ok"] and c.verify(PROJECT, deep=True)["ok"]
+        c.delete_backup(PROJECT, ids[0])
+        assert copies(data) == 1 and packs() == 2
+        restores(ids[1], data)
+        c.delete_backup(PROJECT, ids[1])
+        assert packs() == 0
+        # 2. Stored twice again; gc keeps one copy; either delete leaves the other whole.
+        data, ids = both_at_once(22)
+        assert copies(data) == 2
+        report = c.gc(grace_seconds=MIN_GRACE_SECONDS)
+        assert report["packs_removed"] == 2, report  # the packs of the copy not kept
+        assert copies(data) == 1 and packs() == 2
+        for bid in ids:
+            restores(bid, data)
+        c.delete_backup(PROJECT, ids[0])
+        assert packs() == 2  # the kept copy: ids[1]'s list (counted by gc) names it
+        restores(ids[1], data)
+        assert c.verify(PROJECT, deep=True)["ok"]
+    finally:
+        for eng in hosts:
+            eng.close()

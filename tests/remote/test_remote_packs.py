@@ -127,3 +127,48 @@ def test_deleting_the_only_backup_removes_its_packs_at_once(host):
     assert keys_of(eng, "packs")
     eng.delete_backup(PROJECT, done["id"])
     assert keys_of(eng, "packs") == [] and keys_of(eng, "index") == []
+
+
+def _change(image, seed: int) -> None:
+    """Overwrite two blocks of the image with new random data."""
+    import random
+
+    rng = random.Random(seed)
+    with open(image, "r+b") as f:
+        for _ in range(2):
+            f.seek(rng.randrange(NBLOCKS) * BS)
+            f.write(rng.randbytes(BS))
+
+
+def test_a_deletes_requests_on_swift_do_not_grow_with_the_backups_held(host, tmp_path):
+    eng, vid, image, data, done, _r = host
+    ids = [done["id"]]
+    states = {done["id"]: data}
+
+    def more(n: int) -> None:
+        for _ in range(n):
+            _change(image, len(ids))
+            ids.append(incremental(eng, vid)["id"])
+            states[ids[-1]] = image.read_bytes()
+
+    def measured_delete(bid: str) -> int:
+        before = eng.repo.store.requests
+        eng.delete_backup(PROJECT, bid)
+        return eng.repo.store.requests - before
+
+    more(3)
+    measured_delete(ids.pop(1))  # folds every pack list published so far
+    few = measured_delete(ids.pop(1))  # 2 backups left
+    more(6)
+    measured_delete(ids.pop(1))
+    many = measured_delete(ids.pop(1))  # 6 backups left
+    assert few == many, (few, many)
+    # Its block map and record, the tombstone, the lease, the refs/ and counts listings,
+    # the counts file, its own list, the index rewritten when a pack goes, the pack.
+    assert many == 18, many
+    assert len(ids) == 6
+    for n, bid in enumerate(ids):
+        out = tmp_path / f"r{n}.img"
+        eng.restore_backup(PROJECT, bid, str(out))
+        assert_same_bytes(out.read_bytes(), states[bid])
+    assert eng.verify(PROJECT, deep=True)["ok"]

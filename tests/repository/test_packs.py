@@ -272,7 +272,10 @@ def test_a_delete_removes_the_packs_only_it_used_without_reading_block_maps():
     assert report.packs_removed == 2 and report.objects_removed == 24
     assert manifest_gets == []
     assert {k.rsplit("/", 1)[-1] for k in pack_keys(store, c)} == {packs[0].hex()}
-    assert list(store.keys(c.keys.refs_prefix)) == [c.keys.refs(a.backup_id)]
+    # a's list is folded into the counts; b's list and tombstone are gone with it.
+    assert list(store.keys(c.keys.refs_prefix)) == []
+    assert list(store.keys(c.keys.counted_refs_prefix)) == [c.keys.counted_refs(a.backup_id, 1)]
+    assert list(store.keys(c.keys.refcounts_prefix)) == [c.keys.refcounts(1)]
     fresh = repo.container("proj", "backups")
     assert set(fresh.known()) == set(digests[:16])
     for d, b_ in zip(digests[:16], data[:16], strict=True):
@@ -292,7 +295,10 @@ def test_gc_rewrites_the_pack_lists_its_rewrites_made_stale():
     report = sweep_container(c, live={keep.backup_id: "creating"}, grace_seconds=60)
     assert report.packs_rewritten == 1, report
     now = {bytes.fromhex(k.rsplit("/", 1)[-1]) for k in pack_keys(store, c)}
-    assert decode_refs(store.get(c.keys.refs(keep.backup_id)), what="refs") == now
+    # gc counts the lists afresh: the list it counts names the packs as they are now.
+    [key] = store.keys(c.keys.counted_refs_prefix)
+    assert decode_refs(store.get(key), what="refs") == now
+    assert list(store.keys(c.keys.refs_prefix)) == []
 
 
 def test_an_entry_with_a_base_keeps_the_bases_pack_in_lists_and_in_gc():
@@ -366,10 +372,23 @@ def test_no_merge_from_index_files_a_sweep_has_replaced():
     assert set(repo.container("proj", "backups").known()) == {digests[0], digests[-1]}
 
 
-def test_a_delete_compacts_the_pack_lists_into_one_file():
+def _counts_of(store, c) -> tuple[set[str], dict[bytes, int]]:
+    """(backup ids, {pack id: count}) of the container's counts file."""
+    import uuid
+
+    from engine.repository.packrefs import decode_counts
+
+    [key] = store.keys(c.keys.refcounts_prefix)
+    counts = decode_counts(store.get(key), what=key)
+    ids = {str(uuid.UUID(bytes=bytes(b))) for b in counts.backups["id"].tolist()}
+    packs = counts.packs
+    return ids, dict(
+        zip((bytes(p) for p in packs["id"].tolist()), packs["count"].tolist(), strict=True)
+    )
+
+
+def test_a_delete_folds_the_pack_lists_into_the_counts_file():
     from engine.gc import sweep_container
-    from engine.repository.packed import REFS_ALL_PREFIX
-    from engine.repository.packs import decode_all_refs
 
     store, repo, c, data, digests = setup(40)
     maps = [_blockmap(digests[:16]), _blockmap(digests[:20]), _blockmap(digests[20:])]
@@ -378,16 +397,24 @@ def test_a_delete_compacts_the_pack_lists_into_one_file():
     c.remove_backup(maps[2].backup_id)
     report = sweep_container(c, released=set(digests[20:]), grace_seconds=60)
     assert report.packs_removed == 1  # the third pack: only the deleted backup used it
-    [key] = store.keys(c.keys.refs_prefix)
-    assert key.rsplit("/", 1)[-1].startswith(REFS_ALL_PREFIX)
-    lists = decode_all_refs(store.get(key), what=key)
-    assert set(lists) == {maps[0].backup_id, maps[1].backup_id}
+    assert list(store.keys(c.keys.refs_prefix)) == []
+    view = c.known()
+    first, second = view.locate(digests[0]).pack_id, view.locate(digests[16]).pack_id
+    assert _counts_of(store, c) == ({maps[0].backup_id, maps[1].backup_id}, {first: 2, second: 1})
     # The next delete reads that one file, and a new backup's own list beside it.
     late = _blockmap(digests[16:20])
     c.put_blockmap(late)
     c.remove_backup(maps[1].backup_id)
     report = sweep_container(c, released=set(digests[:20]), grace_seconds=60)
     assert report.packs_removed == 0  # pack 1 is maps[0]'s, pack 2 late's
+    assert _counts_of(store, c) == ({maps[0].backup_id, late.backup_id}, {first: 1, second: 1})
     fresh = repo.container("proj", "backups")
     for d in digests[:20]:
         assert fresh.codec.decode(fresh.get_object(d), d) == data[digests.index(d)]
+    # The last delete leaves neither lists nor counts behind.
+    for bm in (maps[0], late):
+        c.remove_backup(bm.backup_id)
+        sweep_container(c, released=set(), grace_seconds=60)
+    assert pack_keys(store, c) == []
+    for prefix in (c.keys.refs_prefix, c.keys.counted_refs_prefix, c.keys.refcounts_prefix):
+        assert list(store.keys(prefix)) == []
