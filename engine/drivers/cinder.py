@@ -117,6 +117,10 @@ FORMAT = "cinderblock"
 FORMAT_VERSION = 1
 #: How often the calling thread looks at the backup row (cancellation) while data moves.
 POLL_SECONDS = 0.2
+#: How soon the calling thread sees that the data path finished (under eventlet it naps in
+#: steps this short; natively it waits on an event): a short incremental is not held up by
+#: the poll interval.
+WAKE_SECONDS = 0.005
 #: Thread-pool proxies ``_unwrap`` looks through (Cinder adds one; more is a loop or a bug).
 MAX_PROXY_DEPTH = 16
 
@@ -146,6 +150,20 @@ def _real_event() -> Any:
     if _eventlet_patched():
         return sys.modules["eventlet.patcher"].original("threading").Event()
     return threading.Event()
+
+
+def _wait(finished: Any, seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``finished`` (an OS-level event set by the data path's
+    thread); True once it is set. Under eventlet a blocking wait would stall the hub, so the
+    greenthread naps cooperatively in :data:`WAKE_SECONDS` steps instead."""
+    if not _eventlet_patched():
+        return finished.wait(seconds)
+    end = time.monotonic() + seconds
+    while not finished.is_set():
+        if time.monotonic() >= end:
+            return False
+        time.sleep(WAKE_SECONDS)  # cooperative (patched)
+    return True
 
 
 def _windowed(done: list[float], fraction: float) -> None:
@@ -356,10 +374,17 @@ class CinderblockBackupDriver(driver.BackupDriver):
             except BaseException as e:  # handed to the calling thread
                 box["error"] = e
 
-        worker = _real_thread(target, f"cinderblock-{what}")
+        finished = _real_event()
+
+        def run() -> None:
+            try:
+                target()
+            finally:
+                finished.set()
+
+        worker = _real_thread(run, f"cinderblock-{what}")
         worker.start()
-        while worker.is_alive():
-            time.sleep(POLL_SECONDS)  # cooperative under eventlet (patched)
+        while not _wait(finished, POLL_SECONDS):
             poll()
         worker.join()
         if "error" in box:
