@@ -22,14 +22,19 @@ the volume file with its parent's snapshot (FIEMAP, timed: it is part of the bac
 reads only what that says changed, audited as the engine does. The volume images of all
 three runs live on one XFS filesystem (``mkfs.xfs -m reflink=1`` on a loop device).
 
-Each driver runs in a process of its own (``--driver``), so peak RSS is its own: the peak is
-reset before each step (``/proc/self/clear_refs``) and read after it (``VmHWM``). Stored
-bytes are what the step added to the driver's repository directory (allocated bytes), and
-objects are the backup's ``object_count``; CPU is user+sys of the whole process for the step
-(``getrusage``: every thread, Cinder's thread pool included). Posix runs with its defaults
-(zlib, 1.86 GiB chunks, 32 KiB SHA blocks); cinderblock with its own (1 MiB blocks, zstd 3,
-2 workers).
-The image is in the page cache for all. Each step is timed once per run (a backup cannot
+Each driver runs in a process of its own (``--driver``), warmed up first with a full, an
+incremental and a restore of a small volume (untimed: cinder-backup is a long-running
+service, whose queries are compiled and modules imported before the backups that matter).
+A step times the manager's and the driver's part (``run_backup``: the driver called on the
+opened volume in Cinder's proxy, the statuses set back); the API's part (the row inserted,
+the parent chosen) happens in cinder-api and is not timed. Peak RSS is the process's
+own: the peak is reset before each step (``/proc/self/clear_refs``) and read after it
+(``VmHWM``). Stored bytes are what the step added to the driver's repository directory
+(allocated bytes), and objects are the backup's ``object_count``; CPU is user+sys of the
+whole process for the step (``getrusage``: every thread, Cinder's thread pool included).
+Posix runs with its defaults (zlib, 1.86 GiB chunks, 32 KiB SHA blocks); cinderblock with
+its own (1 MiB blocks, zstd 3, 2 workers). The image is in the page cache for all. Each
+step is timed once per run (a backup cannot
 be repeated on the same state): ``--runs N`` repeats the whole sequence N times (a fresh
 repository each time) and the table gives medians. Needs root (the XFS loop mount).
 ``--no-install`` skips ``scripts/install-cinder`` (when ``.venvs/cinder`` is known to be
@@ -115,6 +120,13 @@ def run_driver(name: str, image: str, work: str) -> list[dict]:
     vol = cinder.volume(image)
     results = []
 
+    def snapshot(volume, path: str, backup) -> None:
+        """The operator's hook of the +reflink run: a reflink snapshot named for the backup
+        just made (untimed)."""
+        if snaps is not None:
+            where = os.path.join(snaps, f"{volume.id}@{backup.id}")
+            subprocess.run(["cp", "--reflink=always", path, where], check=True)
+
     def step(label: str, fn) -> object:
         before = imagekit.du(repo)
         _reset_peak()
@@ -140,22 +152,25 @@ def run_driver(name: str, image: str, work: str) -> list[dict]:
                 row["changes_used"] = rec["changes"]["used"]
                 row["changes_refused"] = rec["changes"].get("refused")
                 row["audit_bytes"] = (rec["changes"].get("audit") or {}).get("bytes_read", 0)
-        if snaps is not None and hasattr(out, "id") and label != "restore":
-            # The operator's hook: a reflink snapshot named for the backup just made.
-            subprocess.run(
-                ["cp", "--reflink=always", image, os.path.join(snaps, f"{vol.id}@{out.id}")],
-                check=True,
-            )
+        if hasattr(out, "id") and label != "restore":
+            snapshot(vol, image, out)
         results.append(row)
         return out
 
-    step("full", lambda: cinder.backup(vol))
+    warm_up(cinder, os.path.dirname(image), snapshot)
+    full = cinder.start_backup(vol)  # the API's part (cinder-api), not timed
+    step("full", lambda: cinder.run_backup(full))
     # File changes first: scattered 4 KiB writes damage the filesystem's metadata, after
-    # which debugfs could not write files into it any more.
+    # which debugfs could not write files into it any more. Each change is written back
+    # before the next step (untimed), so that no driver pays for writeback it did not cause.
     imagekit.file_level_change(image, work, os.path.getsize(image) // 50)
-    step("incr. files", lambda: cinder.backup(vol, incremental=True))
+    os.sync()
+    files = cinder.start_backup(vol, incremental=True)
+    step("incr. files", lambda: cinder.run_backup(files))
     imagekit.scattered_change(image, 0.01)
-    newest = step("incr. 1% 4K", lambda: cinder.backup(vol, incremental=True))
+    os.sync()
+    scattered = cinder.start_backup(vol, incremental=True)
+    newest = step("incr. 1% 4K", lambda: cinder.run_backup(scattered))
     target = os.path.join(work, f"restored-{name}.img")
     step("restore", lambda: cinder.restore(newest, target, volume_is_new=True))
     if _sha(target) != _sha(image):
@@ -166,6 +181,29 @@ def run_driver(name: str, image: str, work: str) -> list[dict]:
     return results
 
 
+def warm_up(cinder, where: str, snapshot) -> None:
+    """A full, an incremental and a restore of a small volume first, untimed: cinder-backup is
+    a long-running service, so its queries are compiled and its modules imported before the
+    backups measured (in a fresh process the first of each costs tenths of a second)."""
+    image = os.path.join(where, f"warm-{os.getpid()}.img")
+    with open(image, "wb") as f:
+        f.write(os.urandom(8 << 20))
+    vol = cinder.volume(image)
+    full = cinder.backup(vol)
+    snapshot(vol, image, full)
+    with open(image, "r+b") as f:
+        f.seek(1 << 20)
+        f.write(os.urandom(4096))
+    os.sync()
+    inc = cinder.backup(vol, incremental=True)
+    target = image + ".restored"
+    cinder.restore(inc, target, volume_is_new=True)
+    if _sha(target) != _sha(image):
+        raise SystemExit("warm-up: the restored volume differs")
+    os.unlink(target)
+    os.unlink(image)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--size", default="1G", help="image size (default 1G)")
@@ -174,6 +212,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1, help="repeat the sequence; medians")
     ap.add_argument("--no-install", action="store_true", help="skip scripts/install-cinder")
     ap.add_argument("--json", help="also write every row to this file")
+    ap.add_argument(
+        "--threads",
+        choices=("eventlet", "native"),
+        default="eventlet",
+        help="cinder-backup's threading (native: OS_CINDER_DISABLE_EVENTLET_PATCHING=1)",
+    )
     ap.add_argument("--driver", choices=sorted(DRIVERS), help=argparse.SUPPRESS)
     ap.add_argument("--image", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -197,17 +241,19 @@ def main() -> None:
         with xfs_mount(work, 3 * size + (1 << 30)) as volumes:
             for run in range(args.runs):
                 for name in RUNS:
-                    rows += run_one(name, pristine, volumes, work, run)
+                    rows += run_one(name, pristine, volumes, work, run, args.threads)
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
-    print(table(rows, size, args.runs))
+    print(table(rows, size, args.runs, args.threads))
 
 
-def run_one(name: str, pristine: str, volumes: str, work: str, run: int) -> list[dict]:
+def run_one(
+    name: str, pristine: str, volumes: str, work: str, run: int, threads: str = "eventlet"
+) -> list[dict]:
     """One driver's sequence in a process of its own; its rows."""
     sys.path.insert(0, HERE)
     import imagekit
@@ -218,13 +264,16 @@ def run_one(name: str, pristine: str, volumes: str, work: str, run: int) -> list
     sub = os.path.join(work, name)
     os.makedirs(sub)
     print(f"run {run + 1}: {name} ...", file=sys.stderr)
+    env = {**os.environ, "PYTHONPATH": ROOT}  # this checkout's engine, whatever the .pth says
+    env.pop("OS_CINDER_DISABLE_EVENTLET_PATCHING", None)
+    if threads == "native":
+        env["OS_CINDER_DISABLE_EVENTLET_PATCHING"] = "1"
     out = subprocess.run(
         [CINDER_PY, "-W", "ignore", __file__, "--driver", name, "--image", image, "--workdir", sub],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        # This checkout's engine, whatever checkout the venv's .pth names.
-        env={**os.environ, "PYTHONPATH": ROOT},
+        env=env,
     )
     os.unlink(image)
     shutil.rmtree(sub)
@@ -264,7 +313,7 @@ def _median(rows: list[dict], key: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def table(rows: list[dict], size: int, runs: int = 1) -> str:
+def table(rows: list[dict], size: int, runs: int = 1, threads: str = "eventlet") -> str:
     """Medians per (driver, step); cinderblock+reflink rows for its incrementals."""
     by: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
@@ -272,7 +321,7 @@ def table(rows: list[dict], size: int, runs: int = 1) -> str:
     what = f"median of {runs} runs" if runs > 1 else "one run"
     lines = [
         f"Cinder 29 PosixBackupDriver (defaults) vs cinderblock driver, {size >> 20} MiB ext4, "
-        f"{what}",
+        f"{what}, {threads} threads",
         "",
         "| step | posix wall | cinderblock wall | speed-up | posix CPU | cinderblock CPU "
         "| posix stored | cinderblock stored | posix objects | cinderblock objects "
