@@ -349,8 +349,9 @@ def _bridge_gaps(changed: np.ndarray, zeroed: np.ndarray | None, bs: int) -> np.
 
     The reader makes one window of every run, and each window has a fixed cost (its
     digests, the parent compare, progress; under eventlet a switch) of a few milliseconds:
-    4 KiB writes scattered over 1% of a 1 GiB volume change ~940 of its 1024 blocks in ~900
-    runs, which read 2.7x slower as runs than the whole volume read in 32 windows. Reading
+    a change set of 4 KiB writes scattered over 1% of a 1 GiB volume names most of its
+    blocks in hundreds of runs, which read in 0.66 s as runs and in 0.32 s bridged (same
+    CPU; medians of 3, the data path called directly). Reading
     an unchanged block costs its read and a digest compare and stores nothing, so a short
     gap is cheaper read than skipped. Only a change set of many runs is bridged (more than
     ``BRIDGE_MIN_RUNS``): a few windows' fixed cost is nothing. Known-zero blocks are never
