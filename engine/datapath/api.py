@@ -296,8 +296,6 @@ def backup_volume(
                     refused,
                 )
                 changed = zeroed = None
-        if changed is not None:
-            changed = _bridge_gaps(changed, zeroed, bs)
         job = BackupJob(
             project_id=container.project_id,
             container=container.name,
@@ -336,40 +334,6 @@ def backup_volume(
             lease.check()
             container.put_blockmap(blockmap)
     return blockmap, stats
-
-
-#: Gaps between changed runs up to this many bytes are read too (``_bridge_gaps``) ...
-BRIDGE_GAP_BYTES = 4 << 20
-#: ... when a change set has more runs than this (a few windows' fixed cost is nothing).
-BRIDGE_MIN_RUNS = 64
-
-
-def _bridge_gaps(changed: np.ndarray, zeroed: np.ndarray | None, bs: int) -> np.ndarray:
-    """``changed`` with its short gaps (at most ``BRIDGE_GAP_BYTES``) read as well.
-
-    The reader makes one window of every run, and each window has a fixed cost (its
-    digests, the parent compare, progress; under eventlet a switch) of a few milliseconds:
-    a change set of 4 KiB writes scattered over 1% of a 1 GiB volume names most of its
-    blocks in hundreds of runs, which read in 0.66 s as runs and in 0.32 s bridged (same
-    CPU; medians of 3, the data path called directly). Reading
-    an unchanged block costs its read and a digest compare and stores nothing, so a short
-    gap is cheaper read than skipped. Only a change set of many runs is bridged (more than
-    ``BRIDGE_MIN_RUNS``): a few windows' fixed cost is nothing. Known-zero blocks are never
-    bridged over (they are not read at all).
-    """
-    max_gap = max(1, BRIDGE_GAP_BYTES // bs)
-    runs = native.runs_normalize(changed)
-    if len(runs) <= BRIDGE_MIN_RUNS:
-        return changed
-    ends = runs[:-1, 0] + runs[:-1, 1]
-    gaps = runs[1:, 0] - ends
-    short = (gaps > 0) & (gaps <= max_gap)
-    if not short.any():
-        return changed
-    bridges = np.stack([ends[short], gaps[short]], axis=1).astype(runs.dtype)
-    if zeroed is not None and len(zeroed):
-        bridges = native.runs_difference(bridges, zeroed)
-    return native.runs_union(runs, bridges)
 
 
 def _audit(
