@@ -26,12 +26,17 @@ the data path touches it from its own threads: those are already off the event l
 is all the proxy is for. (Under eventlet the data path's own workers are green threads inside
 that OS thread, eventlet having patched ``threading``: about one core; see
 ``docs/cinder-driver.md``.)
+
+Incrementals read the whole volume unless ``backup_cinderblock_changes_from`` names a change
+tracker: a template (``changes_from.py``) expanded per backup into one of the engine's
+change sources, which the engine binds to the parent Cinder chose and audits.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 import tempfile
 import threading
@@ -217,11 +222,8 @@ def _volume_of(volume_file: Any) -> Any:
 def _as_path(source: Any) -> Any:
     """A regular file's fd as a path naming that same open file (``/proc/self/fd/N``), for
     a change source that compares the file itself (reflink). Anything else as it is."""
-    if isinstance(source, int):
-        import stat as _stat
-
-        if _stat.S_ISREG(os.fstat(source).st_mode):
-            return f"/proc/self/fd/{source}"
+    if isinstance(source, int) and stat.S_ISREG(os.fstat(source).st_mode):
+        return f"/proc/self/fd/{source}"
     return source
 
 
