@@ -114,7 +114,8 @@ def test_driver_inside_cinder(runs, mode):
     skipped = [c.get("name") for c in cases if c.find("skipped") is not None]
     assert not failed, "\n".join(failed) + "\n" + text[-6000:]
     assert not skipped, skipped
-    assert len(cases) >= 16, text[-2000:]
+    # 19 of cases_driver, 17 of cases_changes, at least 4 of cases_remote: none went missing.
+    assert len(cases) >= 40, text[-2000:]
     assert code == 0, text[-4000:]
 
 
