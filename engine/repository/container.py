@@ -186,6 +186,17 @@ class Container:
             return [pool.submit(self.get_object, d) for d in digests]
         return [_Done(self.get_object, d) for d in digests]
 
+    def read_run(self, digests: list[bytes], pool=None, scratch=None):
+        """A restore run's objects and the bases of its deltas, read together
+        (``PackedObjects.read_run``); None in a version-1 container (``get_objects``
+        then). ``scratch(nbytes)`` gives this thread's buffer to read into."""
+        if self.packed is None:
+            return None
+        if not self._reloaded and None in self.packed.view().locate_many(digests):
+            self._reloaded = True  # once: another host may have published them meanwhile
+            self.packed.load()
+        return self.packed.read_run(digests, self._missing, pool, scratch)
+
     def _missing(self, digest: bytes, *, pack_gone: bool = False) -> str:
         """Why an object is not there: set aside as damaged (by whom, when), or missing."""
         found = self.quarantine_marks(digest)
@@ -272,9 +283,19 @@ class Container:
             return self.get_object(digest, 0, size)
         return self.store.get(self.keys.object(digest), 0, size)
 
-    def decode_into(self, digest: bytes, blob: bytes, out: memoryview, *, what: str) -> int:
-        """Decode the object ``blob`` of ``digest`` into ``out``, fetching a delta's base."""
-        return self.codec.decode_into(blob, digest, out, what=what, base=self.get_object)
+    def decode_into(
+        self, digest: bytes, blob: bytes, out: memoryview, *, what: str, bases=None
+    ) -> int:
+        """Decode the object ``blob`` of ``digest`` into ``out``, fetching a delta's base
+        (from ``bases``, a run's prefetched reads, when it holds it)."""
+        fetch = self.get_object
+        if bases is not None:
+
+            def fetch(d: bytes) -> bytes | memoryview:
+                got = bases.base(d)
+                return self.get_object(d) if got is None else got
+
+        return self.codec.decode_into(blob, digest, out, what=what, base=fetch)
 
     def decode(self, digest: bytes, blob: bytes | None = None) -> bytes:
         """The block ``digest`` (fetched unless ``blob`` is given), its base applied."""

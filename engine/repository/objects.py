@@ -461,11 +461,21 @@ class BlockCodec:
                 else f": {why}"
             )
             raise BaseCorruptionError(f"{what} is a delta on {base_what}{why}", base=base) from None
-        pages = bytearray(masked_bytes(head.raw_len, mask))
-        self._payload_into(
-            head.codec == CODEC_DELTA_ZSTD,
-            body[DIGEST_SIZE + mask_size(head.raw_len) :],
-            memoryview(pages),
-            what,
-        )
-        native.scatter_pages(target, pages, mask)
+        payload = body[DIGEST_SIZE + mask_size(head.raw_len) :]
+        size = masked_bytes(head.raw_len, mask)
+        if head.codec == CODEC_DELTA_ZSTD:
+            pages = self._pages_buffer(size)
+            self._payload_into(True, payload, pages, what)
+            payload = pages
+        elif len(payload) != size:
+            raise CorruptionError(f"{what} has inconsistent lengths (truncated or damaged)")
+        # Raw pages are overlaid straight from the object's bytes (no copy in between).
+        native.scatter_pages(target, payload, mask)
+
+    def _pages_buffer(self, size: int) -> memoryview:
+        """This thread's buffer for a compressed delta's pages (reused: no zeroed
+        allocation per delta)."""
+        buf = getattr(self._local, "pages", None)
+        if buf is None or len(buf) < size:
+            buf = self._local.pages = memoryview(np.empty(max(size, 1 << 16), np.uint8))
+        return buf[:size]
