@@ -192,10 +192,17 @@ class Container:
         then). ``scratch(nbytes)`` gives this thread's buffer to read into."""
         if self.packed is None:
             return None
-        if not self._reloaded and None in self.packed.view().locate_many(digests):
-            self._reloaded = True  # once: another host may have published them meanwhile
-            self.packed.load()
-        return self.packed.read_run(digests, self._missing, pool, scratch)
+        return self.packed.read_run(digests, self._missing, pool, scratch, reload=self._reload)
+
+    def _reload(self) -> bool:
+        """Load the index again, once per container (another host may have published what
+        the loaded view lacks); False when that was done already."""
+        if self._reloaded:
+            return False
+        self._reloaded = True
+        assert self.packed is not None
+        self.packed.load()
+        return True
 
     def _missing(self, digest: bytes, *, pack_gone: bool = False) -> str:
         """Why an object is not there: set aside as damaged (by whom, when), or missing."""

@@ -398,8 +398,10 @@ class BlockCodec:
     def _full_into(self, head: ObjectHead, body: memoryview, target: memoryview, what: str) -> None:
         if head.version >= 2:
             end = pages_prefix_size(head.raw_len) - HEADER_SIZE
-            pages = bytes(body[: end - PAGES_CHECK_SIZE])
-            if self.pages_check(pages) != bytes(body[end - PAGES_CHECK_SIZE : end]):
+            if (
+                self.pages_check(body[: end - PAGES_CHECK_SIZE])
+                != body[end - PAGES_CHECK_SIZE : end]
+            ):
                 raise CorruptionError(f"{what} has damaged page digests")
             body = body[end:]
         self._payload_into(head.codec in (CODEC_ZSTD,), body, target, what)
@@ -438,9 +440,7 @@ class BlockCodec:
         if fetch is None:
             raise CorruptionError(f"{what} is a delta and its base was not given")
         npages = page_count(head.raw_len)
-        bits = np.frombuffer(
-            bytes(body[DIGEST_SIZE : DIGEST_SIZE + mask_size(head.raw_len)]), np.uint8
-        )
+        bits = np.frombuffer(body, np.uint8, mask_size(head.raw_len), DIGEST_SIZE)
         if npages % 8 and bits[-1] >> (npages % 8):
             raise CorruptionError(f"{what} has a damaged page mask")
         mask = native.unpack_mask(bits, npages)

@@ -201,6 +201,8 @@ class PackedObjects:
         missing: Callable[[bytes], str],
         pool: Executor | None = None,
         scratch: Callable[[int], memoryview] | None = None,
+        *,
+        reload: Callable[[], bool] | None = None,
     ) -> RunRead:
         """The entries of ``digests`` and the bases of those that are deltas, read together:
         what a restore needs for one run of blocks.
@@ -214,6 +216,9 @@ class PackedObjects:
         """
         view = self.view()
         locs = view.locate_many(list(digests))
+        if None in locs and reload is not None and reload():
+            view = self.view()
+            locs = view.locate_many(list(digests))
         bases = sorted({loc[3] for loc in locs if loc is not None and loc[3] != NO_BASE})
         wanted = set(digests)
         bases = [b for b in bases if b not in wanted]
@@ -248,7 +253,7 @@ class PackedObjects:
                 at += span
             else:
                 read = _get(self.store.get, key, start, span)
-            fut = pool.submit(read) if pool is not None else _now(read)
+            fut = pool.submit(read) if pool is not None else _Now(read)
             for p, off, length, slot in g:
                 d = digests[slot] if slot < len(locs) else bases[slot - len(locs)]
                 pending[slot] = _Pending(fut, off - start, length, d, p)
@@ -336,14 +341,24 @@ def _get(get, key: str, start: int, length: int) -> Callable[[], bytes]:
     return lambda: get(key, start, length)
 
 
-def _now(read: Callable[[], object]) -> Future:
-    """A future already done with ``read()`` (or its exception, surfaced by ``result``)."""
-    fut: Future = Future()
-    try:
-        fut.set_result(read())
-    except Exception as e:
-        fut.set_exception(e)
-    return fut
+class _Now:
+    """A read done at once, with a future's ``result()`` (raising what the read raised);
+    lighter than a ``Future`` and its condition variable, once per ranged read."""
+
+    __slots__ = ("_value", "_error")
+
+    def __init__(self, read: Callable[[], object]) -> None:
+        self._value: object = None
+        self._error: Exception | None = None
+        try:
+            self._value = read()
+        except Exception as e:
+            self._error = e
+
+    def result(self) -> object:
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 @dataclass
@@ -364,7 +379,7 @@ class _Pending:
 
     def __init__(
         self,
-        fut: Future | None,
+        fut: Future | _Now | None,
         start: int,
         length: int,
         digest: bytes = b"",
