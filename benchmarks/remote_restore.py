@@ -51,10 +51,11 @@ def cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def server_cpu(saio: Saio) -> float:
-    """User + system CPU seconds of every Swift server process (and memcached) so far."""
-    total = 0.0
-    for proc in saio.procs.values():
+def server_cpu(saio: Saio) -> dict[str, float]:
+    """User + system CPU seconds so far of each Swift server process (and memcached)."""
+    out = {}
+    for name, proc in saio.procs.items():
+        total = 0.0
         try:
             p = psutil.Process(proc.pid)
             for q in [p, *p.children(recursive=True)]:
@@ -62,7 +63,8 @@ def server_cpu(saio: Saio) -> float:
                 total += t.user + t.system
         except psutil.NoSuchProcess:
             continue
-    return total
+        out[name] = total
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"{store} backup failed: {done['fail_reason']}")
                 last[store] = bid
         samples: dict[str, list[tuple[float, float, float, int]]] = {s: [] for s in stores}
+        split: dict[str, list[dict[str, float]]] = {s: [] for s in stores}
         for rep in range(args.repeat):
             for store in stores:
                 eng = engines[store]
@@ -122,7 +125,11 @@ def main(argv: list[str] | None = None) -> int:
                 reqs0 = getattr(eng.repo.store, "requests", 0)
                 s0, c0, t0 = server_cpu(saio), cpu(), time.perf_counter()
                 eng.restore_backup("bench", last[store], target)
-                t, c, s = time.perf_counter() - t0, cpu() - c0, server_cpu(saio) - s0
+                t, c, s1 = time.perf_counter() - t0, cpu() - c0, server_cpu(saio)
+                per = {k: s1[k] - s0.get(k, 0.0) for k in s1}
+                s = sum(per.values())
+                if store != "local":
+                    split[store].append(per)
                 reqs = getattr(eng.repo.store, "requests", 0) - reqs0
                 if rep == 0 and subprocess.run(["cmp", "-s", state, target]).returncode:
                     raise SystemExit(f"{store}: the restore differs from the image")
@@ -150,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{sv:11.2f}{c / gib:11.2f}{sv / gib:11.2f}{(c + sv) / t:11.2f}{reqs:9.0f}"
             )
         print(f"\ncores busy: (client + server CPU) / wall; this machine has {os.cpu_count()}")
+        for st in stores:
+            if split[st]:
+                names = sorted(split[st][0])
+                per = {n: statistics.median(x.get(n, 0.0) for x in split[st]) for n in names}
+                text = ", ".join(f"{n} {v / gib:.2f}" for n, v in per.items())
+                print(f"{st} server CPU s/GiB by process: {text}")
         return 0
     finally:
         for eng in engines.values():

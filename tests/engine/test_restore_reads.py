@@ -97,3 +97,20 @@ def test_a_truncated_pack_fails_the_restore_naming_the_block(chain):
     assert "cut short" in e.value.message and loc.pack_id.hex() in e.value.message
     assert e.value.block == 0
     assert not os.path.exists(tmp / "x")
+
+
+def test_the_local_store_reads_ranges_into_a_buffer(tmp_path):
+    from engine.errors import BlobNotFound
+    from engine.store import LocalBlobStore
+
+    store = LocalBlobStore(tmp_path)
+    blob = random.Random(1).randbytes(100_000)
+    store.put("packs/ab/x", blob)
+    buf = memoryview(bytearray(70_000))
+    assert store.get_into("packs/ab/x", 40_000, buf) == 60_000  # to the end, no further
+    assert bytes(buf[:60_000]) == blob[40_000:] == store.get("packs/ab/x", 40_000)
+    assert store.get_into("packs/ab/x", 100_000, buf) == 0
+    with pytest.raises(BlobNotFound):
+        store.get_into("packs/ab/none", 0, buf)
+    with pytest.raises(ValueError, match="must not be negative"):
+        store.get_into("packs/ab/x", -1, buf)
