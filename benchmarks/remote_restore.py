@@ -25,6 +25,7 @@ import argparse
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None, help="keep files here (default: a temp dir)")
     ap.add_argument("--stores", default=",".join(STORES))
     args = ap.parse_args(argv)
+    # A TERM (or a HUP) unwinds like an exception, so the Swift servers are stopped.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     stores = args.stores.split(",")
     size = parse_size(args.size)
     work = args.workdir or tempfile.mkdtemp(prefix="cinderblock-rr-", dir="/var/tmp")
@@ -98,8 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         vol = str(uuid.uuid4())
         last = {}
         for store in stores:
+            catalog = os.path.join(work, f"{store}.sqlite")
+            if os.path.exists(catalog):
+                os.unlink(catalog)  # of an earlier run: its repositories are gone
             Repository.open(urls[store], format_version=2)
-            eng = BackupEngine.open(urls[store], catalog_path=os.path.join(work, f"{store}.sqlite"))
+            eng = BackupEngine.open(urls[store], catalog_path=catalog)
             eng.register_volume("bench", vol, state)
             engines[store] = eng
         for incremental in (False, True):
