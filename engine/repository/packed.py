@@ -260,7 +260,11 @@ class PackedObjects:
         for k, loc in enumerate(locs):
             if loc is None:
                 pending[k] = _Pending.failed(CorruptionError(missing(digests[k])))
-        found = {b: pending[len(locs) + k] for k, b in enumerate(bases) if base_locs[k] is not None}
+        # A base that is itself one of the run's blocks is read once, as that block.
+        found = {d: pending[k] for k, d in enumerate(digests) if locs[k] is not None}
+        found.update(
+            (b, pending[len(locs) + k]) for k, b in enumerate(bases) if base_locs[k] is not None
+        )
         return RunRead(pending[: len(locs)], found)  # type: ignore[arg-type]
 
     def head(self, digest: bytes, size: int) -> tuple[bytes, int] | None:
