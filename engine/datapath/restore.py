@@ -290,7 +290,10 @@ def run_restore(
             pages are faulted in once, not once per run)."""
             have = getattr(scratch, "buf", None)
             if have is None or len(have) < nbytes:
-                have = scratch.buf = memoryview(np.empty(max(nbytes, 1 << 20), np.uint8))
+                # Sized once for a run's entries and its deltas' bases (only the pages
+                # touched are ever resident): growing it would fault in new pages again.
+                size = max(nbytes, 2 * RUN_BYTES + (1 << 20))
+                have = scratch.buf = memoryview(np.empty(size, np.uint8))
             return have[:nbytes]
 
         def differing(first: int, count: int, row: int, buf: memoryview) -> np.ndarray:
