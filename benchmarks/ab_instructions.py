@@ -5,10 +5,12 @@
 Why: on a shared machine wall time moves by tens of per cent and even CPU time by ten
 (other processes share the caches and the cores' siblings); instruction counts do not move
 at all. Each step of ab.py's sequence (full, no-change incremental, 10% scattered
-incremental, restore) runs in a child under ``valgrind --tool=callgrind`` with
-instrumentation off; the child prepares the step (its parent backup, the image state) and
-waits; instrumentation is switched on (``callgrind_control -i on``), the step runs, and the
-count of that step alone is read from callgrind's summary. Every thread of the child counts.
+incremental, restore of the full backup, and "restore chain": ab.py's restore, of the S2
+incremental after S0 full and S1, whose changed blocks are deltas on S0's) runs in a child
+under ``valgrind --tool=callgrind`` with instrumentation off; the child prepares the step
+(its parent backup, the image state) and waits; instrumentation is switched on
+(``callgrind_control -i on``), the step runs, and the count of that step alone is read
+from callgrind's summary. Every thread of the child counts.
 
 What it cannot see: the kernel (system calls, page-cache copies, fsyncs) and waiting. Read
 it beside ab.py's CPU medians and the syscall counts (``strace -c -f``). Slow (valgrind runs
@@ -30,7 +32,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-STEPS = ("full", "incr no change", "incr 10% scattered", "restore")
+STEPS = ("full", "incr no change", "incr 10% scattered", "restore", "restore chain")
 
 CHILD = r"""
 import json, os, shutil, sys, time, uuid
@@ -63,6 +65,11 @@ use(spec["first"])
 if step == "full":
     wait_for_go()
 bid = backup(False)
+if step == "restore chain":  # ab.py's restore: S0 full, S1 and S2 incrementals (deltas)
+    for state in spec["chain"]:
+        use(state)
+        bid = backup(True)
+    step = "restore"
 if step != "full":
     if step == "incr 10% scattered":
         use(spec["second"])
@@ -95,6 +102,7 @@ def count(checkout: str, step: str, states: list[str], work: str, block_size: in
         "volume": os.path.join(work, f"{tag}.vol"),
         "first": first,
         "second": states[2],
+        "chain": states[1:] if step == "restore chain" else [],
         "block_size": block_size,
         "ready": ready,
         "go": go,

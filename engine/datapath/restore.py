@@ -254,14 +254,19 @@ def run_restore(
         parallel = getattr(container.store.caps, "read_parallelism", 1) or 1
         pool = ThreadPoolExecutor(parallel, thread_name_prefix="cb-fetch") if parallel > 1 else None
 
-        def fetch(i: int, row: int, out: memoryview, pending: Future | None = None) -> int:
+        def fetch(
+            i: int, row: int, out: memoryview, pending: Future | None = None, bases=None
+        ) -> int:
             """Decode block ``i`` (``row`` of the digests) into ``out``; return its length
-            (zeros if it is lost). ``pending`` is its object being fetched already."""
+            (zeros if it is lost). ``pending`` is its object being fetched already, ``bases``
+            the run's prefetched delta bases."""
             digest = bytes(digests[row])
             expected = min(bs, manifest.volume_size - i * bs)
             try:
                 blob = pending.result() if pending is not None else container.get_object(digest)
-                n = container.decode_into(digest, blob, out, what=f"block object {digest.hex()}")
+                n = container.decode_into(
+                    digest, blob, out, what=f"block object {digest.hex()}", bases=bases
+                )
                 if n != expected:
                     raise CorruptionError(
                         f"block object {digest.hex()} has {n} bytes, expected {expected}"
@@ -277,6 +282,19 @@ def run_restore(
                     lost.append(i)
                 out[:expected] = bytes(expected)  # a lost block reads as zeros
                 return expected
+
+        scratch = threading.local()
+
+        def read_buffer(nbytes: int) -> memoryview:
+            """This thread's buffer for a run's pack reads (kept across its runs: the
+            pages are faulted in once, not once per run)."""
+            have = getattr(scratch, "buf", None)
+            if have is None or len(have) < nbytes:
+                # Sized once for a run's entries and its deltas' bases (only the pages
+                # touched are ever resident): growing it would fault in new pages again.
+                size = max(nbytes, 2 * RUN_BYTES + (1 << 20))
+                have = scratch.buf = memoryview(np.empty(size, np.uint8))
+            return have[:nbytes]
 
         def differing(first: int, count: int, row: int, buf: memoryview) -> np.ndarray:
             """Which of the run's blocks the target holds differently (read and hashed)."""
@@ -301,17 +319,21 @@ def run_restore(
             else:
                 todo = [(0, count)]
             # Every block of the run is asked for at once: on an object store they are
-            # fetched on the pool, and in a pack file adjacent entries share one ranged GET.
+            # fetched on the pool, and in a pack file adjacent entries share one ranged GET,
+            # with the bases of its deltas, into this thread's read buffer.
             pending: list[Future | None] = [None] * count
             wanted = [k for f, c in todo for k in range(f, f + c)]
-            reads = container.get_objects([bytes(digests[row + k]) for k in wanted], pool)
+            asked = [bytes(digests[row + k]) for k in wanted]
+            run_read = container.read_run(asked, pool, read_buffer)
+            reads = run_read.entries if run_read is not None else container.get_objects(asked, pool)
             for k, read in zip(wanted, reads, strict=True):
                 pending[k] = read
             written = 0
             for f, c in todo:
                 n = 0
                 for k in range(f, f + c):
-                    n += fetch(first + k, row + k, buf[f * bs + n : f * bs + n + bs], pending[k])
+                    view = buf[f * bs + n : f * bs + n + bs]
+                    n += fetch(first + k, row + k, view, pending[k], run_read)
                 out.write((first + f) * bs, buf[f * bs : f * bs + n])
                 written += n
             with lock:

@@ -208,16 +208,40 @@ class Container:
                 self._locate(d)  # reload the view once if it lacks any of them
             reads = self.packed.fetch(digests, self._missing, pool)
             if len(digests) > 1:
-                run = _RunDeps(self, reads)
-                with self._runs_lock:
-                    if len(self._runs) > RUNS_HELD_MAX:
-                        self._runs.clear()  # left by reads never decoded (a failed restore)
-                    for d in digests:
-                        self._runs[d] = run
+                self._hold_run(digests, _RunDeps(self, reads))
             return reads
         if pool is not None:
             return [pool.submit(self.get_object, d) for d in digests]
         return [_Done(self.get_object, d) for d in digests]
+
+    def read_run(self, digests: list[bytes], pool=None, scratch=None):
+        """A restore run's objects and the bases of its deltas, read together
+        (``PackedObjects.read_run``); None in a version-1 container (``get_objects``
+        then). ``scratch(nbytes)`` gives this thread's buffer to read into."""
+        if self.packed is None:
+            return None
+        run = self.packed.read_run(digests, self._missing, pool, scratch, reload=self._reload)
+        if len(digests) > 1:
+            self._hold_run(digests, _RunDeps(self, run.entries, have=run.bases))
+        return run
+
+    def _hold_run(self, digests: list[bytes], run: _RunDeps) -> None:
+        """Let the decodes of ``digests`` fetch their deps through ``run``."""
+        with self._runs_lock:
+            if len(self._runs) > RUNS_HELD_MAX:
+                self._runs.clear()  # left by reads never decoded (a failed restore)
+            for d in digests:
+                self._runs[d] = run
+
+    def _reload(self) -> bool:
+        """Load the index again, once per container (another host may have published what
+        the loaded view lacks); False when that was done already."""
+        if self._reloaded:
+            return False
+        self._reloaded = True
+        assert self.packed is not None
+        self.packed.load()
+        return True
 
     def _missing(self, digest: bytes, *, pack_gone: bool = False) -> str:
         """Why an object is not there: set aside as damaged (by whom, when), or missing."""
@@ -399,13 +423,23 @@ class Container:
             return self.get_object(digest, 0, size)
         return self.store.get(self.keys.object(digest), 0, size)
 
-    def decode_into(self, digest: bytes, blob: bytes, out: memoryview, *, what: str) -> int:
+    def decode_into(
+        self, digest: bytes, blob: bytes, out: memoryview, *, what: str, bases=None
+    ) -> int:
         """Decode the object ``blob`` of ``digest`` into ``out``, fetching a delta's base
-        (and a referencing delta's donors): for a block read with others by
-        :meth:`get_objects`, those of the whole run in coalesced reads."""
+        (from ``bases``, a restore run's prefetched reads, when it holds it) and a
+        referencing delta's donors: for a block read with others by :meth:`get_objects`
+        or :meth:`read_run`, those of the whole run in coalesced reads."""
         with self._runs_lock:
             run = self._runs.pop(digest, None)
-        fetch = self.get_object if run is None else run.fetch
+        later = self.get_object if run is None else run.fetch
+        fetch = later
+        if bases is not None:
+
+            def fetch(d: bytes) -> bytes | memoryview:
+                got = bases.base(d)
+                return later(d) if got is None else got
+
         return self.codec.decode_into(blob, digest, out, what=what, base=fetch)
 
     def decode(self, digest: bytes, blob: bytes | None = None) -> bytes:
@@ -725,9 +759,10 @@ class _RunDeps:
     instead of one ranged read per object per block. Memory: the run's dependencies, each
     held until the block that needs it has taken it."""
 
-    def __init__(self, container: Container, reads: list) -> None:
+    def __init__(self, container: Container, reads: list, have=None) -> None:
         self.container = container
         self.reads = reads
+        self.have = have or {}  # deps read with the run already (``RunRead.bases``)
         self.lock = threading.Lock()
         self.deps: dict[bytes, object] | None = None
 
@@ -748,7 +783,7 @@ class _RunDeps:
                     refs = codec.refs(blob, head.digest)
                     if refs is not None:
                         want.update(dict.fromkeys(refs.donors))
-        names = list(want)
+        names = [d for d in want if d not in self.have]
         assert self.container.packed is not None
         got = read_prefixes(self.container.packed, names)
         return dict(zip(names, got, strict=True))

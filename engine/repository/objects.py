@@ -475,8 +475,10 @@ class BlockCodec:
     def _full_into(self, head: ObjectHead, body: memoryview, target: memoryview, what: str) -> None:
         if head.version >= 2:
             end = pages_prefix_size(head.raw_len) - HEADER_SIZE
-            pages = bytes(body[: end - PAGES_CHECK_SIZE])
-            if self.pages_check(pages) != bytes(body[end - PAGES_CHECK_SIZE : end]):
+            if (
+                self.pages_check(body[: end - PAGES_CHECK_SIZE])
+                != body[end - PAGES_CHECK_SIZE : end]
+            ):
                 raise CorruptionError(f"{what} has damaged page digests")
             body = body[end:]
         self._payload_into(head.codec in (CODEC_ZSTD,), body, target, what)
@@ -673,21 +675,29 @@ class BlockCodec:
         if fetch is None:
             raise CorruptionError(f"{what} is a delta and its base was not given")
         npages = page_count(head.raw_len)
-        bits = np.frombuffer(
-            bytes(body[DIGEST_SIZE : DIGEST_SIZE + mask_size(head.raw_len)]), np.uint8
-        )
+        bits = np.frombuffer(body, np.uint8, mask_size(head.raw_len), DIGEST_SIZE)
         if npages % 8 and bits[-1] >> (npages % 8):
             raise CorruptionError(f"{what} has a damaged page mask")
         mask = native.unpack_mask(bits, npages)
         self._base_into(head, target, what, fetch)
-        pages = bytearray(masked_bytes(head.raw_len, mask))
-        self._payload_into(
-            head.codec == CODEC_DELTA_ZSTD,
-            body[DIGEST_SIZE + mask_size(head.raw_len) :],
-            memoryview(pages),
-            what,
-        )
-        native.scatter_pages(target, pages, mask)
+        payload = body[DIGEST_SIZE + mask_size(head.raw_len) :]
+        size = masked_bytes(head.raw_len, mask)
+        if head.codec == CODEC_DELTA_ZSTD:
+            pages = self._pages_buffer(size)
+            self._payload_into(True, payload, pages, what)
+            payload = pages
+        elif len(payload) != size:
+            raise CorruptionError(f"{what} has inconsistent lengths (truncated or damaged)")
+        # Raw pages are overlaid straight from the object's bytes (no copy in between).
+        native.scatter_pages(target, payload, mask)
+
+    def _pages_buffer(self, size: int) -> memoryview:
+        """This thread's buffer for a compressed delta's pages (reused: no zeroed
+        allocation per delta)."""
+        buf = getattr(self._local, "pages", None)
+        if buf is None or len(buf) < size:
+            buf = self._local.pages = memoryview(np.empty(max(size, 1 << 16), np.uint8))
+        return buf[:size]
 
 
 def _which(message: str, subject: str) -> str:

@@ -202,6 +202,78 @@ class PackedObjects:
                 out[i] = _Pending(fut, off - start, length, digests[i], pack_id)
         return out  # type: ignore[return-value]
 
+    def read_run(
+        self,
+        digests: Sequence[bytes],
+        missing: Callable[[bytes], str],
+        pool: Executor | None = None,
+        scratch: Callable[[int], memoryview] | None = None,
+        *,
+        reload: Callable[[], bool] | None = None,
+    ) -> RunRead:
+        """The entries of ``digests`` and the bases of those that are deltas, read together:
+        what a restore needs for one run of blocks.
+
+        A delta's base is planned with the run's own entries, so bases that lie next to
+        each other (a full backup's blocks, in volume order) share ranged GETs with each
+        other, and none is fetched alone in the middle of a decode. With ``scratch`` (a
+        buffer of at least the bytes asked for, this thread's to reuse) and a store that
+        reads into a buffer (``get_into``), every range lands in that buffer: no bytes
+        object per GET, no copy before the decompressor reads it.
+        """
+        view = self.view()
+        locs = view.locate_many(list(digests))
+        if None in locs and reload is not None and reload():
+            view = self.view()
+            locs = view.locate_many(list(digests))
+        bases = sorted({loc.base for loc in locs if loc is not None and loc.base != NO_BASE})
+        wanted = set(digests)
+        bases = [b for b in bases if b not in wanted]
+        base_locs = view.locate_many(bases)
+        items: list[tuple[bytes, int, int, int]] = []  # (pack id, offset, length, slot)
+        for slot, loc in enumerate(locs + base_locs):
+            if loc is not None:
+                items.append((loc.pack_id, loc.offset, loc.length, slot))
+        items.sort()
+        groups: list[list[tuple[bytes, int, int, int]]] = []
+        for item in items:
+            g = groups[-1] if groups else None
+            if (
+                g is not None
+                and g[0][0] == item[0]
+                and 0 <= item[1] - (g[-1][1] + g[-1][2]) <= COALESCE_GAP
+                and item[1] + item[2] - g[0][1] <= COALESCE_BYTES
+            ):
+                g.append(item)
+            else:
+                groups.append([item])
+        spans = [g[-1][1] + g[-1][2] - g[0][1] for g in groups]
+        get_into = getattr(self.store, "get_into", None)
+        buf = scratch(sum(spans)) if scratch is not None and get_into is not None else None
+        pending: list[_Pending | None] = [None] * (len(locs) + len(base_locs))
+        at = 0
+        for g, span in zip(groups, spans, strict=True):
+            pack_id, start = g[0][0], g[0][1]
+            key = self.keys.pack(pack_id)
+            if buf is not None:
+                read = _into(get_into, key, start, buf[at : at + span])
+                at += span
+            else:
+                read = _get(self.store.get, key, start, span)
+            fut = pool.submit(read) if pool is not None else _Now(read)
+            for p, off, length, slot in g:
+                d = digests[slot] if slot < len(locs) else bases[slot - len(locs)]
+                pending[slot] = _Pending(fut, off - start, length, d, p)
+        for k, loc in enumerate(locs):
+            if loc is None:
+                pending[k] = _Pending.failed(CorruptionError(missing(digests[k])))
+        # A base that is itself one of the run's blocks is read once, as that block.
+        found = {d: pending[k] for k, d in enumerate(digests) if locs[k] is not None}
+        found.update(
+            (b, pending[len(locs) + k]) for k, b in enumerate(bases) if base_locs[k] is not None
+        )
+        return RunRead(pending[: len(locs)], found)  # type: ignore[arg-type]
+
     def head(self, digest: bytes, size: int) -> tuple[bytes, int] | None:
         """The first ``size`` bytes of the entry and its length, or None when missing."""
         loc = self.locate(digest)
@@ -348,12 +420,56 @@ def merge_index_files(files: list[IndexFile]) -> list[tuple[bytes, int, np.ndarr
     return out
 
 
+def _into(get_into, key: str, start: int, out: memoryview) -> Callable[[], memoryview]:
+    def read() -> memoryview:
+        return out[: get_into(key, start, out)]
+
+    return read
+
+
+def _get(get, key: str, start: int, length: int) -> Callable[[], bytes]:
+    return lambda: get(key, start, length)
+
+
+class _Now:
+    """A read done at once, with a future's ``result()`` (raising what the read raised);
+    lighter than a ``Future`` and its condition variable, once per ranged read."""
+
+    __slots__ = ("_value", "_error")
+
+    def __init__(self, read: Callable[[], object]) -> None:
+        self._value: object = None
+        self._error: Exception | None = None
+        try:
+            self._value = read()
+        except Exception as e:
+            self._error = e
+
+    def result(self) -> object:
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+@dataclass
+class RunRead:
+    """A restore run's reads (:meth:`PackedObjects.read_run`): ``entries[i].result()`` is
+    the object of the i-th digest; ``base(digest)`` a prefetched base, or None."""
+
+    entries: list[_Pending]
+    bases: dict[bytes, _Pending]
+
+    def base(self, digest: bytes) -> memoryview | None:
+        p = self.bases.get(digest)
+        return None if p is None else p.result()
+
+
 class _Pending:
     """One entry's bytes out of a (shared) ranged GET: ``result()`` like a future's."""
 
     def __init__(
         self,
-        fut: Future | None,
+        fut: Future | _Now | None,
         start: int,
         length: int,
         digest: bytes = b"",

@@ -98,6 +98,28 @@ class LocalBlobStore:
         finally:
             os.close(fd)
 
+    def get_into(self, key: str, offset: int, out: memoryview) -> int:
+        """Read the blob's bytes from ``offset`` into ``out``; return how many (fewer at its
+        end). What a restore reads pack ranges with: straight into the buffer the
+        decompressor reads from, no bytes object per read."""
+        path = self.path_of(key)
+        if offset < 0:
+            raise ValueError("offset must not be negative")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            raise BlobNotFound(key, path=path) from None
+        try:
+            got = 0
+            while got < len(out):
+                n = os.preadv(fd, [out[got:]], offset + got)
+                if not n:
+                    break
+                got += n
+            return got
+        finally:
+            os.close(fd)
+
     def put(self, key: str, data: Data, *, exclusive: bool = False) -> None:
         path = self.path_of(key)
         if not write_atomic(path, data, kind=crash_kind(key), exclusive=exclusive):

@@ -31,6 +31,7 @@ budget (``engine/store/retry.py``), and messages never hold a key or a signature
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -38,6 +39,7 @@ from typing import Any, TypeVar
 
 from ..errors import BlobConflict, BlobNotFound, StoreError
 from .blob import BlobInfo, Data, StoreCaps, check_key, check_prefix
+from .rawget import RawGetter
 from .remote import (
     DEFAULT_WORKERS,
     REMOTE_BATCH_BYTES,
@@ -114,6 +116,7 @@ class S3BlobStore:
         self.endpoint = self.client.meta.endpoint_url
         self.requests = 0
         self.client.meta.events.register("before-send.s3", self._count)
+        self._raw = RawGetter(timeout)  # ranged GETs into buffers (get_into)
 
     def _count(self, **_kw: Any) -> None:
         self.requests += 1  # an estimate under threads (a benchmark's count)
@@ -288,6 +291,56 @@ class S3BlobStore:
             return body
 
         return self._call(f"GET {key}", get, missing=missing, on_status={416: lambda: b""})
+
+    def get_into(self, key: str, offset: int, out: memoryview) -> int:
+        """Read the object's bytes from ``offset`` into ``out``; return how many (fewer at
+        its end). A presigned GetObject URL (botocore signs it: no request) fetched with a
+        ``Range`` over a plain keep-alive connection (``rawget.py``), the body read from the
+        socket straight into ``out``: what a restore reads packs with. Same statuses,
+        retries and messages as :meth:`get`."""
+        name = self._name(key)
+        if offset < 0:
+            raise ValueError("offset must not be negative")
+        if not len(out):
+            return 0
+        what = f"GET {key}"
+        rng = {"Range": f"bytes={offset}-{offset + len(out) - 1}"}
+
+        def presign() -> str:
+            return self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": name}, ExpiresIn=900
+            )
+
+        def once() -> int:
+            url = self._call(what, presign)
+            self.requests += 1
+            try:
+                status, n, body = self._raw.get_into(url, rng, out)
+            except (OSError, http.client.HTTPException) as e:
+                raise Transient(type(e).__name__) from None
+            if status in (200, 206):
+                return n
+            if status == 404:
+                raise BlobNotFound(key)
+            if status == 416:
+                return 0
+            found = re.search(rb"<Code>([^<]{1,64})</Code>", body)
+            code = found.group(1).decode("ascii", "replace") if found else ""
+            if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+                raise Transient(f"HTTP {status} {code}".rstrip())
+            if code in _AUTH_CODES or status == 401:
+                raise StoreError(
+                    f"S3 authentication failed at {self.endpoint} ({what}: {code or status}): "
+                    "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and the region"
+                )
+            if status == 403:
+                raise StoreError(
+                    f"S3 denied {what} on {self.url} (HTTP 403 {code}): the credential "
+                    "lacks the right (read-only?)"
+                )
+            raise StoreError(f"S3 {what} failed: HTTP {status} {code}".rstrip())
+
+        return self.retry.run(once, f"S3 {what} on {self.endpoint}")
 
     def put(self, key: str, data: Data, *, exclusive: bool = False) -> None:
         if not self._put(key, join(data), exclusive=exclusive):
