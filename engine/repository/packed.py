@@ -173,19 +173,7 @@ class PackedObjects:
             out.append(_Pending.failed(CorruptionError(missing(d))) if loc is None else None)
             if loc is not None:
                 located.append((loc.pack_id, loc.offset, loc.length, i))
-        located.sort()
-        groups: list[list[tuple[bytes, int, int, int]]] = []
-        for item in located:
-            g = groups[-1] if groups else None
-            if (
-                g is not None
-                and g[0][0] == item[0]
-                and 0 <= item[1] - (g[-1][1] + g[-1][2]) <= COALESCE_GAP
-                and item[1] + item[2] - g[0][1] <= COALESCE_BYTES
-            ):
-                g.append(item)
-            else:
-                groups.append([item])
+        groups = coalesce(located)
         for g in groups:
             pack_id, start = g[0][0], g[0][1]
             end = g[-1][1] + g[-1][2]
@@ -234,19 +222,7 @@ class PackedObjects:
         for slot, loc in enumerate(locs + base_locs):
             if loc is not None:
                 items.append((loc.pack_id, loc.offset, loc.length, slot))
-        items.sort()
-        groups: list[list[tuple[bytes, int, int, int]]] = []
-        for item in items:
-            g = groups[-1] if groups else None
-            if (
-                g is not None
-                and g[0][0] == item[0]
-                and 0 <= item[1] - (g[-1][1] + g[-1][2]) <= COALESCE_GAP
-                and item[1] + item[2] - g[0][1] <= COALESCE_BYTES
-            ):
-                g.append(item)
-            else:
-                groups.append([item])
+        groups = coalesce(items)
         spans = [g[-1][1] + g[-1][2] - g[0][1] for g in groups]
         get_into = getattr(self.store, "get_into", None)
         buf = scratch(sum(spans)) if scratch is not None and get_into is not None else None
@@ -418,6 +394,27 @@ def merge_index_files(files: list[IndexFile]) -> list[tuple[bytes, int, np.ndarr
         _u, first = np.unique(entries["offset"], return_index=True)
         out.append((pid, size, entries[np.sort(first)]))
     return out
+
+
+def coalesce(
+    items: list[tuple[bytes, int, int, int]],
+) -> list[list[tuple[bytes, int, int, int]]]:
+    """``items`` (pack id, offset, length, slot) sorted and grouped into ranged reads:
+    entries of one pack at most ``COALESCE_GAP`` apart, each group at most
+    ``COALESCE_BYTES`` long."""
+    groups: list[list[tuple[bytes, int, int, int]]] = []
+    for item in sorted(items):
+        g = groups[-1] if groups else None
+        if (
+            g is not None
+            and g[0][0] == item[0]
+            and 0 <= item[1] - (g[-1][1] + g[-1][2]) <= COALESCE_GAP
+            and item[1] + item[2] - g[0][1] <= COALESCE_BYTES
+        ):
+            g.append(item)
+        else:
+            groups.append([item])
+    return groups
 
 
 def _into(get_into, key: str, start: int, out: memoryview) -> Callable[[], memoryview]:
