@@ -18,6 +18,7 @@ Two ways to publish:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -86,15 +87,38 @@ def _write_temp(path: str, data: Data, *, fsync: bool) -> str:
     return tmp
 
 
+WRITE_CALL_BYTES = 1 << 20  # the most one write() call hands the page cache
+
+
 def _write_all(fd: int, data: Data) -> None:
-    """One gathered write in the common case; loops over short writes."""
-    parts = views(data)
-    while parts:
-        n = os.writev(fd, parts)
-        while parts and n >= parts[0].nbytes:
-            n -= parts.pop(0).nbytes
-        if parts and n:
-            parts[0] = parts[0][n:]
+    """Write ``data`` in gathered calls of at most :data:`WRITE_CALL_BYTES`; loops over short
+    writes.
+
+    Why not one ``writev`` of a whole pack: a single buffered write of 2 MiB or more lets the
+    page cache (ext4 with large folios, Linux 6.x) allocate 2 MiB folios, and on a virtual
+    machine whose host takes back free guest memory (virtio free page reporting) every such
+    folio is faulted in again during the copy. Measured here on 460 MB of packs: 1.2 s of
+    system time in one-call writes, 0.15 s in 1 MiB calls; on bare metal the smaller calls
+    cost nothing measurable.
+    """
+    pending = collections.deque(views(data))
+    while pending:
+        call, size = [], 0
+        while pending and size < WRITE_CALL_BYTES:
+            part = pending.popleft()
+            room = WRITE_CALL_BYTES - size
+            if part.nbytes > room:
+                pending.appendleft(part[room:])
+                part = part[:room]
+            call.append(part)
+            size += part.nbytes
+        n = os.writev(fd, call)
+        while n < size:  # a short write: what did not go goes back first, in order
+            piece = call.pop()
+            size -= piece.nbytes
+            if n > size:
+                piece, size = piece[n - size :], n
+            pending.appendleft(piece)
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
