@@ -98,8 +98,8 @@ def _write_all(fd: int, data: Data) -> None:
     page cache (ext4 with large folios, Linux 6.x) allocate 2 MiB folios, and on a virtual
     machine whose host takes back free guest memory (virtio free page reporting) every such
     folio is faulted in again during the copy. Measured here on 460 MB of packs: 1.2 s of
-    system time in one-call writes, 0.15 s in 1 MiB calls; on bare metal the smaller calls
-    cost nothing measurable.
+    system time in one-call writes, 0.15 s in 1 MiB calls. The price elsewhere is one system
+    call per MiB (not measured on bare metal).
     """
     pending = collections.deque(views(data))
     while pending:
