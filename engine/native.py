@@ -24,14 +24,13 @@ import fcntl
 import os
 import stat
 import struct
-import threading
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import _bitmap, _hashing, _pages, _reader
+from . import threads as _threads
 
 __all__ = [
     "BLOCK_SIZE_MIN",
@@ -438,7 +437,7 @@ def scan_file(
         if nthreads == 1:
             rcs = [scanners[0].scan(start, n, digests, zero_bytes)]
         else:
-            with ThreadPoolExecutor(nthreads) as pool:
+            with _threads.ThreadPool(nthreads) as pool:
                 rcs = list(
                     pool.map(
                         lambda k: scanners[k].scan(start, n, digests, zero_bytes, k, nthreads),
@@ -534,11 +533,11 @@ class BlockReader:
                 _reader.Scanner(*self._scanner_args)
                 for _ in range(_check_count(prefetch, "prefetch") + 1)
             ]
-            self._local = threading.local()
-            self._lock = threading.Lock()
+            self._local = _threads.local()
+            self._lock = _threads.Lock()
             self._pool = (
                 self._stack.enter_context(
-                    ThreadPoolExecutor(prefetch, thread_name_prefix="cb-read")
+                    _threads.ThreadPool(prefetch, thread_name_prefix="cb-read")
                 )
                 if prefetch
                 else None

@@ -40,7 +40,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("store", ("engine.store",)),
     ("native", ("engine.native", "engine._")),
 ]
-SHARED = ("engine.errors", "engine.faults", "engine.paths", "engine.owners")
+SHARED = ("engine.errors", "engine.faults", "engine.paths", "engine.owners", "engine.threads")
 EXEMPT = ("engine",)  # engine/__init__.py
 
 
@@ -180,6 +180,7 @@ def test_the_checker_sees_an_upward_import(tmp_path, monkeypatch):
         ("engine._hashing", 5),
         ("engine.errors", "shared"),
         ("engine.owners", "shared"),
+        ("engine.threads", "shared"),
     ],
 )
 def test_layer_of(module, layer):

@@ -25,12 +25,11 @@ import os
 import stat
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import native
+from .. import native, threads
 from ..errors import Cancelled
 from ..repository import BlockMap, Container, pagerefs
 from ..repository.objects import delta_page_limit
@@ -94,7 +93,7 @@ class _Asked:
     def __init__(self, container: Container) -> None:
         self.container = container
         self.answers: dict[bytes, bool] = {}
-        self.lock = threading.Lock()
+        self.lock = threads.Lock()
 
     def __contains__(self, digest: object) -> bool:
         assert isinstance(digest, bytes)
@@ -119,7 +118,7 @@ class _Listed:
 
     def __init__(self, container: Container) -> None:
         self.container = container
-        self.lock = threading.Lock()
+        self.lock = threads.Lock()
         self.digests: set[bytes] | None = None
 
     def __contains__(self, digest: object) -> bool:
@@ -166,10 +165,10 @@ class _Store:
         # An object store holds a batch in memory until commit: it says how much.
         caps = container.store.caps
         self.publish_bytes = getattr(caps, "batch_bytes", None) or self.PUBLISH_BYTES
-        self.publisher = ThreadPoolExecutor(1, thread_name_prefix="cb-publish")
-        self.publishing: Future | None = None
-        self._publish_lock = threading.Lock()
-        self._seen_lock = threading.Lock()
+        self.publisher = threads.ThreadPool(1, thread_name_prefix="cb-publish")
+        self.publishing: threads.Future | None = None
+        self._publish_lock = threads.Lock()
+        self._seen_lock = threads.Lock()
         self.seen: set[bytes] = set()
         # (previous version, raw length) -> its DeltaBase or None, fetched for a window at
         # once (``prefetch``) and taken by ``_delta``.
@@ -466,7 +465,7 @@ def _pipeline(
     when blocks are larger) plus one block's compression.
     """
     changed_total = [0]
-    lock = threading.Lock()
+    lock = threads.Lock()
     cancel = job.cancel
     cancelled = cancel.is_set if cancel is not None else (lambda: False)
 

@@ -8,10 +8,10 @@ still read (or written) front to back.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
+
+from ..threads import Event, Lock, ThreadPool
 
 T = TypeVar("T")
 
@@ -32,8 +32,8 @@ def fan_out(
     that is what a single thread would have met first.
     """
     numbered = enumerate(items)
-    lock = threading.Lock()
-    stop = threading.Event()
+    lock = Lock()
+    stop = Event()
     failures: list[tuple[int, BaseException]] = []
     done = 0
 
@@ -56,7 +56,7 @@ def fan_out(
                 so_far = done
             progress(so_far)
 
-    with ThreadPoolExecutor(threads, thread_name_prefix=name) as pool:
+    with ThreadPool(threads, thread_name_prefix=name) as pool:
         for _ in range(threads):
             pool.submit(loop)
     if failures:

@@ -11,11 +11,9 @@ full are zero blocks, never read: the export's allocation does for NBD what
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
-from .. import native
+from .. import native, threads
 from ..nbd import NbdClient, parse_nbd_uri
 from .stream import FileObject
 
@@ -34,7 +32,7 @@ class NbdFile(FileObject):
         self.what = "source"
         self.uri = address.uri
         self.label = f"NBD export {address.uri}"
-        self.lock = threading.Lock()
+        self.lock = threads.Lock()
         self.size = self.client.size
 
     def measure(self) -> int:

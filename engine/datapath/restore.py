@@ -18,11 +18,10 @@ import stat
 import struct
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from .. import native
+from .. import native, threads
 from ..errors import Cancelled, CorruptionError
 from ..repository import BlockMap, Container
 from .fanout import fan_out
@@ -85,7 +84,7 @@ class _Target:
             self.direct_fd: int | None = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_DIRECT)
         except OSError:
             self.direct_fd = None  # tmpfs and some FUSE filesystems refuse O_DIRECT
-        self._local = threading.local()
+        self._local = threads.local()
 
     def _aligned(self, nbytes: int) -> np.ndarray:
         buf = getattr(self._local, "buf", None)
@@ -154,7 +153,7 @@ class _StreamTarget:
     def __init__(self, target: FileObject, block_size: int) -> None:
         self.target = target
         self.block_size = block_size
-        self._local = threading.local()
+        self._local = threads.local()
 
     def buffer(self, nbytes: int) -> memoryview:
         buf = getattr(self._local, "buf", None)
@@ -246,16 +245,16 @@ def run_restore(
         digests = manifest.data_digests
         total = max(1, manifest.ndata)
         lost: list[int] = []
-        lock = threading.Lock()
+        lock = threads.Lock()
         done = 0
 
         # An object store answers each GET after a round trip: its blocks are fetched
         # several at a time (``StoreCaps.read_parallelism``), then decoded in order.
         parallel = getattr(container.store.caps, "read_parallelism", 1) or 1
-        pool = ThreadPoolExecutor(parallel, thread_name_prefix="cb-fetch") if parallel > 1 else None
+        pool = threads.ThreadPool(parallel, thread_name_prefix="cb-fetch") if parallel > 1 else None
 
         def fetch(
-            i: int, row: int, out: memoryview, pending: Future | None = None, bases=None
+            i: int, row: int, out: memoryview, pending: threads.Future | None = None, bases=None
         ) -> int:
             """Decode block ``i`` (``row`` of the digests) into ``out``; return its length
             (zeros if it is lost). ``pending`` is its object being fetched already, ``bases``
@@ -283,7 +282,7 @@ def run_restore(
                 out[:expected] = bytes(expected)  # a lost block reads as zeros
                 return expected
 
-        scratch = threading.local()
+        scratch = threads.local()
 
         def read_buffer(nbytes: int) -> memoryview:
             """This thread's buffer for a run's pack reads (kept across its runs: the
@@ -321,7 +320,7 @@ def run_restore(
             # Every block of the run is asked for at once: on an object store they are
             # fetched on the pool, and in a pack file adjacent entries share one ranged GET,
             # with the bases of its deltas, into this thread's read buffer.
-            pending: list[Future | None] = [None] * count
+            pending: list[threads.Future | None] = [None] * count
             wanted = [k for f, c in todo for k in range(f, f + c)]
             asked = [bytes(digests[row + k]) for k in wanted]
             run_read = container.read_run(asked, pool, read_buffer)

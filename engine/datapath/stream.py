@@ -16,12 +16,11 @@ runs the window (Cinder's thread-pool proxy accepts calls from any thread).
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import Iterator
 
 import numpy as np
 
-from .. import native
+from .. import native, threads
 from ..errors import InvalidInput
 
 
@@ -58,7 +57,7 @@ class FileObject:
         self.obj = obj
         self.what = what
         self.label = f"{what} file object ({type(obj).__name__})"
-        self.lock = threading.Lock()
+        self.lock = threads.Lock()
         self.size = self.measure()
 
     def measure(self) -> int:
@@ -130,8 +129,8 @@ class StreamReader:
         self.nblocks = -(-self.size // self.block_size)
         self._runs = np.asarray(runs, np.int64).reshape(-1, 2)
         self._window = max(1, window_bytes // self.block_size)
-        self._local = threading.local()
-        self._lock = threading.Lock()
+        self._local = threads.local()
+        self._lock = threads.Lock()
         self._bytes_read = 0
 
     @property
@@ -165,7 +164,7 @@ class StreamReader:
         return native.Window(first_block, count, view, digests, zero, bs)
 
     def close(self) -> None:
-        self._local = threading.local()
+        self._local = threads.local()
 
     def __enter__(self) -> StreamReader:
         return self

@@ -39,7 +39,6 @@ import os
 import stat
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +50,7 @@ from cinder.volume import volume_utils
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from .. import threads
 from ..changesources import ChangeSource
 from ..datapath import backup_volume, restore_volume
 from ..datapath.stream import has_working_fileno
@@ -138,23 +138,16 @@ def _conf(name: str, default: Any) -> Any:
         return default
 
 
-def _eventlet_patched() -> bool:
-    patcher = sys.modules.get("eventlet.patcher")
-    return patcher is not None and patcher.is_monkey_patched("thread")
+_eventlet_patched = threads.eventlet_patched
 
 
 def _real_thread(target: Callable[[], None], name: str) -> Any:
     """A thread of the OS, also in a process eventlet has monkey-patched."""
-    if _eventlet_patched():
-        real = sys.modules["eventlet.patcher"].original("threading")
-        return real.Thread(target=target, name=name, daemon=True)
-    return threading.Thread(target=target, name=name, daemon=True)
+    return threads.Thread(target, name)
 
 
 def _real_event() -> Any:
-    if _eventlet_patched():
-        return sys.modules["eventlet.patcher"].original("threading").Event()
-    return threading.Event()
+    return threads.Event()
 
 
 def _wait(finished: Any, seconds: float) -> bool:

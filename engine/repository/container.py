@@ -19,13 +19,13 @@ per object (version 1, ``objects/``), or entries of pack files named by index fi
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
 
+from .. import threads
 from ..errors import BlobConflict, BlobNotFound, CorruptionError, FormatVersionError, InvalidInput
 from ..store.blob import BlobBatch, BlobInfo, BlobStore, Data
 from .blockmap import BlockMap
@@ -89,7 +89,7 @@ class Container:
         # digest -> the run of get_objects it was read with (its deltas' bases and donors
         # are then fetched for the whole run at once: _RunDeps)
         self._runs: dict[bytes, _RunDeps] = {}
-        self._runs_lock = threading.Lock()
+        self._runs_lock = threads.Lock()
 
     @property
     def project_id(self) -> str:
@@ -763,7 +763,7 @@ class _RunDeps:
         self.container = container
         self.reads = reads
         self.have = have or {}  # deps read with the run already (``RunRead.bases``)
-        self.lock = threading.Lock()
+        self.lock = threads.Lock()
         self.deps: dict[bytes, object] | None = None
 
     def _load(self) -> dict[bytes, object]:

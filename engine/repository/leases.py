@@ -34,6 +34,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .. import threads
 from ..errors import BlobNotFound, InvalidInput, RepositoryError, StoreError
 from ..store.blob import BlobStore
 from .layout import ContainerKeys
@@ -141,7 +142,7 @@ class HeldLease:
         self.ttl = ttl
         self.clock = clock
         self.key = keys.lease(kind, self.id)
-        self._stop = threading.Event()
+        self._stop = threads.Event()
         self._thread: threading.Thread | None = None
         self.last_refresh = 0.0
 
@@ -154,7 +155,7 @@ class HeldLease:
 
     def acquire(self) -> HeldLease:
         self._write(exclusive=True)
-        self._thread = threading.Thread(
+        self._thread = threads.Thread(
             target=self._refresh_loop, name=f"cb-lease-{self.kind}", daemon=True
         )
         self._thread.start()
@@ -235,11 +236,11 @@ class PendingWriteLease(HeldLease):
     def __init__(self, *args, cancelled: Callable[[], bool] = lambda: False, **kw) -> None:
         super().__init__(*args, **kw)
         self._cancelled = cancelled
-        self._ready = threading.Event()
+        self._ready = threads.Event()
         self._error: BaseException | None = None
 
     def start(self) -> PendingWriteLease:
-        self._thread = threading.Thread(
+        self._thread = threads.Thread(
             target=self._acquire_then_refresh, name=f"cb-lease-{self.kind}", daemon=True
         )
         self._thread.start()

@@ -29,7 +29,6 @@ hard limit, and re-hashes the result: a flipped bit anywhere ends in CorruptionE
 from __future__ import annotations
 
 import struct
-import threading
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -37,7 +36,7 @@ import numpy as np
 import xxhash
 import zstandard
 
-from .. import native
+from .. import native, threads
 from ..errors import CorruptionError
 from ..native import BLOCK_SIZE_MAX, PAGE_SIZE
 from ..native import digest as block_digest
@@ -190,7 +189,7 @@ class BlockCodec:
         long_distance: bool = False,
     ) -> None:
         self.seed = seed
-        self._local = threading.local()
+        self._local = threads.local()
         self._generation = 0
         self.configure(level=level, window_log=window_log, long_distance=long_distance)
 

@@ -15,14 +15,13 @@ each other in one pack into one GET.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import numpy as np
 
+from .. import threads
 from ..errors import BlobNotFound, CorruptionError, InvalidInput
 from ..store.blob import BlobInfo, BlobStore, Data, views
 from .donors import donors_of
@@ -76,7 +75,7 @@ class PackedObjects:
         self.pack_size = pack_size
         self._view: PackView | None = None
         self._files: list[IndexFile] | None = None  # the index files the view was built from
-        self._lock = threading.Lock()
+        self._lock = threads.Lock()
         self._sizes: dict[bytes, tuple[int, int]] = {}  # packs remembered since (pack_sizes)
 
     # ------------------------------------------------------------------ the index
@@ -162,7 +161,7 @@ class PackedObjects:
         self,
         digests: Sequence[bytes],
         missing: Callable[[bytes], str],
-        pool: Executor | None = None,
+        pool: threads.ThreadPool | None = None,
     ) -> list[_Pending]:
         """One pending read per digest, adjacent entries of a pack sharing one ranged GET
         (at most ``COALESCE_BYTES``), up to the pool's width in flight."""
@@ -181,7 +180,7 @@ class PackedObjects:
             if pool is not None:
                 fut = pool.submit(self.store.get, key, start, end - start)
             else:
-                fut = Future()
+                fut = threads.Future()
                 try:
                     fut.set_result(self.store.get(key, start, end - start))
                 except Exception as e:  # surfaced by each entry's result()
@@ -194,7 +193,7 @@ class PackedObjects:
         self,
         digests: Sequence[bytes],
         missing: Callable[[bytes], str],
-        pool: Executor | None = None,
+        pool: threads.ThreadPool | None = None,
         scratch: Callable[[int], memoryview] | None = None,
         *,
         reload: Callable[[], bool] | None = None,
@@ -466,7 +465,7 @@ class _Pending:
 
     def __init__(
         self,
-        fut: Future | _Now | None,
+        fut: threads.Future | _Now | None,
         start: int,
         length: int,
         digest: bytes = b"",
@@ -510,8 +509,8 @@ class PackBatch:
     def __init__(self, packed: PackedObjects) -> None:
         self._packed = packed
         self._store_batch = packed.store.batch()
-        self._lock = threading.Lock()
-        self._seal_lock = threading.Lock()
+        self._lock = threads.Lock()
+        self._seal_lock = threads.Lock()
         self._buf = bytearray()
         self._pages = bytearray()  # the open pack's page-digest section (pagesection.py)
         self._rows: list[tuple[bytes, bytes, int, int, int, int]] = []

@@ -9,12 +9,12 @@ binary search on the sorted 64-bit halves of the digests.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
+from .. import threads
 from .packs import ENTRY, NO_BASE, digest_keys
 
 
@@ -43,7 +43,7 @@ class PackView:
         tables: Iterable[tuple[list[bytes], np.ndarray]] = (),
         dropped: set[tuple[bytes, bytes]] | frozenset = frozenset(),
     ) -> None:
-        self._lock = threading.Lock()
+        self._lock = threads.Lock()
         self.pack_ids: list[bytes] = []
         number: dict[bytes, int] = {}
         parts = []

@@ -24,9 +24,9 @@ import ctypes
 import ctypes.util
 import errno
 import os
-import threading
 import uuid
 
+from .. import threads
 from ..faults import crash_point
 from .blob import Data, size_of, views
 
@@ -169,7 +169,7 @@ class StagedBatch:
     def __init__(self, root: str, kind: str = "object") -> None:
         self.root = root
         self.kind = kind
-        self._lock = threading.Lock()
+        self._lock = threads.Lock()
         self._pending: list[tuple[str, str, int, str]] = []
         self.pending_bytes = 0
 

@@ -9,11 +9,11 @@ by kind let tests assert how many requests a job made.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 
+from .. import threads
 from ..errors import BlobConflict, BlobNotFound
 from .blob import BlobInfo, Data, StoreCaps, check_key, check_prefix, views
 
@@ -21,7 +21,7 @@ from .blob import BlobInfo, Data, StoreCaps, check_key, check_prefix, views
 class MemoryBatch:
     def __init__(self, store: MemoryBlobStore) -> None:
         self._store = store
-        self._lock = threading.Lock()
+        self._lock = threads.Lock()
         self._pending: dict[str, bytes] = {}
         self._bytes = 0
 
@@ -58,7 +58,7 @@ class MemoryBlobStore:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.calls: Counter[str] = Counter()
-        self._lock = threading.Lock()
+        self._lock = threads.Lock()
         self._blobs: dict[str, tuple[bytes, float]] = {}
 
     @property

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import http.client
 import ssl
-import threading
 from urllib.parse import urlsplit
+
+from .. import threads
 
 #: Idle connections kept per store (a restore keeps ``read_parallelism`` GETs in flight).
 MAX_IDLE = 32
@@ -28,7 +29,7 @@ class RawGetter:
         self.timeout = timeout
         self.context = context
         self._idle: dict[tuple[str, str], list[http.client.HTTPConnection]] = {}
-        self._lock = threading.Lock()
+        self._lock = threads.Lock()
 
     def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
         with self._lock:

@@ -23,11 +23,10 @@ what :class:`BufferedBatch` makes true:
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from .. import threads
 from .blob import Data, check_key, views
 
 T = TypeVar("T")
@@ -62,7 +61,7 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list
     after every request has ended (none is left running behind the caller's back)."""
     if len(items) <= 1 or workers <= 1:
         return [fn(x) for x in items]
-    with ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="cb-store") as pool:
+    with threads.ThreadPool(min(workers, len(items)), thread_name_prefix="cb-store") as pool:
         futures = [pool.submit(fn, x) for x in items]
     results, first = [], None
     for f in futures:
@@ -85,7 +84,7 @@ class BufferedBatch:
     def __init__(self, publish_new: Callable[[str, bytes], bool], workers: int) -> None:
         self._publish_new = publish_new
         self._workers = workers
-        self._lock = threading.Lock()
+        self._lock = threads.Lock()
         self._pending: dict[str, bytes] = {}
         self._bytes = 0
 

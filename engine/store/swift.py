@@ -31,13 +31,13 @@ import hashlib
 import http.client
 import os
 import ssl
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+from .. import threads
 from ..errors import BlobConflict, BlobNotFound, StoreError
 from .blob import BlobInfo, Data, StoreCaps, check_key, check_prefix
 from .rawget import RawGetter
@@ -201,7 +201,7 @@ class SwiftBlobStore:
             raise ValueError(f"listing_limit must be 1 to {LISTING_LIMIT}")
         self.listing_limit = listing_limit
         self._pool: list[Any] = []  # idle swiftclient connections
-        self._pool_lock = threading.Lock()
+        self._pool_lock = threads.Lock()
         self._token: tuple[str, str] | None = None  # (storage URL, token) they share
         context = None
         if self.auth.insecure:
@@ -211,7 +211,7 @@ class SwiftBlobStore:
         self._raw = RawGetter(timeout, context)  # ranged GETs into buffers (get_into)
         self.requests = 0  # every HTTP request made (a benchmark's count), retries included
         self.failures = 0  # transient failures met (each one retried or, at last, raised)
-        self._count_lock = threading.Lock()
+        self._count_lock = threads.Lock()
 
     @property
     def url(self) -> str:

@@ -1,0 +1,258 @@
+"""Real OS threads and the primitives they share, also in a process eventlet has patched.
+
+Why this module exists: cinder-backup (eventlet mode, its default) monkey-patches
+``threading`` and ``queue`` process-wide, so a ``ThreadPoolExecutor`` or ``threading.Lock``
+made by the engine would be a green thread or a green lock. The native kernels release the
+GIL, but green threads all run inside one OS thread: the data path would use about one
+core. Worse, a green lock or event shared between two OS threads is not safe (its waiters
+are woken through the hub of the thread that releases it, not of the one that waits).
+
+So the data path takes its threads, pools, locks, events and thread-locals from here:
+built from eventlet's ``patcher.original(...)`` modules when (and only when) eventlet has
+monkey-patched ``thread``, from the standard library otherwise. The engine never imports
+eventlet: it looks for ``eventlet.patcher`` in ``sys.modules``; a process that never
+imported eventlet gets exactly the standard library's primitives.
+
+One rule for callers: these primitives block the OS thread. A greenthread on eventlet's
+hub must not wait on them (``Future.result()``, ``Event.wait()``, a contended ``Lock``)
+for long, or every other greenthread stalls: it polls instead (``Event.is_set()`` between
+cooperative sleeps), as the Cinder driver does. The pool's ``Future`` is therefore ours
+(a ``concurrent.futures.Future`` holds a patched condition), with the subset of its API the
+engine uses: ``result``, ``exception``, ``done``, ``cancel``, ``set_result``,
+``set_exception``.
+
+Shared leaf: imports nothing of the engine.
+"""
+
+from __future__ import annotations
+
+import queue as _std_queue
+import sys
+import threading as _std_threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import CancelledError
+from types import ModuleType
+from typing import Any
+
+__all__ = [
+    "Condition",
+    "Event",
+    "Future",
+    "Lock",
+    "RLock",
+    "Thread",
+    "ThreadPool",
+    "eventlet_patched",
+    "get_native_id",
+    "local",
+]
+
+
+def eventlet_patched() -> bool:
+    """True when eventlet (already imported by someone else) has patched ``thread``."""
+    patcher = sys.modules.get("eventlet.patcher")
+    return patcher is not None and bool(patcher.is_monkey_patched("thread"))
+
+
+def _threading() -> ModuleType:
+    """The ``threading`` module whose primitives are the OS's."""
+    if eventlet_patched():
+        return sys.modules["eventlet.patcher"].original("threading")
+    return _std_threading
+
+
+def _queue() -> ModuleType:
+    if eventlet_patched():
+        return sys.modules["eventlet.patcher"].original("queue")
+    return _std_queue
+
+
+def Lock() -> Any:  # noqa: N802 - a factory standing in for threading.Lock
+    """A lock of the OS."""
+    return _threading().Lock()
+
+
+def RLock() -> Any:  # noqa: N802
+    """A re-entrant lock of the OS."""
+    return _threading().RLock()
+
+
+def Condition(lock: Any = None) -> Any:  # noqa: N802
+    """A condition variable over a lock of the OS."""
+    return _threading().Condition(lock)
+
+
+def Event() -> Any:  # noqa: N802
+    """An event an OS thread can wait on (a greenthread on the hub polls ``is_set()``)."""
+    return _threading().Event()
+
+
+def local() -> Any:
+    """Storage per OS thread."""
+    return _threading().local()
+
+
+def Thread(  # noqa: N802
+    target: Callable[..., Any], name: str | None = None, *, args: tuple = (), daemon: bool = True
+) -> Any:
+    """A thread of the OS (daemon unless told: an owner joins what it started)."""
+    return _threading().Thread(target=target, name=name, args=args, daemon=daemon)
+
+
+def get_native_id() -> int:
+    """The kernel's id of the calling OS thread (the same for every greenthread in it)."""
+    return _threading().get_native_id()
+
+
+_PENDING, _RUNNING, _CANCELLED, _FINISHED = range(4)
+
+
+class Future:
+    """The outcome of work on a :class:`ThreadPool` (or set by hand): ``result()`` waits
+    on a condition of the OS, so a worker in another OS thread can complete it."""
+
+    __slots__ = ("_cond", "_state", "_value", "_error")
+
+    def __init__(self) -> None:
+        self._cond = Condition(Lock())
+        self._state = _PENDING
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def _start(self) -> bool:
+        """Mark running; False when it was cancelled first (the work is then skipped)."""
+        with self._cond:
+            if self._state == _CANCELLED:
+                return False
+            self._state = _RUNNING
+            return True
+
+    def cancel(self) -> bool:
+        """Cancel work that has not started; True when it will not run."""
+        with self._cond:
+            if self._state in (_RUNNING, _FINISHED):
+                return False
+            self._state = _CANCELLED
+            self._cond.notify_all()
+            return True
+
+    def cancelled(self) -> bool:
+        return self._state == _CANCELLED
+
+    def done(self) -> bool:
+        return self._state in (_CANCELLED, _FINISHED)
+
+    def set_result(self, value: Any) -> None:
+        with self._cond:
+            self._value = value
+            self._state = _FINISHED
+            self._cond.notify_all()
+
+    def set_exception(self, error: BaseException) -> None:
+        with self._cond:
+            self._error = error
+            self._state = _FINISHED
+            self._cond.notify_all()
+
+    def _wait(self, timeout: float | None) -> None:
+        with self._cond:
+            if not self._cond.wait_for(self.done, timeout):
+                raise TimeoutError(f"the work did not finish within {timeout} s")
+        if self._state == _CANCELLED:
+            raise CancelledError()
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Wait; the exception the work raised, or None."""
+        self._wait(timeout)
+        return self._error
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait; the work's value, or raise what it raised."""
+        self._wait(timeout)
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class ThreadPool:
+    """Up to ``max_workers`` OS threads running submitted work in order of submission; the
+    part of ``concurrent.futures.ThreadPoolExecutor`` the engine uses (``submit``, ``map``,
+    ``shutdown(wait, cancel_futures)``, ``with``). Threads start on demand, up to the limit.
+    """
+
+    def __init__(self, max_workers: int, thread_name_prefix: str = "cb-pool") -> None:
+        if not isinstance(max_workers, int) or isinstance(max_workers, bool) or max_workers < 1:
+            raise ValueError(f"max_workers must be a positive integer, not {max_workers!r}")
+        self._max = max_workers
+        self._prefix = thread_name_prefix
+        self._queue = _queue().SimpleQueue()
+        self._lock = Lock()
+        self._threads: list[Any] = []
+        self._closed = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        future = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot schedule new work after the pool was shut down")
+            self._queue.put((future, fn, args, kwargs))
+            if len(self._threads) < self._max:
+                t = Thread(self._work, f"{self._prefix}_{len(self._threads)}")
+                self._threads.append(t)
+                t.start()
+        return future
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any]) -> Iterator[Any]:
+        """Results in order; all the work is submitted first."""
+        futures = [self.submit(fn, *args) for args in zip(*iterables, strict=False)]
+
+        def results() -> Iterator[Any]:
+            for f in futures:
+                yield f.result()
+
+        return results()
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            future, fn, args, kwargs = item
+            del item
+            if not future._start():
+                continue
+            value = None
+            try:
+                value = fn(*args, **kwargs)
+            except BaseException as e:  # the future carries it to whoever waits
+                future.set_exception(e)
+            else:
+                future.set_result(value)
+            del future, fn, args, kwargs, value
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No more work; queued work is cancelled when ``cancel_futures``, else it runs.
+        ``wait``: return once every thread ended."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                if cancel_futures:
+                    while True:
+                        try:
+                            item = self._queue.get_nowait()
+                        except _std_queue.Empty:
+                            break
+                        if item is not None:
+                            item[0].cancel()
+                for _ in self._threads:
+                    self._queue.put(None)
+            threads = list(self._threads)
+        if wait:
+            for t in threads:
+                t.join()
+
+    def __enter__(self) -> ThreadPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown(wait=True)

@@ -1,0 +1,121 @@
+"""The data path's workers are real OS threads in both of cinder-backup's threading modes.
+
+Under eventlet (Cinder's default) ``threading`` is patched process-wide; the engine takes
+its pools, locks and events from ``engine.threads`` (eventlet's originals), so a backup's
+compression runs on several OS threads at once while the service's other greenthreads keep
+running. Collected inside ``.venvs/cinder`` by ``../test_cinder_driver.py``, once per mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+
+import numpy as np
+from conftest import mode
+
+from engine import threads
+
+MiB = 1 << 20
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _task_cpu() -> dict[int, int]:
+    """Clock ticks of user + system CPU per OS thread (task) of this process."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[int(tid)] = int(fields[11]) + int(fields[12])  # utime, stime
+    return out
+
+
+def _compressible_image(path: str, size: int) -> None:
+    """Data zstd has real work on (4 bits of entropy a byte): no block is zero or repeated."""
+    rng = np.random.default_rng(14)
+    with open(path, "wb") as f:
+        for _ in range(size // (8 * MiB)):
+            f.write(rng.integers(0, 16, 8 * MiB, dtype=np.uint8).tobytes())
+
+
+def _sha(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def test_primitives_are_the_os_ones_in_this_mode():
+    """Under eventlet ``threading.Lock`` is green here, ``engine.threads.Lock`` is not; with
+    native threads both are the standard library's."""
+    assert threads.eventlet_patched() == (mode() == "eventlet")
+    if mode() == "eventlet":
+        from eventlet import patcher
+
+        real = patcher.original("_thread").allocate_lock()
+        assert type(threading.Lock()) is not type(real)  # green: unsafe across OS threads
+        assert type(threads.Lock()) is type(real)
+        assert type(threads.Event()) is patcher.original("threading").Event
+        assert type(threads.local()) is patcher.original("_thread")._local
+    else:
+        assert type(threads.Lock()) is type(threading.Lock())
+        assert type(threads.Event()) is threading.Event
+    with threads.ThreadPool(3, thread_name_prefix="cb-test") as pool:
+        gate = threads.Event()
+        # Three tasks that wait for one another can only finish on three OS threads.
+        ids = [pool.submit(lambda: (gate.wait(30), threads.get_native_id())[1]) for _ in range(3)]
+        time.sleep(0.2)
+        gate.set()
+        native = {f.result() for f in ids}
+    assert len(native) == 3
+    assert threads.get_native_id() not in native
+
+
+def test_a_backup_compresses_on_several_os_threads_and_the_hub_keeps_running(cinder, tmp_path):
+    """A compress-heavy full backup: at least two OS threads other than the calling one
+    burn CPU (the workers, ``backup_cinderblock_workers = 2``), and a greenthread of the
+    caller's (under eventlet: on the hub's thread) keeps getting turns while it runs."""
+    assert cinder.driver.workers == 2
+    image = str(tmp_path / "vol.img")
+    _compressible_image(image, 96 * MiB)
+    vol = cinder.volume(image)
+    backup = cinder.start_backup(vol)
+    caller = threading.get_native_id()  # patched or not: this OS thread's id
+    running = [True]
+    ticks = [0]
+    peak: dict[int, int] = {}
+    base = _task_cpu()
+
+    sampler_id = [caller]
+
+    def sample() -> None:
+        sampler_id[0] = threads.get_native_id()
+        while running[0]:
+            for tid, cpu in _task_cpu().items():
+                peak[tid] = max(peak.get(tid, 0), cpu - base.get(tid, 0))
+            ticks[0] += 1
+            time.sleep(0.01)  # cooperative under eventlet
+
+    sampler = threading.Thread(target=sample)  # a greenthread under eventlet
+    sampler.start()
+    try:
+        done = cinder.run_backup(backup)
+    finally:
+        running[0] = False
+        sampler.join()
+    assert done.status == "available"
+    busy = sorted((cpu for tid, cpu in peak.items() if tid not in (caller, sampler_id[0])), reverse=True)
+    # Each of two workers compressed a share of 96 MiB: well over 50 ms of CPU each. With
+    # green workers (one OS thread) only the data path's thread would have any.
+    assert len(busy) >= 2 and busy[1] >= 0.05 * TICK, (busy[:4], TICK)
+    # The sampler (a greenthread beside the driver's) ran throughout, not only at the end.
+    assert ticks[0] >= 5, ticks
+    out = str(tmp_path / "out.img")
+    cinder.restore(done, out, volume_is_new=True)
+    assert _sha(out) == _sha(image)
