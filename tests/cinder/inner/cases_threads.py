@@ -110,7 +110,9 @@ def test_a_backup_compresses_on_several_os_threads_and_the_hub_keeps_running(cin
         running[0] = False
         sampler.join()
     assert done.status == "available"
-    busy = sorted((cpu for tid, cpu in peak.items() if tid not in (caller, sampler_id[0])), reverse=True)
+    busy = sorted(
+        (cpu for tid, cpu in peak.items() if tid not in (caller, sampler_id[0])), reverse=True
+    )
     # Each of two workers compressed a share of 96 MiB: well over 50 ms of CPU each. With
     # green workers (one OS thread) only the data path's thread would have any.
     assert len(busy) >= 2 and busy[1] >= 0.05 * TICK, (busy[:4], TICK)
