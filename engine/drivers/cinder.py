@@ -23,9 +23,9 @@ does everything that touches Cinder — the backup row's status (cancellation), 
 notifications — so Cinder's database and notifier are only ever used from the thread that
 called the driver. A ``volume_file`` that is Cinder's thread-pool proxy is unwrapped before
 the data path touches it from its own threads: those are already off the event loop, which
-is all the proxy is for. (Under eventlet the data path's own workers are green threads inside
-that OS thread, eventlet having patched ``threading``: about one core; see
-``docs/cinder-driver.md``.)
+is all the proxy is for. The data path's own workers, pools, locks and events come from
+``engine.threads``: OS ones under eventlet too, so a backup uses ``backup_cinderblock_workers``
+cores in both modes (``docs/cinder-driver.md``).
 
 Incrementals read the whole volume unless ``backup_cinderblock_changes_from`` names a change
 tracker: a template (``changes_from.py``) expanded per backup into one of the engine's
@@ -165,9 +165,9 @@ def _wait(finished: Any, seconds: float) -> bool:
 
 
 def _windowed(done: list[float], fraction: float) -> None:
-    """Progress after each window; under eventlet also a yield, so that the data path's
-    other green threads (its lease refresher among them) run even when no window stores
-    anything (an unchanged volume would otherwise never give them a turn)."""
+    """Progress after each window; under eventlet also a yield to the calling thread's hub
+    (cheap; the data path's workers and lease refresher are OS threads, ``engine.threads``,
+    and need no turn from it)."""
     done[0] = fraction
     time.sleep(0)
 
