@@ -86,10 +86,11 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _peak_rss() -> int:
+def _peak_rss(field: str = "VmHWM") -> int:
+    """The process's peak RSS since the last reset (``VmRSS``: its RSS now), bytes."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
 
@@ -130,6 +131,7 @@ def run_driver(name: str, image: str, work: str) -> list[dict]:
     def step(label: str, fn) -> object:
         before = imagekit.du(repo)
         _reset_peak()
+        rss_before = _peak_rss("VmRSS")
         cpu = _cpu()
         t = time.perf_counter()
         out = fn()
@@ -141,6 +143,7 @@ def run_driver(name: str, image: str, work: str) -> list[dict]:
             "cpu": _cpu() - cpu,
             "stored": imagekit.du(repo) - before,
             "peak_rss": _peak_rss(),
+            "rss_before": rss_before,
         }
         if hasattr(out, "object_count"):
             row["objects"] = out.object_count

@@ -49,7 +49,7 @@ from ..store.files import fsync_dir
 from . import audit
 from .backup import BackupJob, BackupStats, run_backup
 from .nbdsource import NbdFile
-from .restore import run_restore
+from .restore import MAX_RUN_BYTES, MIN_RUN_BYTES, RUN_BYTES, run_restore
 from .stream import FileObject, is_stream
 
 DEFAULT_BLOCK_SIZE = 1 << 20
@@ -394,6 +394,7 @@ def restore_volume(
     workers: int = 4,
     target_is_new: bool = False,
     differential: bool = False,
+    run_bytes: int = RUN_BYTES,
 ) -> RestoreResult:
     """Write ``blockmap``'s volume onto ``target``, bit-exact; every block is re-hashed.
 
@@ -409,6 +410,12 @@ def restore_volume(
     blocks are left alone (holes stay holes). ``differential``: the existing target holds
     some older state of the volume; it is read and compared first and only the blocks that
     differ are written (``blocks_unchanged`` counts the others).
+
+    ``run_bytes`` is the largest single write, and so the size of each worker's write
+    buffer; with its read buffer a worker holds about 1.7 times that (measured: 28 MB per
+    worker at 16 MiB). Where memory is tight, more workers with smaller runs beat fewer with
+    larger ones: at the same ~67 MB, 4 workers of 8 MiB restored 2 GiB in 1.02-1.06 s, 2 of
+    16 MiB in 1.17-1.27 s.
     """
     if not isinstance(container, Container):
         raise InvalidInput("container must be an engine.repository.Container")
@@ -421,6 +428,14 @@ def restore_volume(
         raise InvalidInput("blockmap must be an engine.repository.BlockMap")
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise InvalidInput(f"workers must be a positive int, got {workers!r}")
+    if (
+        not isinstance(run_bytes, int)
+        or isinstance(run_bytes, bool)
+        or not MIN_RUN_BYTES <= run_bytes <= MAX_RUN_BYTES
+    ):
+        raise InvalidInput(
+            f"run_bytes must be an int from {MIN_RUN_BYTES} to {MAX_RUN_BYTES}, got {run_bytes!r}"
+        )
     if target_is_new and differential:
         raise InvalidInput(
             "target_is_new and differential exclude each other: a new target holds nothing "
@@ -441,6 +456,7 @@ def restore_volume(
             where,
             fresh=target_is_new,
             workers=workers,
+            run_bytes=run_bytes,
             allow_damaged=allow_damaged,
             progress=report,
             cancel=cancel,
@@ -480,6 +496,7 @@ def restore_volume(
             partial,
             fresh=True,
             workers=workers,
+            run_bytes=run_bytes,
             allow_damaged=allow_damaged,
             progress=report,
             cancel=cancel,

@@ -288,3 +288,34 @@ def test_a_backup_holds_a_write_lease_and_waits_for_a_running_sweep(tmp_path):
     t.join(30)
     assert done.is_set()
     assert live_leases(container.store, container.keys, SWEEP) == []
+
+
+def test_run_bytes_bounds_each_write_of_a_restore_and_is_validated(tmp_path, monkeypatch):
+    container = Repository.open(tmp_path / "repo").container("proj", "backups")
+    src = tmp_path / "vol.img"
+    data = np.random.default_rng(7).integers(0, 256, 48 * BS, dtype=np.uint8).tobytes()
+    src.write_bytes(data)  # 3 MiB, no zero block: one run of consecutive data blocks
+    bm, _ = backup_volume(src, container, block_size=BS)
+    sizes: list[int] = []
+    real = os.pwrite
+
+    def spy(fd, buf, offset):
+        sizes.append(len(buf))
+        return real(fd, buf, offset)
+
+    monkeypatch.setattr(os, "pwrite", spy)
+    for run_bytes, expected in ((None, [3 << 20]), (1 << 20, [1 << 20] * 3)):
+        sizes.clear()
+        out = tmp_path / f"out-{run_bytes}.img"
+        kw = {} if run_bytes is None else {"run_bytes": run_bytes}
+        restore_volume(container, bm, out, **kw)
+        assert out.read_bytes() == data
+        assert sizes == expected
+    for bad in (0, (1 << 20) - 1, (256 << 20) + 1, True, 2.0):
+        with pytest.raises(InvalidInput) as info:
+            restore_volume(container, bm, tmp_path / "never.img", run_bytes=bad)
+        assert info.value.message == (
+            "Invalid input received: run_bytes must be an int from 1048576 to 268435456, "
+            f"got {bad!r}"
+        )
+    assert not (tmp_path / "never.img").exists()
