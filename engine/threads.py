@@ -21,6 +21,12 @@ cooperative sleeps), as the Cinder driver does. The pool's ``Future`` is therefo
 engine uses: ``result``, ``exception``, ``done``, ``cancel``, ``set_result``,
 ``set_exception``.
 
+The exception is a job whose store talks HTTP through libraries eventlet has patched
+(Swift, S3): their pools and locks are green and cannot be shared between OS threads, so
+such a job runs inside :func:`green_scope`, where every primitive made is eventlet's and
+the job's threads are greenthreads of the one OS thread it runs on (its native kernels still
+release the GIL, but use one core at a time).
+
 Shared leaf: imports nothing of the engine.
 """
 
@@ -31,6 +37,7 @@ import sys
 import threading as _std_threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
@@ -44,6 +51,7 @@ __all__ = [
     "ThreadPool",
     "eventlet_patched",
     "get_native_id",
+    "green_scope",
     "local",
 ]
 
@@ -54,17 +62,59 @@ def eventlet_patched() -> bool:
     return patcher is not None and bool(patcher.is_monkey_patched("thread"))
 
 
+#: OS threads inside :func:`green_scope` (kernel thread ids): primitives made there are
+#: eventlet's.
+_green_os_threads: set[int] = set()
+
+
+def _os_threading() -> ModuleType:
+    return sys.modules["eventlet.patcher"].original("threading")
+
+
+def _in_green_scope() -> bool:
+    return bool(_green_os_threads) and _os_threading().get_native_id() in _green_os_threads
+
+
 def _threading() -> ModuleType:
-    """The ``threading`` module whose primitives are the OS's."""
+    """The ``threading`` module whose primitives are the OS's (eventlet's in a green scope)."""
     if eventlet_patched():
-        return sys.modules["eventlet.patcher"].original("threading")
+        return sys.modules["threading"] if _in_green_scope() else _os_threading()
     return _std_threading
 
 
-def _queue() -> ModuleType:
+def _simple_queue() -> Any:
     if eventlet_patched():
-        return sys.modules["eventlet.patcher"].original("queue")
-    return _std_queue
+        if _in_green_scope():
+            import importlib
+
+            return importlib.import_module("eventlet.queue").LightQueue()
+        return sys.modules["eventlet.patcher"].original("queue").SimpleQueue()
+    return _std_queue.SimpleQueue()
+
+
+@contextmanager
+def green_scope() -> Iterator[None]:
+    """While inside, the threads, pools, locks and events this OS thread makes (and the
+    greenthreads those start) are eventlet's green ones: the whole job stays in this one OS
+    thread, on its own hub.
+
+    For a job whose store speaks HTTP through libraries eventlet has patched (swiftclient,
+    boto3): their connection pools and locks are green, and a green lock or socket shared
+    by two OS threads fails ("Cannot switch to a different thread") or hangs. Outside
+    eventlet this does nothing.
+    """
+    if not eventlet_patched():
+        yield
+        return
+    me = _os_threading().get_native_id()
+    if me in _green_os_threads:  # nested: the outer scope owns it
+        yield
+        return
+    _green_os_threads.add(me)
+    try:
+        yield
+    finally:
+        _green_os_threads.discard(me)
 
 
 def Lock() -> Any:  # noqa: N802 - a factory standing in for threading.Lock
@@ -101,7 +151,7 @@ def Thread(  # noqa: N802
 
 def get_native_id() -> int:
     """The kernel's id of the calling OS thread (the same for every greenthread in it)."""
-    return _threading().get_native_id()
+    return (_os_threading() if eventlet_patched() else _std_threading).get_native_id()
 
 
 _PENDING, _RUNNING, _CANCELLED, _FINISHED = range(4)
@@ -185,7 +235,7 @@ class ThreadPool:
             raise ValueError(f"max_workers must be a positive integer, not {max_workers!r}")
         self._max = max_workers
         self._prefix = thread_name_prefix
-        self._queue = _queue().SimpleQueue()
+        self._queue = _simple_queue()
         self._lock = Lock()
         self._threads: list[Any] = []
         self._closed = False

@@ -34,6 +34,7 @@ change sources, which the engine binds to the parent Cinder chose and audits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -374,9 +375,14 @@ class CinderblockBackupDriver(driver.BackupDriver):
 
         finished = _real_event()
 
+        # An object store's HTTP libraries are eventlet's under eventlet: the job then stays
+        # in its one OS thread (threads.green_scope), its workers greenthreads there.
+        network = getattr(self.repository().store.caps, "network", False)
+
         def run() -> None:
             try:
-                target()
+                with threads.green_scope() if network else contextlib.nullcontext():
+                    target()
             finally:
                 finished.set()
 

@@ -88,6 +88,7 @@ class S3BlobStore:
         range_get=True,
         batch_bytes=REMOTE_BATCH_BYTES,
         read_parallelism=REMOTE_READ_PARALLELISM,
+        network=True,
     )
 
     def __init__(

@@ -175,6 +175,7 @@ class SwiftBlobStore:
         range_get=True,
         batch_bytes=REMOTE_BATCH_BYTES,
         read_parallelism=REMOTE_READ_PARALLELISM,
+        network=True,
     )
 
     def __init__(

@@ -77,6 +77,36 @@ def test_primitives_are_the_os_ones_in_this_mode():
     assert threads.get_native_id() not in native
 
 
+def test_in_a_green_scope_a_job_stays_in_one_os_thread():
+    """A job on Swift or S3 (whose HTTP libraries eventlet patched) runs inside
+    ``green_scope``: under eventlet its pool's workers are greenthreads of the calling OS
+    thread and its locks are green; outside the scope, and with native threads, nothing
+    changes. (Without it a backup to Swift hung: "Cannot switch to a different thread".)"""
+    with threads.green_scope():
+        if mode() == "eventlet":
+            assert type(threads.Lock()) is type(threading.Lock())  # eventlet's
+        with threads.ThreadPool(3, thread_name_prefix="cb-test") as pool:
+            gate = threads.Event()
+            # Three tasks that wait for one another: greenthreads take turns on the hub.
+            ids = [
+                pool.submit(lambda: (gate.wait(30), threads.get_native_id())[1]) for _ in range(3)
+            ]
+            time.sleep(0.2)
+            gate.set()
+            native = {f.result(timeout=30) for f in ids}
+        with threads.green_scope():  # nested: still green, and the outer scope still holds
+            inner = threads.Lock()
+        if mode() == "eventlet":
+            assert native == {threads.get_native_id()}
+            assert type(inner) is type(threading.Lock())
+        else:
+            assert len(native) == 3 and threads.get_native_id() not in native
+    if mode() == "eventlet":
+        from eventlet import patcher
+
+        assert type(threads.Lock()) is type(patcher.original("_thread").allocate_lock())
+
+
 def test_a_backup_compresses_on_several_os_threads_and_the_hub_keeps_running(cinder, tmp_path):
     """A compress-heavy full backup: at least two OS threads other than the calling one
     burn CPU (the workers, ``backup_cinderblock_workers = 2``), and a greenthread of the
