@@ -52,6 +52,8 @@ __all__ = [
     "eventlet_patched",
     "get_native_id",
     "green_scope",
+    "os_event",
+    "os_thread",
     "local",
 ]
 
@@ -147,6 +149,17 @@ def Thread(  # noqa: N802
 ) -> Any:
     """A thread of the OS (daemon unless told: an owner joins what it started)."""
     return _threading().Thread(target=target, name=name, args=args, daemon=daemon)
+
+
+def os_thread(target: Callable[..., Any], name: str | None = None) -> Any:
+    """A thread of the OS, also inside a :func:`green_scope` (a job's own thread)."""
+    real = _os_threading() if eventlet_patched() else _std_threading
+    return real.Thread(target=target, name=name, daemon=True)
+
+
+def os_event() -> Any:
+    """An event of the OS, also inside a :func:`green_scope` (set by another OS thread)."""
+    return (_os_threading() if eventlet_patched() else _std_threading).Event()
 
 
 def get_native_id() -> int:

@@ -146,12 +146,13 @@ _eventlet_patched = threads.eventlet_patched
 
 
 def _real_thread(target: Callable[[], None], name: str) -> Any:
-    """A thread of the OS, also in a process eventlet has monkey-patched."""
-    return threads.Thread(target, name)
+    """A thread of the OS, also in a process eventlet has monkey-patched (and while another
+    greenthread of this OS thread is in a green scope)."""
+    return threads.os_thread(target, name)
 
 
 def _real_event() -> Any:
-    return threads.Event()
+    return threads.os_event()
 
 
 def _wait(finished: Any, seconds: float) -> bool:
@@ -375,13 +376,11 @@ class CinderblockBackupDriver(driver.BackupDriver):
 
         finished = _real_event()
 
-        # An object store's HTTP libraries are eventlet's under eventlet: the job then stays
-        # in its one OS thread (threads.green_scope), its workers greenthreads there.
-        network = getattr(self.repository().store.caps, "network", False)
+        scope = self._scope
 
         def run() -> None:
             try:
-                with threads.green_scope() if network else contextlib.nullcontext():
+                with scope():
                     target()
             finally:
                 finished.set()
@@ -394,6 +393,15 @@ class CinderblockBackupDriver(driver.BackupDriver):
         if "error" in box:
             raise box["error"]
         return box["result"]
+
+    def _scope(self) -> contextlib.AbstractContextManager:
+        """Where a job on this repository runs: an object store's HTTP libraries are
+        eventlet's under eventlet, so a job on one stays in the OS thread it runs on
+        (``threads.green_scope``: its workers, lease refresher and request pool become
+        greenthreads there); a directory's job uses OS threads."""
+        if getattr(self.repository().store.caps, "network", False):
+            return threads.green_scope()
+        return contextlib.nullcontext()
 
     def _notify_progress(self, backup: Any, meta: dict[str, Any], percent: float) -> None:
         info = {"id": meta["blockmap"], "list": [], "prefix": meta["container"]}
@@ -682,7 +690,8 @@ class CinderblockBackupDriver(driver.BackupDriver):
             return
         if meta is None:
             return  # it never got as far as the repository
-        removed = self._unpublish(self._container_of(meta), meta["blockmap"])
+        with self._scope():
+            removed = self._unpublish(self._container_of(meta), meta["blockmap"])
         LOG.info("Deleted backup %s: %d objects removed", backup.id, removed)
 
     # ------------------------------------------------------------------ export/import
@@ -692,7 +701,8 @@ class CinderblockBackupDriver(driver.BackupDriver):
         meta = self._service_metadata(backup)
         if meta is None:
             raise exception.InvalidBackup(reason=f"backup {backup.id} holds no data to export")
-        blockmap = self._container_of(meta).get_blockmap(meta["blockmap"])
+        with self._scope():
+            blockmap = self._container_of(meta).get_blockmap(meta["blockmap"])
         return {
             "cinderblock": dict(
                 meta,
@@ -736,8 +746,9 @@ class CinderblockBackupDriver(driver.BackupDriver):
         try:
             check_project_id(meta["project"])
             check_container(meta["container"])
-            blockmap = self._container_of(meta).get_blockmap(meta["blockmap"])
-            self._container_of(meta).get_record(meta["blockmap"])
+            with self._scope():
+                blockmap = self._container_of(meta).get_blockmap(meta["blockmap"])
+                self._container_of(meta).get_record(meta["blockmap"])
         except (CinderblockError, BlobNotFound) as e:
             raise exception.InvalidBackup(
                 reason=f"backup {meta['blockmap']} is not in the repository "
