@@ -10,8 +10,9 @@ are woken through the hub of the thread that releases it, not of the one that wa
 So the data path takes its threads, pools, locks, events and thread-locals from here:
 built from eventlet's ``patcher.original(...)`` modules when (and only when) eventlet has
 monkey-patched ``thread``, from the standard library otherwise. The engine never imports
-eventlet: it looks for ``eventlet.patcher`` in ``sys.modules``; a process that never
-imported eventlet gets exactly the standard library's primitives.
+eventlet into a process that has not: it looks for ``eventlet.patcher`` in ``sys.modules``
+(only inside a :func:`green_scope` of a patched process does it take ``eventlet.queue``); a
+process that never imported eventlet gets exactly the standard library's primitives.
 
 One rule for callers: these primitives block the OS thread. A greenthread on eventlet's
 hub must not wait on them (``Future.result()``, ``Event.wait()``, a contended ``Lock``)
@@ -70,7 +71,10 @@ _green_os_threads: set[int] = set()
 
 
 def _os_threading() -> ModuleType:
-    return sys.modules["eventlet.patcher"].original("threading")
+    """The ``threading`` of the OS whatever the scope (eventlet's original when patched)."""
+    if eventlet_patched():
+        return sys.modules["eventlet.patcher"].original("threading")
+    return _std_threading
 
 
 def _in_green_scope() -> bool:
@@ -153,18 +157,17 @@ def Thread(  # noqa: N802
 
 def os_thread(target: Callable[..., Any], name: str | None = None) -> Any:
     """A thread of the OS, also inside a :func:`green_scope` (a job's own thread)."""
-    real = _os_threading() if eventlet_patched() else _std_threading
-    return real.Thread(target=target, name=name, daemon=True)
+    return _os_threading().Thread(target=target, name=name, daemon=True)
 
 
 def os_event() -> Any:
     """An event of the OS, also inside a :func:`green_scope` (set by another OS thread)."""
-    return (_os_threading() if eventlet_patched() else _std_threading).Event()
+    return _os_threading().Event()
 
 
 def get_native_id() -> int:
     """The kernel's id of the calling OS thread (the same for every greenthread in it)."""
-    return (_os_threading() if eventlet_patched() else _std_threading).get_native_id()
+    return _os_threading().get_native_id()
 
 
 _PENDING, _RUNNING, _CANCELLED, _FINISHED = range(4)

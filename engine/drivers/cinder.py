@@ -25,7 +25,8 @@ called the driver. A ``volume_file`` that is Cinder's thread-pool proxy is unwra
 the data path touches it from its own threads: those are already off the event loop, which
 is all the proxy is for. The data path's own workers, pools, locks and events come from
 ``engine.threads``: OS ones under eventlet too, so a backup uses ``backup_cinderblock_workers``
-cores in both modes (``docs/cinder-driver.md``).
+cores in both modes — except a job on Swift or S3 under eventlet, whose patched HTTP clients
+keep it in one OS thread (``threads.green_scope``; ``docs/cinder-driver.md``).
 
 Incrementals read the whole volume unless ``backup_cinderblock_changes_from`` names a change
 tracker: a template (``changes_from.py``) expanded per backup into one of the engine's
@@ -142,24 +143,11 @@ def _conf(name: str, default: Any) -> Any:
         return default
 
 
-_eventlet_patched = threads.eventlet_patched
-
-
-def _real_thread(target: Callable[[], None], name: str) -> Any:
-    """A thread of the OS, also in a process eventlet has monkey-patched (and while another
-    greenthread of this OS thread is in a green scope)."""
-    return threads.os_thread(target, name)
-
-
-def _real_event() -> Any:
-    return threads.os_event()
-
-
 def _wait(finished: Any, seconds: float) -> bool:
     """Wait up to ``seconds`` for ``finished`` (an OS-level event set by the data path's
     thread); True once it is set. Under eventlet a blocking wait would stall the hub, so the
     greenthread naps cooperatively in :data:`WAKE_SECONDS` steps instead."""
-    if not _eventlet_patched():
+    if not threads.eventlet_patched():
         return finished.wait(seconds)
     end = time.monotonic() + seconds
     while not finished.is_set():
@@ -170,9 +158,10 @@ def _wait(finished: Any, seconds: float) -> bool:
 
 
 def _windowed(done: list[float], fraction: float) -> None:
-    """Progress after each window; under eventlet also a yield to the calling thread's hub
-    (cheap; the data path's workers and lease refresher are OS threads, ``engine.threads``,
-    and need no turn from it)."""
+    """Progress after each window; under eventlet also a yield to this OS thread's hub. A
+    directory's job needs none (its workers and lease refresher are OS threads); a job on
+    Swift or S3 runs in a green scope, where they are greenthreads and get their turn here
+    even when no window stores anything (an unchanged volume)."""
     done[0] = fraction
     time.sleep(0)
 
@@ -374,7 +363,7 @@ class CinderblockBackupDriver(driver.BackupDriver):
             except BaseException as e:  # handed to the calling thread
                 box["error"] = e
 
-        finished = _real_event()
+        finished = threads.os_event()
 
         scope = self._scope
 
@@ -385,7 +374,7 @@ class CinderblockBackupDriver(driver.BackupDriver):
             finally:
                 finished.set()
 
-        worker = _real_thread(run, f"cinderblock-{what}")
+        worker = threads.os_thread(run, f"cinderblock-{what}")
         worker.start()
         while not _wait(finished, POLL_SECONDS):
             poll()
@@ -467,7 +456,7 @@ class CinderblockBackupDriver(driver.BackupDriver):
         changes, spec, not_used = self._change_source(backup, volume, parent_map)
         if changes is not None and changes.kind == "reflink":
             source = _as_path(source)  # the reflink compare needs the file, not only an fd
-        cancel = _real_event()
+        cancel = threads.os_event()
         done = [0.0]
         interval = _conf("backup_timer_interval", 120)
         timer = _conf("backup_enable_progress_timer", True)
@@ -639,7 +628,7 @@ class CinderblockBackupDriver(driver.BackupDriver):
                 reason=f"backup {backup.id} cannot be restored: {e}"
             ) from None
         target = _volume_of(volume_file)
-        cancel = _real_event()
+        cancel = threads.os_event()
 
         def poll() -> None:
             _refresh(backup)
