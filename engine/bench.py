@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
-from . import native
+from . import native, oscalls
 
 ALIGN = 4096
 
@@ -117,7 +117,7 @@ def drop_cached(path: str, limit: int) -> None:
 
     Read-only: nothing is written to the source (dirty pages, which a read-only benchmark
     never makes, would simply stay)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = oscalls.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.posix_fadvise(fd, 0, limit, os.POSIX_FADV_DONTNEED)
     finally:
@@ -126,7 +126,7 @@ def drop_cached(path: str, limit: int) -> None:
 
 def _read_all(path: str, limit: int, direct: bool, window: int) -> None:
     flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECT if direct else 0)
-    fd = os.open(path, flags)
+    fd = oscalls.open(path, flags)
     try:
         raw = np.empty(window + ALIGN, np.uint8)
         skew = (-raw.ctypes.data) % ALIGN

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from . import oscalls
 from .changed_extents import ChangedExtentsError
 from .changed_extents import load as load_changed_extents
 from .errors import ApiError, BlobNotFound, CinderblockError, RepositoryError
@@ -1000,12 +1001,12 @@ def _detach() -> None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    devnull = oscalls.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     os.close(devnull)
     with contextlib.suppress(OSError):
-        os.write(_detach_fd, b"started")
+        oscalls.write(_detach_fd, b"started")
     os.close(_detach_fd)
     _detach_fd = None
 
@@ -1067,7 +1068,7 @@ def _pipe_closed() -> int:
     final flush does not complain either; the status is that of a process killed by
     SIGPIPE."""
     with contextlib.suppress(OSError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
+        devnull = oscalls.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
     return 128 + signal.SIGPIPE

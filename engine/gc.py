@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from . import oscalls
 from .errors import InvalidInput, RepositoryError
 from .owners import is_alive, me
 from .repository import Container, Repository
@@ -106,7 +107,7 @@ def repository_lock(root: str, name: str = "gc.lock") -> Iterator[None]:
     also keeps two whole-repository collections from interleaving.
     """
     path = os.path.join(root, name)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    fd = oscalls.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

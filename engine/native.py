@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _bitmap, _hashing, _pages, _reader
+from . import _bitmap, _hashing, _pages, _reader, oscalls
 from . import threads as _threads
 
 __all__ = [
@@ -331,7 +331,7 @@ def _open_source(source: Source, direct: bool) -> Iterator[tuple[int, str]]:
             raise OSError(9, f"fd {source} is open for writing only; it cannot be read")
         label = f"fd {source}"
         if direct:
-            fd = os.open(f"/proc/self/fd/{source}", flags)
+            fd = oscalls.open(f"/proc/self/fd/{source}", flags)
             try:
                 yield fd, label
             finally:
@@ -354,7 +354,7 @@ def _open_source(source: Source, direct: bool) -> Iterator[tuple[int, str]]:
     mode = os.stat(path).st_mode
     if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
         raise OSError(19, "not a volume: neither a regular file nor a block device", path)
-    fd = os.open(path, flags | os.O_NONBLOCK)
+    fd = oscalls.open(path, flags | os.O_NONBLOCK)
     if not (stat.S_ISREG(os.fstat(fd).st_mode) or stat.S_ISBLK(os.fstat(fd).st_mode)):
         os.close(fd)
         raise OSError(19, "not a volume: neither a regular file nor a block device", path)

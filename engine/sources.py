@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from . import oscalls
 from .errors import InvalidInput
 from .native import volume_size as _file_size
 from .nbd import NbdClient, NbdError, parse_nbd_uri
@@ -185,7 +186,7 @@ def detect_in_use(path: str | int) -> bool:
         return False
     if is_block_device(path):
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
+            fd = oscalls.open(path, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
         except OSError as e:
             if e.errno == errno.EBUSY:
                 return True
@@ -199,7 +200,7 @@ def file_is_locked(path: str) -> bool:
     """Whether another process holds a write-conflicting OFD or POSIX lock on the file."""
     if not stat.S_ISREG(os.stat(path).st_mode):
         return False  # a FIFO's open would block; what is no volume fails its backup
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    fd = oscalls.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         for cmd in (_F_OFD_GETLK, fcntl.F_GETLK):
             probe = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
@@ -260,12 +261,12 @@ def reflink_clone(path: str) -> str | None:
     directory = os.path.dirname(os.path.abspath(path))
     clone = os.path.join(directory, f"{clone_prefix(me())}{uuid.uuid4().hex}")
     try:
-        src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        src = oscalls.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
         try:
-            dst = os.open(clone, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            dst = oscalls.open(clone, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError:
             return None
         try:

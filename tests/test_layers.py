@@ -40,7 +40,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("store", ("engine.store",)),
     ("native", ("engine.native", "engine._")),
 ]
-SHARED = ("engine.errors", "engine.faults", "engine.paths", "engine.owners", "engine.threads")
+SHARED = (
+    "engine.errors",
+    "engine.faults",
+    "engine.paths",
+    "engine.owners",
+    "engine.threads",
+    "engine.oscalls",
+)
 EXEMPT = ("engine",)  # engine/__init__.py
 
 
@@ -223,3 +230,33 @@ def test_the_driver_check_sees_a_catalog_import(tmp_path, monkeypatch):
     monkeypatch.setitem(globals(), "ROOT", fake)
     problems = driver_violations(fake)
     assert any("a driver imports engine.service.catalog" in p for p in problems), problems
+
+
+# ------------------------------------------------------------ the OS's file calls (issue 14)
+
+
+def os_file_calls() -> list[str]:
+    """Calls of ``os.open``, ``os.read`` or ``os.write`` under ``engine/`` (``file:line``):
+    eventlet replaces them in cinder-backup, so the engine takes them from
+    ``engine.oscalls``."""
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("open", "read", "write")
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "os"
+            ):
+                found.append(f"{path.relative_to(ROOT.parent)}:{node.lineno}")
+    return found
+
+
+def test_the_engine_opens_reads_and_writes_descriptors_through_oscalls(tmp_path, monkeypatch):
+    assert os_file_calls() == []
+    fake = tmp_path / "engine"
+    fake.mkdir()
+    (fake / "sneaky.py").write_text("import os\n\nfd = os.open('x', os.O_RDONLY)\n")
+    monkeypatch.setitem(globals(), "ROOT", fake)
+    assert os_file_calls() == ["engine/sneaky.py:3"]

@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 
+from .. import oscalls
 from ..changes import ChangeSet
 from . import fiemap as fm
 from .base import ChangeContext, ChangeSource, ChangeSourceError, require_base
@@ -33,7 +34,7 @@ GRANULARITY = 4096
 def _segments(path: str) -> tuple[dict[str, np.ndarray], int, int]:
     """The file's extents within its size: starts, ends, kind, physical; size; st_dev."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = oscalls.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise ChangeSourceError(f"cannot open {path}: {e.strerror or e}") from None
     try:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import native
+from .. import native, oscalls
 from ..changes import ChangeSet, ChangeSetError, LegacyExtents, plan_runs
 from ..changesources import ChangeContext, ChangeSource, ChangeSourceError, QemuBitmap
 from ..errors import Cancelled, CinderblockError, InvalidInput
@@ -44,6 +44,7 @@ from ..nbd.uri import (
     parse_qemu_image_uri,
 )
 from ..repository import BlockMap, Container
+from ..repository.layout import check_uuid
 from ..repository.leases import DEFAULT_TTL, check_lease_ttl
 from ..store.files import fsync_dir
 from . import audit
@@ -166,7 +167,7 @@ def _open_source(
     owned = fd is None
     if fd is None:
         assert path is not None
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = oscalls.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     label = path or f"fd {fd}"
     try:
         st = os.fstat(fd)
@@ -260,7 +261,7 @@ def backup_volume(
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise InvalidInput(f"workers must be a positive int, got {workers!r}")
     lease_ttl = check_lease_ttl(lease_ttl)
-    backup_id = str(uuid.UUID(backup_id)) if backup_id else str(uuid.uuid4())
+    backup_id = str(uuid.uuid4()) if backup_id is None else check_uuid(backup_id, "backup_id")
     parent_id = None if parent is None else parent.backup_id
     tracker = changes if isinstance(changes, ChangeSource) else None
     contexts: tuple[str, ...] = ()
@@ -484,7 +485,7 @@ def restore_volume(
     partial = os.path.join(
         directory, f".{os.path.basename(path)}.cinderblock-partial-{uuid.uuid4().hex}"
     )
-    fd_new = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    fd_new = oscalls.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
     try:
         try:
             os.ftruncate(fd_new, blockmap.volume_size)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .. import native, threads
+from .. import native, oscalls, threads
 from ..errors import Cancelled, CorruptionError
 from ..repository import BlockMap, Container
 from .buffers import mapped_buffer
@@ -81,10 +81,12 @@ class _Target:
         # A borrowed fd is reopened (its own flags and offset stay as the caller set them).
         path = f"/proc/self/fd/{target}" if isinstance(target, int) else target
         mode = os.O_RDWR if readable else os.O_WRONLY
-        self.fd = os.open(path, mode | os.O_CLOEXEC)
+        self.fd = oscalls.open(path, mode | os.O_CLOEXEC)
         self.is_device = stat.S_ISBLK(os.fstat(self.fd).st_mode)
         try:
-            self.direct_fd: int | None = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_DIRECT)
+            self.direct_fd: int | None = oscalls.open(
+                path, os.O_WRONLY | os.O_CLOEXEC | os.O_DIRECT
+            )
         except OSError:
             self.direct_fd = None  # tmpfs and some FUSE filesystems refuse O_DIRECT
         self._local = threads.local()

@@ -158,12 +158,14 @@ def _wait(finished: Any, seconds: float) -> bool:
 
 
 def _windowed(done: list[float], fraction: float) -> None:
-    """Progress after each window; under eventlet also a yield to this OS thread's hub. A
-    directory's job needs none (its workers and lease refresher are OS threads); a job on
-    Swift or S3 runs in a green scope, where they are greenthreads and get their turn here
-    even when no window stores anything (an unchanged volume)."""
+    """Progress after each window; in a green scope also a yield to this OS thread's hub.
+    A job on Swift or S3 runs in one (its workers and lease refresher are greenthreads,
+    which get their turn here even when no window stores anything: an unchanged volume).
+    A directory's job must not yield: its workers are OS threads, and a patched sleep
+    there would give each its own hub (see ``threads.in_green_scope``)."""
     done[0] = fraction
-    time.sleep(0)
+    if threads.in_green_scope():
+        time.sleep(0)
 
 
 def _refresh(backup: Any) -> None:

@@ -28,6 +28,7 @@ import os
 import stat
 from typing import Any
 
+from .. import oscalls
 from ..errors import InvalidInput, VolumeNotFound
 from ..paths import check_user_path
 from ..sources import VolumeInfo
@@ -194,7 +195,7 @@ def open_target(target: RestoreTarget, repo_root: str | None) -> int | None:
             )
         return None
     try:
-        fd = os.open(target.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = oscalls.open(target.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise InvalidInput(

@@ -26,7 +26,7 @@ import errno
 import os
 import uuid
 
-from .. import threads
+from .. import oscalls, threads
 from ..faults import crash_point
 from .blob import Data, size_of, views
 
@@ -34,7 +34,7 @@ TMP_PREFIX = ".tmp."
 
 
 def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = oscalls.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
@@ -72,7 +72,7 @@ def _write_temp(path: str, data: Data, *, fsync: bool) -> str:
     directory = os.path.dirname(path)
     _make_dirs(directory)
     tmp = os.path.join(directory, f"{TMP_PREFIX}{os.path.basename(path)}.{uuid.uuid4().hex}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    fd = oscalls.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
     try:
         _write_all(fd, data)
         if fsync:
@@ -138,7 +138,7 @@ def start_writeback(fd: int) -> None:
 
 def sync_filesystem(path: str) -> None:
     """Make everything written to ``path``'s filesystem durable (``syncfs``)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = oscalls.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         if _libc.syncfs(fd) != 0:
             err = ctypes.get_errno()

@@ -16,6 +16,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 
+from .. import oscalls
 from ..errors import BlobConflict, BlobNotFound
 from .blob import BlobInfo, Data, StoreCaps, check_key, check_prefix
 from .files import TMP_PREFIX, StagedBatch, fsync_dir, write_atomic
@@ -80,7 +81,7 @@ class LocalBlobStore:
         if offset < 0 or (length is not None and length < 0):
             raise ValueError("offset and length must not be negative")
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = oscalls.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             raise BlobNotFound(key, path=path) from None
         try:
@@ -106,7 +107,7 @@ class LocalBlobStore:
         if offset < 0:
             raise ValueError("offset must not be negative")
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = oscalls.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             raise BlobNotFound(key, path=path) from None
         try:

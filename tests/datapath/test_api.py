@@ -235,6 +235,8 @@ def test_bad_input_is_refused_with_what_to_do(tmp_path):
             "changes must be an engine.changes.ChangeSet or an engine.changesources.ChangeSource",
         ),
         (lambda: backup_volume(src, container, workers=0), "workers must be a positive int, got 0"),
+        (lambda: backup_volume(src, container, backup_id="full"), "backup_id 'full' is not a UUID"),
+        (lambda: backup_volume(src, container, backup_id=""), "backup_id '' is not a UUID"),
         (
             lambda: backup_volume(_NoSeek(), container),
             "source is a file object without a file descriptor or seek(); pass a path, an "

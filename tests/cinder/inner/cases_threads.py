@@ -16,7 +16,7 @@ import time
 import numpy as np
 from conftest import mode
 
-from engine import threads
+from engine import oscalls, threads
 
 MiB = 1 << 20
 TICK = os.sysconf("SC_CLK_TCK")
@@ -151,3 +151,38 @@ def test_a_backup_compresses_on_several_os_threads_and_the_hub_keeps_running(cin
     out = str(tmp_path / "out.img")
     cinder.restore(done, out, volume_is_new=True)
     assert _sha(out) == _sha(image)
+
+
+def test_a_directory_job_gives_no_worker_thread_a_hub(cinder, tmp_path, monkeypatch):
+    """Under eventlet, a backup, an incremental and a restore on a directory repository
+    never reach eventlet's hub from an OS thread other than the caller's. Eventlet's own
+    ``os.open`` (and a patched ``time.sleep``) would give each worker a hub and a greenlet
+    state, which greenlet tears down when the thread ends with a scan of the whole heap:
+    measured 40-110 ms per backup in this process. With native threads nothing is patched:
+    ``os.open`` is the OS's."""
+    if mode() != "eventlet":
+        assert os.open is oscalls.open and os.read is oscalls.read
+        return
+    from eventlet import hubs
+
+    callers: set[int] = set()
+    real = hubs.get_hub
+
+    def get_hub():
+        callers.add(threads.get_native_id())
+        return real()
+
+    monkeypatch.setattr(hubs, "get_hub", get_hub)
+    image = str(tmp_path / "vol.img")
+    _compressible_image(image, 24 * MiB)
+    vol = cinder.volume(image)
+    full = cinder.run_backup(cinder.start_backup(vol))
+    with open(image, "r+b") as f:
+        f.seek(5 * MiB)
+        f.write(os.urandom(4096))
+    incr = cinder.run_backup(cinder.start_backup(vol, incremental=True))
+    assert (full.status, incr.status) == ("available", "available")
+    out = str(tmp_path / "out.img")
+    cinder.restore(incr, out, volume_is_new=True)
+    assert _sha(out) == _sha(image)
+    assert callers <= {threading.get_native_id()}, callers
