@@ -304,8 +304,12 @@ def data_runs(int fd, uint64_t size, size_t block_size, const int64_t[:, ::1] wi
     """``(rc, where, runs)``: runs (int64 ``(k, 2)``) of the blocks overlapping a data extent,
     looked for only inside the block runs ``within`` (sorted, disjoint, inside the file).
 
-    One ``SEEK_DATA``/``SEEK_HOLE`` pair per extent met; blocks shared by two extents join
-    their runs. The output grows by doubling, so memory is the number of runs.
+    One ``SEEK_DATA``/``SEEK_HOLE`` pair per extent met, not per run: the last answers are
+    kept, and a later run that starts in the hole before that data (``[asked, data)``) or in
+    that data (``[data, hole)``) is answered from them. A change hint of many small runs
+    (scattered writes) costs the extents it meets, not a pair per run (measured: 939
+    one-block runs on a reflinked XFS image took 55 ms of lseek). Blocks shared by two
+    extents join their runs. The output grows by doubling, so memory is the number of runs.
     """
     cdef Py_ssize_t cap = 64, k = 0, j = 0
     runs = np.empty((cap, 2), dtype=np.int64)
@@ -317,6 +321,10 @@ def data_runs(int fd, uint64_t size, size_t block_size, const int64_t[:, ::1] wi
     cdef uint64_t where = 0
     cdef int64_t shrunk
     cdef bint started = False
+    # The last SEEK_DATA, asked at ``asked``, found data at ``data``: [asked, data) is a
+    # hole. ``hole`` (0: not asked yet) is SEEK_HOLE from ``data``: [data, hole) is data.
+    cdef bint known = False
+    cdef uint64_t asked = 0, data = 0, hole = 0
     while True:
         with nogil:
             while j < within.shape[0] and k < cap:
@@ -332,30 +340,35 @@ def data_runs(int fd, uint64_t size, size_t block_size, const int64_t[:, ::1] wi
                     j += 1
                     started = False
                     continue
-                d = lseek(fd, <off_t> pos, SEEK_DATA)
-                if d < 0:
-                    if errno != ENXIO:
-                        rc = -errno
-                        where = pos
+                if not (known and asked <= pos and (pos < data or pos < hole)):
+                    d = lseek(fd, <off_t> pos, SEEK_DATA)
+                    if d < 0:
+                        if errno != ENXIO:
+                            rc = -errno
+                            where = pos
+                            break
+                        shrunk = _shrunk_before(fd, stop)
+                        if shrunk >= 0:
+                            rc = SHORT_READ
+                            where = max(<uint64_t> shrunk, pos)
+                            break
+                        j = within.shape[0]     # no data after pos at all
                         break
-                    shrunk = _shrunk_before(fd, stop)
-                    if shrunk >= 0:
-                        rc = SHORT_READ
-                        where = max(<uint64_t> shrunk, pos)
-                        break
-                    j = within.shape[0]     # no data after pos at all
-                    break
-                if <uint64_t> d >= stop:
+                    known = True
+                    asked, data, hole = pos, <uint64_t> d, 0
+                if data >= stop:                # this run lies in the hole before data
                     j += 1
                     started = False
                     continue
-                h = lseek(fd, d, SEEK_HOLE)
-                if h < 0:
-                    rc = -errno
-                    where = d
-                    break
-                if <uint64_t> h > stop:
-                    h = <off_t> stop
+                if hole == 0:
+                    h = lseek(fd, <off_t> data, SEEK_HOLE)
+                    if h < 0:
+                        rc = -errno
+                        where = data
+                        break
+                    hole = <uint64_t> h
+                d = <off_t> (pos if pos > data else data)
+                h = <off_t> (hole if hole < stop else stop)
                 b = <uint64_t> d // block_size
                 e = (<uint64_t> h + block_size - 1) // block_size
                 if b < lo:
