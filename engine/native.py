@@ -293,6 +293,56 @@ def scatter_pages(block: object, pages: object, mask: object) -> None:
         )
 
 
+def place_pages(
+    target: memoryview,
+    numbers: np.ndarray,
+    sources: np.ndarray,
+    slots: np.ndarray,
+    source: int,
+    payload: object,
+    *,
+    in_order: bool = False,
+) -> bool:
+    """Copy the named pages held by ``source`` from ``payload`` (its stored pages, back to
+    back) into the writable ``target``: page ``slots[j]`` to page ``numbers[j]``, for each
+    ``j`` with ``sources[j] == source``. False when a slot or page lies past the end of
+    ``payload`` or ``target`` (a truncated or damaged object; nothing more is copied).
+
+    ``numbers`` int64, ``sources`` uint8, ``slots`` uint16, all of one length (a
+    referencing delta's parsed head, ``pagerefs.PageRefs``). ``in_order``: the holder's
+    pages are its payload's in order (``slots`` is not read: a delta's own pages)."""
+    if not (len(numbers) == len(sources) == len(slots)):
+        raise ValueError("numbers, sources and slots must have one entry per named page")
+    src = _byte_view(payload, "payload")
+    return _pages.place_pages(target, numbers, sources, slots, source, src, in_order) >= 0
+
+
+def overlay_donors(
+    target: memoryview,
+    numbers: np.ndarray,
+    sources: np.ndarray,
+    slots: np.ndarray,
+    blobs: list,
+    digests: list[bytes],
+    offsets: list[int],
+) -> list[int]:
+    """Place a referencing delta's pages from all its donors at once (``blobs[k - 1]`` is
+    donor ``k``'s object, or None); return the donors left to the caller: absent, stored
+    compressed, or failing a check (``_pages.overlay_donors``)."""
+    if not (len(numbers) == len(sources) == len(slots)):
+        raise ValueError("numbers, sources and slots must have one entry per named page")
+    if not (len(blobs) == len(digests) == len(offsets)):
+        raise ValueError("blobs, digests and offsets must have one entry per donor")
+    return _pages.overlay_donors(target, numbers, sources, slots, blobs, digests, offsets)
+
+
+def slot_ends(sources: np.ndarray, slots: np.ndarray, nsources: int) -> np.ndarray:
+    """Per holder ``0 .. nsources - 1``: one past the highest slot it gives (0: none)."""
+    if len(sources) != len(slots):
+        raise ValueError("sources and slots must have one entry per named page")
+    return _pages.slot_ends(sources, slots, nsources)
+
+
 # ----------------------------------------------------------------------------- sources
 
 

@@ -3,14 +3,15 @@
 A block is cut into pages of ``PAGE_SIZE`` bytes (the last one may be short). Each full block
 object keeps the keyed XXH3-64 of its pages, so that a later backup finds which pages of a
 changed block differ from that base without reading the base's data. Arguments arrive
-validated by :mod:`engine.native`; every loop runs with the GIL released and creates no
-Python object per page.
+validated by :mod:`engine.native`; no loop creates a Python object per page. Loops over a
+block's bytes run with the GIL released; the placement of a delta's few named pages keeps it
+(microseconds of work: releasing would hand the GIL to another thread for a switch interval).
 """
 
 import numpy as np
 
-from libc.stdint cimport uint8_t, uint64_t
-from libc.string cimport memcpy
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy
 
 from kernels cimport cb_page_digest
 
@@ -106,3 +107,151 @@ def scatter_pages(uint8_t[::1] block, const uint8_t[::1] pages, const uint8_t[::
         if rc == 0 and pos != have:
             rc = -1
     return rc
+
+
+def place_pages(
+    uint8_t[::1] target,
+    const int64_t[::1] numbers,
+    const uint8_t[::1] sources,
+    const uint16_t[::1] slots,
+    uint8_t source,
+    const uint8_t[::1] payload,
+    bint in_order=False,
+):
+    """Copy, for each named page ``j`` held by ``source``, page ``slots[j]`` of ``payload``
+    (pages back to back) to page ``numbers[j]`` of ``target``; return how many, or -1 when a
+    slot lies past the end of ``payload`` (nothing more is copied). ``in_order``: the
+    holder's pages are its payload's in order (the k-th takes slot k; ``slots`` unread).
+
+    A referencing delta's pages, one holder (the object itself, or one donor) per call: a
+    pass over its named pages, not a boolean mask and a gather per holder in numpy."""
+    cdef size_t nbytes = target.shape[0]
+    cdef size_t have = payload.shape[0]
+    cdef Py_ssize_t n = numbers.shape[0]
+    cdef Py_ssize_t j
+    cdef size_t off, src, ln
+    cdef long long copied = 0
+    # The GIL is kept: a call copies a few pages (microseconds), and releasing it would let
+    # another restore thread take it for up to a switch interval before this one gets it back.
+    for j in range(n):
+        if sources[j] != source:
+            continue
+        off = <size_t> numbers[j] * PAGE
+        if off >= nbytes:
+            copied = -1
+            break
+        ln = nbytes - off if nbytes - off < PAGE else PAGE
+        src = <size_t> (copied if in_order else slots[j]) * PAGE
+        if src + ln > have:
+            copied = -1
+            break
+        memcpy(&target[off], &payload[src], ln)
+        copied += 1
+    return copied
+
+
+def slot_ends(const uint8_t[::1] sources, const uint16_t[::1] slots, Py_ssize_t nsources):
+    """int64 per holder ``0 .. nsources - 1``: one past the highest slot it gives (how many
+    of its stored pages a reader needs), 0 for a holder that gives none."""
+    out = np.zeros(nsources, dtype=np.int64)
+    cdef int64_t[::1] e = out
+    cdef Py_ssize_t j, n = sources.shape[0]
+    cdef int64_t end
+    for j in range(n):  # at most a block's pages: the GIL is kept (see place_pages)
+        if sources[j] < nsources:
+            end = <int64_t> slots[j] + 1
+            if end > e[sources[j]]:
+                e[sources[j]] = end
+    return out
+
+
+# A block object's 32-byte header (engine/repository/objects.py, HEADER "<4sBBHII16s"):
+# magic "CBOB", version, codec, reserved, raw length, stored length, digest.
+cdef const char *OBJECT_MAGIC = b"CBOB"
+cdef uint8_t REFS_VERSION = 3
+cdef uint8_t REFS_RAW = 4
+cdef size_t OBJECT_HEADER = 32
+cdef size_t DIGEST = 16
+
+
+cdef inline uint32_t _le32(const uint8_t *p) noexcept nogil:
+    return p[0] | (<uint32_t> p[1] << 8) | (<uint32_t> p[2] << 16) | (<uint32_t> p[3] << 24)
+
+
+def overlay_donors(
+    uint8_t[::1] target,
+    const int64_t[::1] numbers,
+    const uint8_t[::1] sources,
+    const uint16_t[::1] slots,
+    list blobs,
+    list digests,
+    list offsets,
+):
+    """A referencing delta's donor pages, all donors in one call: donor ``k`` (1-based) is
+    ``blobs[k - 1]``, an object that must carry digest ``digests[k - 1]`` and store its
+    pages raw from ``offsets[k - 1]`` on; each named page ``j`` held by ``k`` is copied from
+    its slot there to its page of ``target``. Return the donors this did not place: absent
+    (None), stored compressed, or failing a check of
+    ``BlockCodec._donor_into`` (header, digest, kind, lengths, a slot past the end); the
+    caller takes those the Python way, which decompresses or names what is wrong. The pages
+    of different donors are disjoint, so the order does not matter.
+
+    Why native: the last of 30 daily incrementals has 6-7 donors per block, and the
+    per-donor Python (fetch, header checks, slices, one kernel call) was a tenth of its
+    restore."""
+    cdef size_t raw_len = target.shape[0]
+    cdef size_t masklen = (((raw_len + PAGE - 1) // PAGE) + 7) // 8
+    cdef Py_ssize_t n = numbers.shape[0]
+    cdef Py_ssize_t ndonors = len(blobs)
+    cdef Py_ssize_t k, j
+    cdef const uint8_t[::1] blob
+    cdef const uint8_t[::1] want
+    cdef const uint8_t *h
+    cdef size_t size, offset, have, need, off, src, ln, end
+    cdef bint ok
+    left = []
+    for k in range(1, ndonors + 1):
+        got = blobs[k - 1]
+        if got is None:
+            left.append(k)
+            continue
+        blob = got
+        want = digests[k - 1]
+        offset = <size_t> offsets[k - 1]
+        size = blob.shape[0]
+        ok = size >= OBJECT_HEADER and want.shape[0] == DIGEST
+        if ok:
+            h = &blob[0]
+            ok = (
+                memcmp(h, OBJECT_MAGIC, 4) == 0
+                and h[4] == REFS_VERSION
+                and h[5] == REFS_RAW
+                and h[6] == 0 and h[7] == 0
+                and _le32(h + 8) == raw_len
+                and _le32(h + 12) == size - OBJECT_HEADER
+                and size - OBJECT_HEADER >= DIGEST + masklen
+                and memcmp(h + 16, &want[0], DIGEST) == 0
+                and OBJECT_HEADER < offset <= size
+            )
+        if ok:
+            have = size - offset
+            end = 0
+            for j in range(n):
+                if sources[j] == k and <size_t> slots[j] + 1 > end:
+                    end = <size_t> slots[j] + 1
+            need = end * PAGE if end * PAGE < raw_len else raw_len
+            ok = have + PAGE >= need
+        if ok:
+            for j in range(n):
+                if sources[j] != k:
+                    continue
+                off = <size_t> numbers[j] * PAGE
+                src = <size_t> slots[j] * PAGE
+                ln = raw_len - off if raw_len - off < PAGE else PAGE
+                if off >= raw_len or src + ln > have:
+                    ok = False
+                    break
+                memcpy(&target[off], &blob[offset + src], ln)
+        if not ok:
+            left.append(k)
+    return left

@@ -299,6 +299,17 @@ def run_restore(
                 have = scratch.buf = memoryview(mapped_buffer(size))
             return have[:nbytes]
 
+        donors = threads.local()
+
+        def donor_buffer(nbytes: int) -> memoryview:
+            """This thread's buffer for the donors of a run's referencing deltas (kept
+            across its runs, grown to the largest asked for: a run's donors are read
+            into it together)."""
+            have = getattr(donors, "buf", None)
+            if have is None or len(have) < nbytes:
+                have = donors.buf = memoryview(mapped_buffer(max(nbytes, run_bytes)))
+            return have[:nbytes]
+
         def differing(first: int, count: int, row: int, buf: memoryview) -> np.ndarray:
             """Which of the run's blocks the target holds differently (read and hashed)."""
             nbytes = min(count * bs, manifest.volume_size - first * bs)
@@ -327,7 +338,7 @@ def run_restore(
             pending: list[threads.Future | None] = [None] * count
             wanted = [k for f, c in todo for k in range(f, f + c)]
             asked = [bytes(digests[row + k]) for k in wanted]
-            run_read = container.read_run(asked, pool, read_buffer)
+            run_read = container.read_run(asked, pool, read_buffer, donor_buffer)
             reads = run_read.entries if run_read is not None else container.get_objects(asked, pool)
             for k, read in zip(wanted, reads, strict=True):
                 pending[k] = read

@@ -214,15 +214,18 @@ class Container:
             return [pool.submit(self.get_object, d) for d in digests]
         return [_Done(self.get_object, d) for d in digests]
 
-    def read_run(self, digests: list[bytes], pool=None, scratch=None):
+    def read_run(self, digests: list[bytes], pool=None, scratch=None, deps_scratch=None):
         """A restore run's objects and the bases of its deltas, read together
         (``PackedObjects.read_run``); None in a version-1 container (``get_objects``
-        then). ``scratch(nbytes)`` gives this thread's buffer to read into."""
+        then). ``scratch(nbytes)`` gives this thread's buffer to read into;
+        ``deps_scratch(nbytes)`` another one, for the donors of its referencing deltas
+        (read when the run's first block is decoded, on the same thread)."""
         if self.packed is None:
             return None
         run = self.packed.read_run(digests, self._missing, pool, scratch, reload=self._reload)
         if len(digests) > 1:
-            self._hold_run(digests, _RunDeps(self, run.entries, have=run.bases))
+            deps = _RunDeps(self, run.entries, have=run.bases, scratch=deps_scratch)
+            self._hold_run(digests, deps)
         return run
 
     def _hold_run(self, digests: list[bytes], run: _RunDeps) -> None:
@@ -759,9 +762,10 @@ class _RunDeps:
     instead of one ranged read per object per block. Memory: the run's dependencies, each
     held until the block that needs it has taken it."""
 
-    def __init__(self, container: Container, reads: list, have=None) -> None:
+    def __init__(self, container: Container, reads: list, have=None, scratch=None) -> None:
         self.container = container
         self.reads = reads
+        self.scratch = scratch  # the decoding thread's buffer for the donors, if any
         self.have = have or {}  # deps read with the run already (``RunRead.bases``)
         self.lock = threads.Lock()
         self.deps: dict[bytes, object] | None = None
@@ -785,10 +789,10 @@ class _RunDeps:
                         want.update(dict.fromkeys(refs.donors))
         names = [d for d in want if d not in self.have]
         assert self.container.packed is not None
-        got = read_prefixes(self.container.packed, names)
+        got = read_prefixes(self.container.packed, names, into=self.scratch)
         return dict(zip(names, got, strict=True))
 
-    def fetch(self, digest: bytes) -> bytes:
+    def fetch(self, digest: bytes) -> bytes | memoryview:
         with self.lock:
             if self.deps is None:
                 self.deps = self._load()

@@ -545,32 +545,46 @@ class BlockCodec:
             raise CorruptionError(f"{what} has a damaged delta head")
         self._base_into(head, target, what, fetch)
         assert fetch is not None
-        numbers = refs.pages()
-        here = numbers[refs.sources == 0]
-        payload = self._stored(head, refs, body, here, what)
-        _copy_pages(target, payload, here, np.arange(len(here)), head.raw_len)
-        for k, donor in enumerate(refs.donors, 1):
-            taken = refs.sources == k
-            self._donor_into(
-                head,
-                donor,
-                refs.offsets[k - 1],
-                numbers[taken],
-                refs.slots[taken],
-                target,
-                what,
-                fetch,
+        numbers, sources, slots = refs.pages(), refs.sources, refs.slots
+        payload = self._stored(head, refs, body, what)
+        if not native.place_pages(target, numbers, sources, slots, 0, payload, in_order=True):
+            raise CorruptionError(f"{what} has inconsistent lengths (truncated or damaged)")
+        if refs.donors:
+            # Raw donors that pass their checks are placed natively, all at once; the
+            # others (compressed, absent, damaged) one by one below, which says what is wrong.
+            blobs = []
+            for donor in refs.donors:
+                try:
+                    blobs.append(fetch(donor))
+                except CorruptionError:
+                    blobs.append(None)
+            left = native.overlay_donors(
+                target, numbers, sources, slots, blobs, refs.donors, refs.offsets
             )
+            if left:
+                ends = native.slot_ends(sources, slots, len(refs.donors) + 1).tolist()
+                for k in left:
+                    self._donor_into(
+                        head,
+                        refs.donors[k - 1],
+                        refs.offsets[k - 1],
+                        ends[k],
+                        refs,
+                        numbers,
+                        k,
+                        target,
+                        what,
+                        fetch,
+                    )
         return refs
 
-    def _stored(
-        self, head: ObjectHead, refs: PageRefs, body: memoryview, here: np.ndarray, what: str
-    ) -> memoryview:
-        """The pages a referencing delta stores (``here``: their numbers), back to back:
-        the payload itself when raw, else decompressed (bounded by the pages' size)."""
-        size = len(here) * PAGE_SIZE
-        if len(here) and int(here[-1]) == page_count(head.raw_len) - 1 and head.raw_len % PAGE_SIZE:
-            size -= PAGE_SIZE - head.raw_len % PAGE_SIZE
+    def _stored(self, head: ObjectHead, refs: PageRefs, body: memoryview, what: str) -> memoryview:
+        """The pages a referencing delta stores itself (source 0), back to back: the payload
+        itself when raw, else decompressed (bounded by the pages' size)."""
+        sources = refs.sources
+        size = (len(sources) - int(np.count_nonzero(sources))) * PAGE_SIZE
+        if len(sources) and refs.mask[-1] and not sources[-1] and head.raw_len % PAGE_SIZE:
+            size -= PAGE_SIZE - head.raw_len % PAGE_SIZE  # the block's short last page
         payload = body[refs.head_len :]
         if head.codec == CODEC_REFS_RAW:
             if len(payload) != size:
@@ -585,14 +599,17 @@ class BlockCodec:
         head: ObjectHead,
         donor: bytes,
         offset: int,
-        taken: np.ndarray,
-        slots: np.ndarray,
+        last: int,
+        refs: PageRefs,
+        numbers: np.ndarray,
+        k: int,
         target: memoryview,
         what: str,
         fetch: Callable[[bytes], bytes],
     ) -> None:
-        """Overlay the pages ``taken`` (their numbers) from the donor ``donor``, whose
-        stored pages start at ``offset`` of its object, at ``slots`` among them.
+        """Overlay the pages the delta takes from its ``k``-th donor ``donor``, whose
+        stored pages start at ``offset`` of its object; ``last``: one past the highest of
+        their slots there (only that many of its pages are decompressed).
 
         Only the donor's header is checked here (its digest, kind, lengths): the pages
         taken are checked by the result's digest, and, when that fails, by their page
@@ -607,7 +624,6 @@ class BlockCodec:
                 raise CorruptionError(
                     f"{donor_what} has inconsistent lengths (truncated or damaged)"
                 )
-            last = int(slots.max()) + 1 if len(slots) else 0
             need = min(last * PAGE_SIZE, head.raw_len)
             if dhead.codec == CODEC_REFS_RAW:
                 payload = memoryview(blob)[offset:]
@@ -623,7 +639,7 @@ class BlockCodec:
             raise DonorCorruptionError(
                 f"{what} takes pages from {donor_what}{_which(e.message, donor_what)}", base=donor
             ) from None
-        if not _copy_pages(target, payload, taken, slots, head.raw_len):
+        if not native.place_pages(target, numbers, refs.sources, refs.slots, k, payload):
             raise DonorCorruptionError(
                 f"{what} takes pages from {donor_what}, which has inconsistent lengths "
                 "(truncated or damaged)",
@@ -704,19 +720,3 @@ def _which(message: str, subject: str) -> str:
     if message.startswith(subject + " "):
         return f", which {message[len(subject) + 1 :]}"
     return f": {message}"
-
-
-def _copy_pages(
-    target: memoryview, pages: memoryview, numbers: np.ndarray, slots: np.ndarray, raw_len: int
-) -> bool:
-    """Copy page ``slots[j]`` of ``pages`` (back to back) to page ``numbers[j]`` of
-    ``target``: a few pages per object, so plain slice copies (memcpy) beat a mask pass.
-    False (nothing more copied) when a slot lies past the end of ``pages``."""
-    for p, r in zip(numbers.tolist(), slots.tolist(), strict=True):
-        at = p * PAGE_SIZE
-        n = min(PAGE_SIZE, raw_len - at)
-        src = pages[r * PAGE_SIZE : r * PAGE_SIZE + n]
-        if len(src) != n:
-            return False
-        target[at : at + n] = src
-    return True

@@ -22,7 +22,7 @@ the parent versions (a day's deltas of consecutive blocks lie side by side).
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..errors import BlobNotFound, CorruptionError
 from .packs import ENTRY_SIZE, PACK_TRAILER, PACK_TRAILER_SIZE
@@ -99,39 +99,58 @@ def read_sections(
     return out
 
 
-def read_prefixes(packed, digests: Sequence[bytes], size: int | None = None) -> list[bytes | None]:
+def read_prefixes(
+    packed,
+    digests: Sequence[bytes],
+    size: int | None = None,
+    *,
+    into: Callable[[int], memoryview] | None = None,
+) -> list[bytes | memoryview | None]:
     """The first ``size`` bytes (None: all; fewer for a shorter entry) of each entry, entries of a
     pack within ``GAP_BYTES`` of each other sharing one ranged GET (at most
-    ``RANGE_BYTES``); None for an entry that is missing or cannot be read."""
+    ``RANGE_BYTES``); None for an entry that is missing or cannot be read.
+
+    ``into(nbytes)`` (a restore's donors) gives a buffer of the calling thread to read every
+    range into: the entries are views of it, valid until the thread's next use of that
+    buffer, with no bytes object or copy per entry. Measured on the last of 30 daily
+    incrementals of 512 MiB, whose donors are 140 MB: the copies were 5% of the restore's
+    instructions, and keeping views of per-GET bytes objects instead cost more in page
+    faults than that."""
     located = []
     for i, loc in enumerate(packed.view().locate_many(list(digests))):
         if loc is not None:
             n = loc.length if size is None else min(size, loc.length)
             located.append((loc.pack_id, loc.offset, n, i))
     located.sort()
-    out: list[bytes | None] = [None] * len(digests)
-    group: list = []
-
-    def flush() -> None:
-        pid, start = group[0][0], group[0][1]
-        end = max(off + n for _p, off, n, _i in group)
+    groups: list[list] = []
+    for item in located:
+        g = groups[-1] if groups else None
+        if (
+            g is None
+            or g[0][0] != item[0]
+            or item[1] - (g[-1][1] + g[-1][2]) > GAP_BYTES
+            or item[1] + item[2] - g[0][1] > RANGE_BYTES
+        ):
+            groups.append([item])
+        else:
+            g.append(item)
+    out: list[bytes | memoryview | None] = [None] * len(digests)
+    get_into = getattr(packed.store, "get_into", None) if into is not None else None
+    spans = [max(off + n for _p, off, n, _i in g) - g[0][1] for g in groups]
+    buf = into(sum(spans)) if get_into is not None and groups else None
+    at = 0
+    for g, span in zip(groups, spans, strict=True):
+        pid, start = g[0][0], g[0][1]
+        key = packed.keys.pack(pid)
         try:
-            blob = packed.store.get(packed.keys.pack(pid), start, end - start)
+            if buf is not None:
+                blob: bytes | memoryview = buf[at : at + get_into(key, start, buf[at : at + span])]
+                at += span
+            else:
+                blob = packed.store.get(key, start, span)
         except BlobNotFound:
-            return
-        for _p, off, n, i in group:
+            continue
+        for _p, off, n, i in g:
             part = blob[off - start : off - start + n]
             out[i] = part if len(part) == n else None
-
-    for item in located:
-        if group and (
-            group[0][0] != item[0]
-            or item[1] - (group[-1][1] + group[-1][2]) > GAP_BYTES
-            or item[1] + item[2] - group[0][1] > RANGE_BYTES
-        ):
-            flush()
-            group = []
-        group.append(item)
-    if group:
-        flush()
     return out

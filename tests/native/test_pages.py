@@ -77,3 +77,104 @@ def test_changed_pages_validates_the_base():
     with pytest.raises(ValueError, match="base must be a uint64 array"):
         native.changed_pages(bytes(8192), SEED, np.zeros(2, np.int64))
     assert native.page_count(0) == 0 and native.page_count(4097) == 2
+
+
+P = native.PAGE_SIZE
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40 * P), st.integers(0, 2**32 - 1))
+def test_place_pages_puts_each_holders_pages_where_a_mask_and_gather_would(size, seed):
+    """A referencing delta's layout: named pages, each held by the object (0, in order)
+    or a donor (1..3, at a slot of its stored pages). The kernel, one call per holder,
+    gives what per-page slice copies give."""
+    rng = np.random.default_rng(seed)
+    npages = -(-size // P)
+    numbers = np.flatnonzero(rng.random(npages) < 0.5).astype(np.int64)
+    sources = rng.integers(0, 4, len(numbers)).astype(np.uint8)
+    slots = np.zeros(len(numbers), np.uint16)
+    payloads = {}
+    for k in range(4):
+        mine = np.flatnonzero(sources == k)
+        nslots = len(mine) + int(rng.integers(0, 3))
+        slots[mine] = np.arange(len(mine)) if k == 0 else rng.permutation(nslots)[: len(mine)]
+        payloads[k] = rng.integers(0, 256, max(nslots, 1) * P, dtype=np.uint8).tobytes()
+    target = bytearray(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+    want = bytearray(target)
+    for j, (p, k, slot) in enumerate(zip(numbers, sources, slots, strict=True)):
+        at, n = int(p) * P, min(P, size - int(p) * P)
+        if k == 0:
+            slot = int(np.count_nonzero(sources[:j] == 0))
+        want[at : at + n] = payloads[int(k)][int(slot) * P : int(slot) * P + n]
+    view = memoryview(target)
+    for k in range(4):
+        assert native.place_pages(view, numbers, sources, slots, k, payloads[k], in_order=k == 0)
+    assert target == want
+    ends = native.slot_ends(sources, slots, 4)
+    for k in range(4):
+        mine = slots[sources == k]
+        assert ends[k] == (int(mine.max()) + 1 if len(mine) else 0)
+
+
+def test_place_pages_refuses_a_slot_past_the_payload_and_copies_nothing_after_it():
+    target = bytearray(4 * P)
+    numbers = np.array([0, 2, 3], np.int64)
+    sources = np.array([1, 1, 1], np.uint8)
+    slots = np.array([0, 5, 1], np.uint16)  # slot 5 of a 2-page payload: truncated donor
+    payload = b"\x01" * P + b"\x02" * P
+    assert not native.place_pages(memoryview(target), numbers, sources, slots, 1, payload)
+    assert target[:P] == b"\x01" * P and target[2 * P :] == bytes(2 * P)
+    # A short last page of the block takes only its own bytes of a full stored page.
+    short = bytearray(P + 100)
+    ok = native.place_pages(
+        memoryview(short),
+        np.array([1], np.int64),
+        np.array([0], np.uint8),
+        np.array([0], np.uint16),
+        0,
+        b"\x07" * P,
+        in_order=True,
+    )
+    assert ok and short == bytes(P) + b"\x07" * 100
+    with pytest.raises(ValueError, match="one entry per named page"):
+        native.place_pages(memoryview(short), numbers, sources[:1], slots, 1, payload)
+
+
+def _donor(digest: bytes, raw_len: int, pages: bytes, *, codec: int = 4, magic=b"CBOB"):
+    """A referencing-delta object as BlockCodec writes it, reduced to what a donor's reader
+    checks: header, a head of ``16 + mask`` bytes, then the stored pages (raw)."""
+    from engine.repository.objects import HEADER
+
+    head = bytes(16 + (-(-raw_len // P) + 7) // 8)
+    body = head + pages
+    return HEADER.pack(magic, 3, codec, 0, raw_len, len(body), digest) + body, 32 + len(head)
+
+
+def test_overlay_donors_places_raw_donors_and_leaves_every_other_one_to_the_caller():
+    raw_len = 8 * P
+    numbers = np.array([0, 1, 2, 3, 4, 5, 6, 7], np.int64)
+    sources = np.array([1, 2, 3, 4, 5, 6, 7, 8], np.uint8)
+    slots = np.array([1, 0, 0, 0, 0, 0, 0, 0], np.uint16)
+    good = [bytes([k]) * (2 * P) for k in range(1, 9)]
+    digests = [bytes([k]) * 16 for k in range(1, 9)]
+    blobs, offsets = [], []
+    for k in range(1, 9):
+        blob, offset = _donor(digests[k - 1], raw_len, good[k - 1])
+        blobs.append(blob)
+        offsets.append(offset)
+    blobs[2] = None  # 3: absent (its fetch failed)
+    blobs[3] = _donor(digests[3], raw_len, good[3], codec=5)[0]  # 4: compressed
+    blobs[4] = _donor(b"x" * 16, raw_len, good[4])[0]  # 5: another object
+    blobs[5] = blobs[5][: -P - 1]  # 6: truncated: slot 0 ends past its payload
+    blobs[6] = _donor(digests[6], raw_len, good[6], magic=b"XXXX")[0]  # 7: not an object
+    blobs[7] = _donor(digests[7], raw_len - 1, good[7])[0]  # 8: another length
+    target = bytearray(raw_len)
+    left = native.overlay_donors(
+        memoryview(target), numbers, sources, slots, blobs, digests, offsets
+    )
+    assert left == [3, 4, 5, 6, 7, 8]
+    assert target[:P] == b"\x01" * P and target[P : 2 * P] == b"\x02" * P  # 1 from slot 1
+    assert target[2 * P :] == bytes(6 * P)  # nothing of a donor left to the caller
+    assert native.overlay_donors(memoryview(target), numbers, sources, slots, [], [], []) == []
+    with pytest.raises(ValueError, match="one entry per donor"):
+        native.overlay_donors(memoryview(target), numbers, sources, slots, blobs, digests, [])
