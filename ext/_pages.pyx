@@ -109,6 +109,36 @@ def scatter_pages(uint8_t[::1] block, const uint8_t[::1] pages, const uint8_t[::
     return rc
 
 
+cdef long long _place(
+    uint8_t *target,
+    size_t nbytes,
+    const int64_t[::1] numbers,
+    const uint8_t[::1] sources,
+    const uint16_t[::1] slots,
+    uint8_t source,
+    const uint8_t *payload,
+    size_t have,
+    bint in_order,
+) noexcept:
+    """The loop of :func:`place_pages` on raw pointers (also :func:`overlay_donors`')."""
+    cdef Py_ssize_t j, n = numbers.shape[0]
+    cdef size_t off, src, ln
+    cdef long long copied = 0
+    for j in range(n):
+        if sources[j] != source:
+            continue
+        off = <size_t> numbers[j] * PAGE
+        if off >= nbytes:
+            return -1
+        ln = nbytes - off if nbytes - off < PAGE else PAGE
+        src = <size_t> (copied if in_order else slots[j]) * PAGE
+        if src + ln > have:
+            return -1
+        memcpy(target + off, payload + src, ln)
+        copied += 1
+    return copied
+
+
 def place_pages(
     uint8_t[::1] target,
     const int64_t[::1] numbers,
@@ -124,30 +154,16 @@ def place_pages(
     holder's pages are its payload's in order (the k-th takes slot k; ``slots`` unread).
 
     A referencing delta's pages, one holder (the object itself, or one donor) per call: a
-    pass over its named pages, not a boolean mask and a gather per holder in numpy."""
-    cdef size_t nbytes = target.shape[0]
-    cdef size_t have = payload.shape[0]
-    cdef Py_ssize_t n = numbers.shape[0]
-    cdef Py_ssize_t j
-    cdef size_t off, src, ln
-    cdef long long copied = 0
-    # The GIL is kept: a call copies a few pages (microseconds), and releasing it would let
-    # another restore thread take it for up to a switch interval before this one gets it back.
-    for j in range(n):
-        if sources[j] != source:
-            continue
-        off = <size_t> numbers[j] * PAGE
-        if off >= nbytes:
-            copied = -1
-            break
-        ln = nbytes - off if nbytes - off < PAGE else PAGE
-        src = <size_t> (copied if in_order else slots[j]) * PAGE
-        if src + ln > have:
-            copied = -1
-            break
-        memcpy(&target[off], &payload[src], ln)
-        copied += 1
-    return copied
+    pass over its named pages, not a boolean mask and a gather per holder in numpy. The GIL
+    is kept: a call copies a few pages (microseconds), and releasing it would let another
+    restore thread take it for up to a switch interval before this one gets it back."""
+    if target.shape[0] == 0:
+        return 0 if numbers.shape[0] == 0 else -1
+    cdef const uint8_t *src = &payload[0] if payload.shape[0] else NULL
+    return _place(
+        &target[0], target.shape[0], numbers, sources, slots, source, src, payload.shape[0],
+        in_order,
+    )
 
 
 def slot_ends(const uint8_t[::1] sources, const uint16_t[::1] slots, Py_ssize_t nsources):
@@ -207,7 +223,7 @@ def overlay_donors(
     cdef const uint8_t[::1] blob
     cdef const uint8_t[::1] want
     cdef const uint8_t *h
-    cdef size_t size, offset, have, need, off, src, ln, end
+    cdef size_t size, offset, have, need, end
     cdef bint ok
     left = []
     for k in range(1, ndonors + 1):
@@ -219,7 +235,7 @@ def overlay_donors(
         want = digests[k - 1]
         offset = <size_t> offsets[k - 1]
         size = blob.shape[0]
-        ok = size >= OBJECT_HEADER and want.shape[0] == DIGEST
+        ok = size >= OBJECT_HEADER and <size_t> want.shape[0] == DIGEST
         if ok:
             h = &blob[0]
             ok = (
@@ -242,16 +258,10 @@ def overlay_donors(
             need = end * PAGE if end * PAGE < raw_len else raw_len
             ok = have + PAGE >= need
         if ok:
-            for j in range(n):
-                if sources[j] != k:
-                    continue
-                off = <size_t> numbers[j] * PAGE
-                src = <size_t> slots[j] * PAGE
-                ln = raw_len - off if raw_len - off < PAGE else PAGE
-                if off >= raw_len or src + ln > have:
-                    ok = False
-                    break
-                memcpy(&target[off], &blob[offset + src], ln)
+            ok = _place(
+                &target[0], raw_len, numbers, sources, slots, <uint8_t> k, &blob[0] + offset,
+                have, False,
+            ) >= 0
         if not ok:
             left.append(k)
     return left
