@@ -82,7 +82,9 @@ cinderblock_opts = [
         min=4096,
         max=16 << 20,
         help="Block size in bytes of new full backups (a power of two, 4 KiB to 16 MiB): "
-        "the granularity of change tracking and dedup. Incrementals keep their chain's.",
+        "the unit of compression and of dedup between volumes (within a chain, changed "
+        "4 KiB pages are stored as deltas whatever the block size). Incrementals keep "
+        "their chain's.",
     ),
     cfg.IntOpt(
         "backup_cinderblock_compression_level",
