@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -289,3 +293,39 @@ def test_huge_sparse_file_holes_are_not_read(huge_sparse):
     d2, z2 = native.scan_file(path, bs, 42, start_block=i - 100, count=200, sparse=True)
     assert np.array_equal(d2, d[i - 100 : i + 100])
     assert np.array_equal(z2, z[i - 100 : i + 100])
+
+
+_LSEEKS = r"""
+import os, sys
+import numpy as np
+from engine import native
+within = native.mask_to_runs(np.arange(512) % 2 == 0)  # 256 one-block runs, every other block
+os.access("cinderblock-mark-start", os.F_OK)
+runs = native.data_runs(sys.argv[1], 4096, within=within)
+os.access("cinderblock-mark-end", os.F_OK)
+print(runs.tolist())
+"""
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_data_runs_within_many_runs_costs_the_extents_met_not_a_pair_per_run(tmp_path):
+    """A change hint of 256 one-block runs over a file of one data extent and a trailing
+    hole: the first run's SEEK_DATA/SEEK_HOLE pair answers the 127 others inside that
+    extent, one more SEEK_DATA finds nothing after it (counted with strace: 3 lseeks;
+    one pair per run made 257)."""
+    path = tmp_path / "v.img"
+    with open(path, "wb") as f:
+        f.write(os.urandom(1 << 20))
+        f.truncate(2 << 20)
+    trace = tmp_path / "trace.txt"
+    proc = subprocess.run(
+        [shutil.which("strace"), "-qq", "-e", "trace=lseek,access", "-o", str(trace),
+         sys.executable, "-c", _LSEEKS, str(path)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == str([[k, 1] for k in range(0, 256, 2)])
+    text = trace.read_text()
+    region = text[text.index("cinderblock-mark-start") : text.index("cinderblock-mark-end")]
+    assert len(re.findall(r"\blseek\(", region)) <= 3, region
