@@ -66,6 +66,7 @@ __all__ = [
     "indices_to_runs",
     "scan_file",
     "scatter_pages",
+    "write_nonzero_pages",
     "unpack_mask",
     "volume_size",
     "zero_digest",
@@ -334,6 +335,42 @@ def overlay_donors(
     if not (len(blobs) == len(digests) == len(offsets)):
         raise ValueError("blobs, digests and offsets must have one entry per donor")
     return _pages.overlay_donors(target, numbers, sources, slots, blobs, digests, offsets)
+
+
+def write_nonzero_pages(
+    fd: int,
+    data: object,
+    offset: int,
+    *,
+    direct_fd: int = -1,
+    min_hole: int = PAGE_SIZE,
+    min_direct: int = 64 << 10,
+) -> int:
+    """``pwrite`` ``data`` at ``offset`` but skip each run of zero pages of at least
+    ``min_hole`` bytes: onto a target that already reads as zeros (a new sparse file, a new
+    thin or Ceph volume) they stay unallocated, as they were in the source. Runs of whole
+    pages go to ``direct_fd`` when it is given (``O_DIRECT``: ``offset`` and ``data`` must be
+    page-aligned) when at least ``min_direct`` long, the rest to ``fd`` (a small direct
+    write waits for the device; small buffered ones are merged by writeback). Returns the
+    bytes written."""
+    if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
+        raise ValueError(f"fd must be an open descriptor, got {fd!r}")
+    if isinstance(direct_fd, bool) or not isinstance(direct_fd, int) or direct_fd < -1:
+        raise ValueError(f"direct_fd must be an open descriptor or -1, got {direct_fd!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"offset must be a non-negative int, got {offset!r}")
+    if (
+        isinstance(min_hole, bool)
+        or not isinstance(min_hole, int)
+        or min_hole < PAGE_SIZE
+        or min_hole % PAGE_SIZE
+    ):
+        raise ValueError(f"min_hole must be a positive multiple of {PAGE_SIZE}, got {min_hole!r}")
+    if isinstance(min_direct, bool) or not isinstance(min_direct, int) or min_direct < 0:
+        raise ValueError(f"min_direct must be a non-negative int, got {min_direct!r}")
+    return _pages.write_nonzero_pages(
+        fd, direct_fd, _byte_view(data), offset, min_hole, min_direct
+    )
 
 
 def slot_ends(sources: np.ndarray, slots: np.ndarray, nsources: int) -> np.ndarray:

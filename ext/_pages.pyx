@@ -11,9 +11,10 @@ block's bytes run with the GIL released; the placement of a delta's few named pa
 import numpy as np
 
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.errno cimport EINTR, ENOSPC, errno
 from libc.string cimport memcmp, memcpy
 
-from kernels cimport cb_page_digest
+from kernels cimport cb_is_zero, cb_page_digest
 
 PAGE_SIZE = 4096
 cdef size_t PAGE = 4096
@@ -265,3 +266,84 @@ def overlay_donors(
         if not ok:
             left.append(k)
     return left
+
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t pwrite(int fd, const void *buf, size_t count, long long offset)
+
+
+
+cdef int _pwrite_all(int fd, const uint8_t *p, size_t n, long long offset) noexcept nogil:
+    """0, or the errno of the write that failed (short writes are continued)."""
+    cdef ssize_t w
+    while n:
+        w = pwrite(fd, p, n, offset)
+        if w < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        if w == 0:
+            return ENOSPC  # a device that takes no more bytes
+        p += w
+        n -= w
+        offset += w
+    return 0
+
+
+cdef inline int _which(int fd, int direct_fd, size_t n, size_t min_direct) noexcept nogil:
+    """Direct for runs of whole pages at least ``min_direct`` long; buffered for the rest
+    (each small direct write is a synchronous device request; buffered ones are merged and
+    queued by writeback)."""
+    if direct_fd >= 0 and n % PAGE == 0 and n >= min_direct:
+        return direct_fd
+    return fd
+
+
+def write_nonzero_pages(int fd, int direct_fd, const uint8_t[::1] buf, long long offset,
+                        size_t min_hole, size_t min_direct):
+    """Write ``buf`` at ``offset`` except its runs of all-zero pages at least ``min_hole``
+    bytes long (a multiple of the page), which are skipped: on a target known to read as
+    zeros (a new sparse file) they stay holes. Each run goes to ``direct_fd`` when its length
+    is a whole number of pages and ``direct_fd >= 0`` (``offset`` and ``buf`` are then
+    page-aligned by the caller), else to ``fd``. Returns the bytes written; OSError on a
+    failed write."""
+    cdef const uint8_t *p = &buf[0] if buf.shape[0] else NULL
+    cdef size_t n = buf.shape[0]
+    cdef size_t i = 0, start = 0, zstart, end, page
+    cdef size_t written = 0
+    cdef int rc = 0, out
+    if min_hole < PAGE or min_hole % PAGE:
+        raise ValueError("min_hole must be a positive multiple of the page size")
+    with nogil:
+        # [start, i) is the pending run to write; zero pages extend it until a run of them
+        # reaches min_hole, which is then cut off and skipped.
+        while i < n:
+            page = PAGE if n - i >= PAGE else n - i
+            if not cb_is_zero(p + i, page):
+                i += page
+                continue
+            zstart = i
+            while i < n:
+                page = PAGE if n - i >= PAGE else n - i
+                if not cb_is_zero(p + i, page):
+                    break
+                i += page
+            if i - zstart < min_hole and i < n:
+                continue  # a short zero run inside data: written with it
+            if zstart > start:
+                end = zstart
+                out = _which(fd, direct_fd, end - start, min_direct)
+                rc = _pwrite_all(out, p + start, end - start, offset + start)
+                if rc:
+                    break
+                written += end - start
+            start = i
+        if not rc and n > start:
+            out = _which(fd, direct_fd, n - start, min_direct)
+            rc = _pwrite_all(out, p + start, n - start, offset + start)
+            if not rc:
+                written += n - start
+    if rc:
+        import os
+        raise OSError(rc, os.strerror(rc))
+    return written

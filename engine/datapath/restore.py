@@ -30,6 +30,9 @@ from .stream import FileObject
 
 RUN_BYTES = 16 << 20  # largest single write of a restore, by default (restore_volume's run_bytes)
 MIN_RUN_BYTES = 1 << 20
+# Zero pages in a data block are left unwritten on a new target when they run this long:
+# one page, so that a restored image allocates what its source allocated.
+SPARSE_MIN_HOLE = native.PAGE_SIZE
 MAX_RUN_BYTES = 256 << 20
 _BLKZEROOUT = 0x127F  # <linux/fs.h>: _IO(0x12, 127)
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -76,8 +79,13 @@ class _Target:
 
     ALIGN = 4096
 
-    def __init__(self, target: str | int, block_size: int, *, readable: bool = False) -> None:
+    def __init__(
+        self, target: str | int, block_size: int, *, readable: bool = False, fresh: bool = False
+    ) -> None:
         self.block_size = block_size
+        # A target that reads as zeros already: the zero pages inside data blocks are not
+        # written, so the holes of a sparse source stay holes (a thin volume stays thin).
+        self.sparse = fresh
         # A borrowed fd is reopened (its own flags and offset stay as the caller set them).
         path = f"/proc/self/fd/{target}" if isinstance(target, int) else target
         mode = os.O_RDWR if readable else os.O_WRONLY
@@ -103,6 +111,12 @@ class _Target:
 
     def write(self, offset: int, view: memoryview) -> None:
         """Write ``view`` (from :meth:`buffer`) at ``offset``: direct when aligned throughout."""
+        if self.sparse:
+            direct_fd = -1 if self.direct_fd is None else self.direct_fd
+            native.write_nonzero_pages(
+                self.fd, view, offset, direct_fd=direct_fd, min_hole=SPARSE_MIN_HOLE
+            )
+            return
         direct = self.direct_fd is not None and len(view) % self.ALIGN == 0
         _pwrite_all(self.direct_fd if direct else self.fd, view, offset)
 
@@ -219,7 +233,7 @@ def run_restore(
     if isinstance(target, FileObject):
         out: _Target | _StreamTarget = _StreamTarget(target, bs)
     else:
-        out = _Target(target, bs, readable=differential)
+        out = _Target(target, bs, readable=differential, fresh=fresh)
     unchanged = [0]
     ok = False
     try:

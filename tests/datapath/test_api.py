@@ -14,7 +14,7 @@ import threading
 import numpy as np
 import pytest
 
-from engine import BlockMap, ChangeSet, Repository, backup_volume, restore_volume
+from engine import BlockMap, ChangeSet, Repository, backup_volume, native, restore_volume
 from engine.datapath import SourceChanged
 from engine.errors import Cancelled, CorruptionError, InvalidInput
 from engine.repository.leases import SWEEP, WRITE, live_leases
@@ -299,13 +299,13 @@ def test_run_bytes_bounds_each_write_of_a_restore_and_is_validated(tmp_path, mon
     src.write_bytes(data)  # 3 MiB, no zero block: one run of consecutive data blocks
     bm, _ = backup_volume(src, container, block_size=BS)
     sizes: list[int] = []
-    real = os.pwrite
+    real = native.write_nonzero_pages  # a new target: written by the sparse writer
 
-    def spy(fd, buf, offset):
+    def spy(fd, buf, offset, **kw):
         sizes.append(len(buf))
-        return real(fd, buf, offset)
+        return real(fd, buf, offset, **kw)
 
-    monkeypatch.setattr(os, "pwrite", spy)
+    monkeypatch.setattr(native, "write_nonzero_pages", spy)
     for run_bytes, expected in ((None, [3 << 20]), (1 << 20, [1 << 20] * 3)):
         sizes.clear()
         out = tmp_path / f"out-{run_bytes}.img"
@@ -321,3 +321,35 @@ def test_run_bytes_bounds_each_write_of_a_restore_and_is_validated(tmp_path, mon
             f"got {bad!r}"
         )
     assert not (tmp_path / "never.img").exists()
+
+
+def test_a_new_target_leaves_the_zero_pages_inside_data_blocks_as_holes(tmp_path):
+    """A sparse source restores to a target allocating exactly what the source allocates
+    (a thin volume stays thin); over an existing target the zero pages are written."""
+    container = Repository.open(tmp_path / "repo").container("proj", "backups")
+    bs = 1 << 20
+    src = tmp_path / "vol.img"
+    rng = np.random.default_rng(3)
+    with open(src, "wb") as f:
+        f.truncate(6 * bs)
+        for block in (0, 1, 3, 5):  # block 2 and 4 are zero blocks
+            for page in sorted(rng.choice(256, 9, replace=False)):
+                f.seek(block * bs + int(page) * 4096)
+                f.write(rng.integers(1, 256, 4096, dtype=np.uint8).tobytes())
+    data = src.read_bytes()
+    bm, _ = backup_volume(src, container, block_size=bs)
+    new = tmp_path / "new.img"
+    result = restore_volume(container, bm, new)
+    assert new.read_bytes() == data
+    # 36 pages of data (plus an extent block): not the 4 MiB of the data blocks.
+    assert os.stat(new).st_blocks == os.stat(src).st_blocks <= (4 * 9 + 1) * 8
+    assert result.bytes_written == 4 * bs  # the data blocks' bytes, holes or not
+    fresh = tmp_path / "fresh.img"  # a new volume: exists, reads as zeros
+    with open(fresh, "wb") as f:
+        f.truncate(6 * bs)
+    restore_volume(container, bm, fresh, target_is_new=True)
+    assert fresh.read_bytes() == data and os.stat(fresh).st_blocks == os.stat(src).st_blocks
+    old = tmp_path / "old.img"  # an existing volume holding other bytes everywhere
+    old.write_bytes(rng.integers(1, 256, 6 * bs, dtype=np.uint8).tobytes())
+    restore_volume(container, bm, old)
+    assert old.read_bytes() == data

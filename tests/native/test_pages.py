@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import mmap
+import os
+
 import numpy as np
 import pytest
 import xxhash
@@ -178,3 +182,119 @@ def test_overlay_donors_places_raw_donors_and_leaves_every_other_one_to_the_call
     assert native.overlay_donors(memoryview(target), numbers, sources, slots, [], [], []) == []
     with pytest.raises(ValueError, match="one entry per donor"):
         native.overlay_donors(memoryview(target), numbers, sources, slots, blobs, digests, [])
+
+
+def _data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
+    """The allocated ranges of a file, by SEEK_DATA / SEEK_HOLE."""
+    out, pos = [], 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:
+            break
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        out.append((start, min(end, size)))
+        pos = end
+    return out
+
+
+def _model(pages: list[bool], tail: int, min_hole_pages: int) -> list[tuple[int, int]]:
+    """The ranges write_nonzero_pages must write: page runs left after cutting every zero
+    run of at least min_hole_pages (and a trailing zero run of any length)."""
+    n = len(pages) * 4096 + tail
+    kinds = list(pages) + ([True] if tail else [])
+    out: list[tuple[int, int]] = []
+    i, start = 0, 0
+    while i < len(kinds):
+        if kinds[i]:
+            i += 1
+            continue
+        z = i
+        while i < len(kinds) and not kinds[i]:
+            i += 1
+        if (i - z) < min_hole_pages and i < len(kinds):
+            continue
+        if z > start:
+            out.append((start * 4096, min(z * 4096, n)))
+        start = i
+    if n > start * 4096:
+        out.append((start * 4096, n))
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.booleans(), max_size=40),
+    st.integers(0, 4095),
+    st.sampled_from([1, 2, 4]),
+    st.booleans(),
+)
+def test_write_nonzero_pages_leaves_zero_page_runs_as_holes(
+    tmp_path_factory, pages, tail, min_hole_pages, direct
+):
+    rng = np.random.default_rng(len(pages) * 7 + tail)
+    buf = np.zeros(len(pages) * 4096 + tail, np.uint8)
+    for k, data in enumerate(pages):
+        if data:
+            buf[k * 4096 + rng.integers(0, 4096)] = rng.integers(1, 256)
+    if tail:
+        buf[-1] = 7  # a short last page holding data
+    path = tmp_path_factory.mktemp("w") / "target.img"
+    offset = 8192
+    size = offset + len(buf)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    dfd = os.open(path, os.O_WRONLY | os.O_DIRECT) if direct else -1
+    try:
+        os.ftruncate(fd, size)
+        aligned = mmap.mmap(-1, max(len(buf), 1))  # page-aligned, as O_DIRECT wants
+        aligned[: len(buf)] = buf.tobytes()
+        view = memoryview(aligned)[: len(buf)]
+        want = _model(pages, tail, min_hole_pages)
+        got = native.write_nonzero_pages(
+            fd, view, offset, direct_fd=dfd, min_hole=min_hole_pages * 4096, min_direct=8192
+        )
+        del view
+        aligned.close()
+        assert got == sum(e - s for s, e in want)
+        assert os.pread(fd, size, 0) == bytes(offset) + buf.tobytes()
+        os.fsync(fd)
+        assert _data_ranges(fd, size) == [(s + offset, e + offset) for s, e in _merged(want)]
+    finally:
+        os.close(fd)
+        if dfd >= 0:
+            os.close(dfd)
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, e in ranges:
+        if out and out[-1][1] >= s:
+            out[-1] = (out[-1][0], e)
+        else:
+            out.append((s, e))
+    return out
+
+
+def test_write_nonzero_pages_refuses_bad_arguments_and_reports_a_failed_write(tmp_path):
+    path = tmp_path / "t.img"
+    path.write_bytes(bytes(8192))
+    data = b"\1" * 8192
+    for kwargs, text in (
+        ({"min_hole": 100}, "min_hole must be a positive multiple of 4096, got 100"),
+        ({"min_hole": 0}, "min_hole must be a positive multiple of 4096, got 0"),
+        ({"direct_fd": -2}, "direct_fd must be an open descriptor or -1, got -2"),
+        ({"min_direct": -1}, "min_direct must be a non-negative int, got -1"),
+    ):
+        with pytest.raises(ValueError) as info:
+            native.write_nonzero_pages(1, data, 0, **kwargs)
+        assert str(info.value) == text
+    with pytest.raises(ValueError, match="offset must be a non-negative int, got -1"):
+        native.write_nonzero_pages(1, data, -1)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as info:
+            native.write_nonzero_pages(fd, data, 0)
+        assert info.value.errno == errno.EBADF
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == bytes(8192)
