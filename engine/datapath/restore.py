@@ -5,7 +5,10 @@ digests (``BlockCodec.decode``; a delta object is applied onto its base block in
 pass, and the result checked against the block's digest) and written with ``pwrite`` by a
 small pool, so reading, decompression and writing overlap. Zero blocks become holes on an image file
 (``FALLOC_FL_PUNCH_HOLE``; a new file is simply left sparse) and are zeroed on a block device
-(``BLKZEROOUT``, or plain zero writes where that ioctl is refused).
+(``BLKZEROOUT``, or plain zero writes where that ioctl is refused). On a target that reads
+as zeros already (a new file, or ``target_is_new``) the zero pages *inside* data blocks are
+not written either (``native.write_nonzero_pages``): the restored image allocates what the
+source allocated, whatever the block size, and a new thin volume stays thin.
 """
 
 from __future__ import annotations
