@@ -323,32 +323,41 @@ def test_run_bytes_bounds_each_write_of_a_restore_and_is_validated(tmp_path, mon
     assert not (tmp_path / "never.img").exists()
 
 
-def test_a_new_target_leaves_the_zero_pages_inside_data_blocks_as_holes(tmp_path):
-    """A sparse source restores to a target allocating exactly what the source allocates
-    (a thin volume stays thin); over an existing target the zero pages are written."""
+def test_a_new_target_leaves_the_zero_runs_inside_data_blocks_as_holes(tmp_path):
+    """A sparse source restores to a target allocating what the source allocates, except the
+    zero runs shorter than SPARSE_MIN_HOLE between data, which are written (one write, not
+    several); over an existing target the zero pages are written."""
+    from engine.datapath import restore as restore_mod
+
+    assert restore_mod.SPARSE_MIN_HOLE == 128 << 10
     container = Repository.open(tmp_path / "repo").container("proj", "backups")
     bs = 1 << 20
     src = tmp_path / "vol.img"
     rng = np.random.default_rng(3)
+    # Page runs per data block: a gap of 16 pages (64 KiB, written as zeros), then gaps of
+    # 32 pages (128 KiB) and more (left as holes), and the block's zero tail.
+    runs = ((0, 2), (18, 1), (51, 2), (200, 1))
     with open(src, "wb") as f:
         f.truncate(6 * bs)
         for block in (0, 1, 3, 5):  # block 2 and 4 are zero blocks
-            for page in sorted(rng.choice(256, 9, replace=False)):
-                f.seek(block * bs + int(page) * 4096)
-                f.write(rng.integers(1, 256, 4096, dtype=np.uint8).tobytes())
+            for first, count in runs:
+                f.seek(block * bs + first * 4096)
+                f.write(rng.integers(1, 256, count * 4096, dtype=np.uint8).tobytes())
     data = src.read_bytes()
     bm, _ = backup_volume(src, container, block_size=bs)
     new = tmp_path / "new.img"
     result = restore_volume(container, bm, new)
     assert new.read_bytes() == data
-    # 36 pages of data (plus an extent block): not the 4 MiB of the data blocks.
-    assert os.stat(new).st_blocks == os.stat(src).st_blocks <= (4 * 9 + 1) * 8
+    # 6 pages of data a block plus the 16-page gap: not the 4 MiB of the data blocks.
+    gaps = 4 * 16 * 8  # in 512-byte sectors
+    assert os.stat(new).st_blocks == os.stat(src).st_blocks + gaps <= (4 * 22 + 1) * 8
     assert result.bytes_written == 4 * bs  # the data blocks' bytes, holes or not
     fresh = tmp_path / "fresh.img"  # a new volume: exists, reads as zeros
     with open(fresh, "wb") as f:
         f.truncate(6 * bs)
     restore_volume(container, bm, fresh, target_is_new=True)
-    assert fresh.read_bytes() == data and os.stat(fresh).st_blocks == os.stat(src).st_blocks
+    assert fresh.read_bytes() == data
+    assert os.stat(fresh).st_blocks == os.stat(src).st_blocks + gaps
     old = tmp_path / "old.img"  # an existing volume holding other bytes everywhere
     old.write_bytes(rng.integers(1, 256, 6 * bs, dtype=np.uint8).tobytes())
     restore_volume(container, bm, old)
