@@ -38,7 +38,7 @@ MIN_RUN_BYTES = 1 << 20
 # 4 KiB writes (30 days of 1% a day) page-sized holes cost 34 k writes and 1.8-2.4 s
 # against 0.2 k and 1.0-1.1 s, a 2.4x slower restore. 128 KiB keeps the split writes as few
 # as whole blocks do, and a restored image allocates within 2% of its source (1392 MiB
-# against 1364 on the 2 GiB benchmark image; whole blocks: 1852; docs/performance.md).
+# against 1364 on the 2 GiB benchmark image; 1 MiB holes: 1852; docs/performance.md).
 SPARSE_MIN_HOLE = 128 << 10
 MAX_RUN_BYTES = 256 << 20
 _BLKZEROOUT = 0x127F  # <linux/fs.h>: _IO(0x12, 127)
