@@ -19,6 +19,7 @@ run as root (imagekit.scratch_filesystem), as in ``deltas.py``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import shutil
@@ -91,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         source = os.path.join(work, "s0.img")
         print(f"building a {parse_size(args.size) >> 20} MiB ext4 image ...", flush=True)
         build_image(source, parse_size(args.size), work)
-        with contextlib_scratch(work, parse_size(args.size), scratch_filesystem) as repos:
+        scratch = (
+            scratch_filesystem(work, max(4 << 30, 4 * parse_size(args.size)))
+            if os.geteuid() == 0
+            else contextlib.nullcontext(work)
+        )
+        with scratch as repos:
             eng = BackupEngine.open(os.path.join(repos, "repo"), compression_level=3)
             volume = os.path.join(work, "volume.img")
             subprocess.run(["cp", "--sparse=always", source, volume], check=True)
@@ -129,15 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
-
-
-def contextlib_scratch(work: str, size: int, scratch_filesystem):
-    """The scratch filesystem as root, else the work directory."""
-    import contextlib
-
-    if os.geteuid() == 0:
-        return scratch_filesystem(work, max(4 << 30, size * 4))
-    return contextlib.nullcontext(work)
 
 
 if __name__ == "__main__":

@@ -28,25 +28,16 @@ MiB = 1 << 20
 # ----------------------------------------------------------------------------- images
 
 
-def sparse_allocation(path: str, min_hole: int = 128 << 10) -> int:
-    """Bytes a sparse restore of ``path`` may allocate: its data ranges, with the gaps
-    shorter than the restore's ``SPARSE_MIN_HOLE`` (written as zeros) counted in."""
-    total, prev_end = 0, None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        end, pos = os.fstat(fd).st_size, 0
-        while pos < end:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                break  # ENXIO: no data after pos
-            pos = os.lseek(fd, start, os.SEEK_HOLE)
-            gap = start - prev_end if prev_end is not None else None
-            total += (pos - start) + (gap if gap is not None and gap < min_hole else 0)
-            prev_end = pos
-    finally:
-        os.close(fd)
-    return total
+def sparse_allocation(path: str) -> int:
+    """Bytes a sparse restore of ``path`` may allocate: its data pages, with the gaps
+    between them shorter than the restore's ``SPARSE_MIN_HOLE`` (written as zeros)."""
+    from engine import native
+    from engine.datapath.restore import SPARSE_MIN_HOLE
+
+    runs = native.data_runs(path, native.PAGE_SIZE)  # (first page, pages)
+    gaps = runs[1:, 0] - runs[:-1].sum(axis=1)
+    short = gaps[gaps * native.PAGE_SIZE < SPARSE_MIN_HOLE]
+    return int(runs[:, 1].sum() + short.sum()) * native.PAGE_SIZE
 
 
 def sha(path: str, size: int | None = None) -> str:
