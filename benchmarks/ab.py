@@ -16,7 +16,9 @@ are built once, before any timing, and swapped in under the volume's path by har
 
     full            S0, a full backup into a fresh repository
     incr no change  S0 again (every block read, hashed and compared; nothing stored)
-    incr 1% scat.   S1 = S0 + 4 KiB writes scattered over 1% of the image
+    incr 1% contig. C1 = S0 + 1% rewritten in 4 contiguous runs (throughput.py's S1)
+    incr files      C2 = C1 + new files written into the filesystem (throughput.py's S2)
+    incr 1% scat.   S1 = C2 + 4 KiB writes scattered over 1% of the image
     incr 10% scat.  S2 = S1 + 4 KiB writes scattered over 10% of the image
     restore full    of the full S0 backup to a new image file (full blocks only: the like-for-
                     like restore figure when the sides store different encodings)
@@ -44,6 +46,8 @@ import tempfile
 STEPS = (
     "full",
     "incr no change",
+    "incr 1% contiguous",
+    "incr files",
     "incr 1% scattered",
     "incr 10% scattered",
     "restore full",
@@ -136,24 +140,30 @@ def run_side(checkout: str, spec: dict) -> dict:
 
 
 def build_states(work: str, size: int, changes: bool = True) -> list[str]:
-    from imagekit import build_image, scattered_change
+    from imagekit import MiB, build_image, contiguous_change, file_level_change, scattered_change
 
     s0 = os.path.join(work, "s0.img")
-    s1, s2 = os.path.join(work, "s1.img"), os.path.join(work, "s2.img")
-    wanted = [s0, s1, s2] if changes else [s0]
+    c1, c2 = os.path.join(work, "c1.img"), os.path.join(work, "c2.img")
+    s1, s2 = os.path.join(work, "c2s1.img"), os.path.join(work, "c2s2.img")
+    wanted = [s0, c1, c2, s1, s2] if changes else [s0]
     if all(os.path.exists(s) and os.path.getsize(s) == size for s in wanted):
         print("reusing the image states in the work directory", flush=True)
         return wanted
-    print(f"building a {size >> 20} MiB ext4 image of real files ...", flush=True)
-    build_image(s0, size, work)
+    if not (os.path.exists(s0) and os.path.getsize(s0) == size):
+        print(f"building a {size >> 20} MiB ext4 image of real files ...", flush=True)
+        build_image(s0, size, work)
     if not changes:
         return [s0]
-    subprocess.run(["cp", "--sparse=always", s0, s1], check=True)
+    subprocess.run(["cp", "--sparse=always", s0, c1], check=True)
+    contiguous_change(c1, 0.01)
+    subprocess.run(["cp", "--sparse=always", c1, c2], check=True)
+    file_level_change(c2, work, max(4 * MiB, size // 100))
+    subprocess.run(["cp", "--sparse=always", c2, s1], check=True)
     scattered_change(s1, 0.01, seed=2)
     subprocess.run(["cp", "--sparse=always", s1, s2], check=True)
     scattered_change(s2, 0.10, seed=5)
     os.sync()
-    return [s0, s1, s2]
+    return [s0, c1, c2, s1, s2]
 
 
 def _samples(step: dict) -> list[tuple[float, float]]:
@@ -244,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                             []
                             if args.only_no_change
                             else [
-                                ["incr 1% scattered", states[1], True, 1],
+                                ["incr 1% contiguous", states[1], True, 1],
+                                ["incr files", states[2], True, 1],
+                                ["incr 1% scattered", states[3], True, 1],
                                 ["incr 10% scattered", states[-1], True, 1],
                             ]
                         ),

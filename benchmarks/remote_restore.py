@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--workdir", default=None, help="keep files here (default: a temp dir)")
     ap.add_argument("--stores", default=",".join(STORES))
+    ap.add_argument("--swift-workers", type=int, default=0, help="workers per Swift server")
+    ap.add_argument(
+        "--swift-chunk", type=parse_size, default=None, help="the servers' chunk sizes (64K)"
+    )
     args = ap.parse_args(argv)
     # A TERM (or a HUP) unwinds like an exception, so the Swift servers are stopped.
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir or tempfile.mkdtemp(prefix="cinderblock-rr-", dir="/var/tmp")
     os.makedirs(work, exist_ok=True)
     image = os.path.join(work, "volume.img")
-    saio = Saio(os.path.join(work, "saio"))
+    saio = Saio(os.path.join(work, "saio"), workers=args.swift_workers, chunk_size=args.swift_chunk)
     engines: dict[str, BackupEngine] = {}
     try:
         if not (os.path.exists(image) and os.path.getsize(image) == size):

@@ -48,7 +48,7 @@ _COMMON = """\
 [DEFAULT]
 bind_ip = 127.0.0.1
 bind_port = {port}
-workers = 0
+workers = {workers}
 user = {user}
 swift_dir = {etc}
 log_name = {name}-server
@@ -68,7 +68,7 @@ pipeline = healthcheck {name}-server
 
 [app:{name}-server]
 use = egg:swift#{name}
-
+{chunks}
 [filter:healthcheck]
 use = egg:swift#healthcheck
 """
@@ -81,7 +81,7 @@ s3api tempauth copy slo dlo versioned_writes symlink proxy-logging proxy-server
 
 [app:proxy-server]
 use = egg:swift#proxy
-allow_account_management = true
+{chunks}allow_account_management = true
 account_autocreate = true
 conn_timeout = 2
 node_timeout = 30
@@ -184,8 +184,17 @@ class Saio:
     # An admin of AUTH_test whose key is unmistakable: tests grep every output for it.
     SECRETIVE = Credentials("test:secretive", "Sup3r-s3cret-K3y-9f2c")
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], *, workers: int = 0, chunk_size: int | None = None
+    ) -> None:
+        """``workers`` and ``chunk_size`` are the servers' tuning, for the benchmarks that study
+        what bounds a transfer: 0 workers is one process per server (no fork, the tests'
+        default: the fewest processes on a shared machine); ``chunk_size`` sets the proxy's
+        ``object_chunk_size``/``client_chunk_size`` and the object server's
+        ``network_chunk_size``/``disk_chunk_size`` (Swift's default 64 KiB when None)."""
         self.root = Path(root)
+        self.workers = workers
+        self.chunk_size = chunk_size
         self.etc = self.root / "etc"
         self.devices = self.root / "srv" / "node"
         self.logs = self.root / "log"
@@ -271,11 +280,18 @@ class Saio:
         user = os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name
         (self.etc / "swift.conf").write_text(_SWIFT_CONF)
         for name in SERVERS:
-            text = _COMMON.format(port=self.ports[name], user=user, etc=self.etc, name=name)
+            text = _COMMON.format(
+                port=self.ports[name], user=user, etc=self.etc, name=name, workers=self.workers
+            )
+            keys = {"proxy": ("object", "client"), "object": ("network", "disk")}.get(name, ())
+            chunks = "".join(f"{k}_chunk_size = {self.chunk_size}\n" for k in keys)
+            chunks = chunks if self.chunk_size else ""
             if name == "proxy":
-                text += _PROXY.format(memcached=self.ports["memcached"])
+                text += _PROXY.format(memcached=self.ports["memcached"], chunks=chunks)
             else:
-                text += _BACKEND.format(devices=self.devices, cache=self.root / "cache", name=name)
+                text += _BACKEND.format(
+                    devices=self.devices, cache=self.root / "cache", name=name, chunks=chunks
+                )
             (self.etc / f"{name}-server.conf").write_text(text)
 
     def _popen(self, name: str, argv: list[str]) -> None:
