@@ -368,9 +368,7 @@ def write_nonzero_pages(
         raise ValueError(f"min_hole must be a positive multiple of {PAGE_SIZE}, got {min_hole!r}")
     if isinstance(min_direct, bool) or not isinstance(min_direct, int) or min_direct < 0:
         raise ValueError(f"min_direct must be a non-negative int, got {min_direct!r}")
-    return _pages.write_nonzero_pages(
-        fd, direct_fd, _byte_view(data), offset, min_hole, min_direct
-    )
+    return _pages.write_nonzero_pages(fd, direct_fd, _byte_view(data), offset, min_hole, min_direct)
 
 
 def slot_ends(sources: np.ndarray, slots: np.ndarray, nsources: int) -> np.ndarray:
