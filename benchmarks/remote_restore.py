@@ -3,6 +3,7 @@ client's: what bounds a restore from an object store on this machine.
 
     python benchmarks/remote_restore.py --size 1G --repeat 3
     python benchmarks/remote_restore.py --size 2G --repeat 3 --workdir /var/tmp/cb-rr
+    python benchmarks/remote_restore.py --stores local,swift --swift-chunk 1M --swift-workers 2
 
 One real ext4 image (``imagekit.build_image``), one full backup and one incremental after
 file-level changes into each of a local directory, ``swift://`` and ``s3://`` on the
@@ -16,7 +17,9 @@ memcached, from ``/proc`` through psutil, before and after), HTTP requests (retr
 included) and the bytes GET returned. Reported: medians, the ratio to the local directory
 (higher is faster), and CPU seconds per GiB of volume restored on each side. When client
 CPU + server CPU per second of wall time is close to the cores the machine has, the cores
-are the bound, not the network or the number of requests in flight.
+are the bound, not the network or the number of requests in flight. ``--swift-chunk`` and
+``--swift-workers`` tune the test Swift (``Saio``'s chunk sizes and processes per server) to
+see whether the servers' cost moves with them.
 """
 
 from __future__ import annotations

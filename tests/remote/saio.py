@@ -140,6 +140,10 @@ use = egg:swift#versioned_writes
 use = egg:swift#symlink
 """
 
+# The chunk-size options of each server (Saio's chunk_size): reads from object servers and
+# from clients in the proxy; network and disk reads in the object server.
+_CHUNK_KEYS = {"proxy": ("object", "client"), "object": ("network", "disk")}
+
 # Rings in one process of Swift's own Python (one CLI call each would cost ~1 s of imports).
 _RINGS = """\
 import sys
@@ -283,9 +287,8 @@ class Saio:
             text = _COMMON.format(
                 port=self.ports[name], user=user, etc=self.etc, name=name, workers=self.workers
             )
-            keys = {"proxy": ("object", "client"), "object": ("network", "disk")}.get(name, ())
+            keys = _CHUNK_KEYS.get(name, ()) if self.chunk_size else ()
             chunks = "".join(f"{k}_chunk_size = {self.chunk_size}\n" for k in keys)
-            chunks = chunks if self.chunk_size else ""
             if name == "proxy":
                 text += _PROXY.format(memcached=self.ports["memcached"], chunks=chunks)
             else:
