@@ -22,23 +22,25 @@ cooperative sleeps), as the Cinder driver does. The pool's ``Future`` is therefo
 engine uses: ``result``, ``exception``, ``done``, ``cancel``, ``set_result``,
 ``set_exception``.
 
-The exception is a job whose store talks HTTP through libraries eventlet has patched
-(Swift, S3): their pools and locks are green and cannot be shared between OS threads, so
-such a job runs inside :func:`green_scope`, where every primitive made is eventlet's and
-the job's threads are greenthreads of the one OS thread it runs on (its native kernels still
-release the GIL, but use one core at a time).
+The exception is a store that talks HTTP through libraries eventlet has patched (Swift,
+S3): their pools and locks are green and cannot be shared between OS threads. Its requests
+run on a :class:`HubThread` (``engine/store/onhub.py`` hands them over), inside
+:func:`green_scope`, where every primitive made is eventlet's and the request's own threads
+are greenthreads of that one OS thread; the data path keeps its OS threads.
 
 Shared leaf: imports nothing of the engine.
 """
 
 from __future__ import annotations
 
+import posix
 import queue as _std_queue
 import sys
 import threading as _std_threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from types import ModuleType
 from typing import Any
 
@@ -46,6 +48,7 @@ __all__ = [
     "Condition",
     "Event",
     "Future",
+    "HubThread",
     "Lock",
     "RLock",
     "Thread",
@@ -57,6 +60,7 @@ __all__ = [
     "os_event",
     "os_thread",
     "local",
+    "wants_hub_call",
 ]
 
 
@@ -328,3 +332,90 @@ class ThreadPool:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown(wait=True)
+
+
+class HubThread:
+    """One OS thread with an eventlet hub of its own, running calls other OS threads hand
+    it: how OS threads use a client eventlet has patched (swiftclient, boto3).
+
+    Such a client's sockets, pools and locks are green, and green primitives shared by two
+    OS threads hang or fail ("Cannot switch to a different thread"). Confining the whole job
+    to one green OS thread (:func:`green_scope`) is safe but puts the data path's hashing,
+    compression and decompression on one core. Here only the requests are confined: every
+    call runs in a greenthread of this thread (inside :func:`green_scope`, so the pools the
+    client makes are green too), many at once, their network waits overlapping, while the
+    caller's OS thread waits on an event of the OS. The hand-over is a deque and a pipe whose
+    read end the hub waits on; nothing of the caller's thread ever touches a hub.
+
+    The thread starts on the first call and lives as long as the process (a daemon): a hub
+    thread that ends costs greenlet a scan of the heap on the main thread (``oscalls.py``).
+    Only for a process eventlet has patched; :meth:`call` from a thread that has a hub of
+    its own (``wants_hub_call`` is False there) would block that hub and must not be made.
+    """
+
+    def __init__(self, name: str = "cb-hub") -> None:
+        self._name = name
+        self._items: deque[tuple[Callable[..., Any], tuple, dict, list, Any]] = deque()
+        self._rfd, self._wfd = posix.pipe()
+        posix.set_blocking(self._rfd, False)
+        posix.set_blocking(self._wfd, False)
+        self._thread: Any = None
+        self._start_lock = _os_threading().Lock()
+        self.native_id: int | None = None
+
+    def _serve(self) -> None:
+        import importlib
+
+        eventlet = importlib.import_module("eventlet")
+        hubs = importlib.import_module("eventlet.hubs")
+        with green_scope():
+            self.native_id = get_native_id()
+            while True:
+                hubs.trampoline(self._rfd, read=True)
+                try:
+                    while posix.read(self._rfd, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+                while self._items:
+                    eventlet.spawn_n(self._run, self._items.popleft())
+
+    @staticmethod
+    def _run(item: tuple[Callable[..., Any], tuple, dict, list, Any]) -> None:
+        fn, args, kwargs, box, done = item
+        try:
+            box.append((True, fn(*args, **kwargs)))
+        except BaseException as e:  # handed to the caller's thread
+            box.append((False, e))
+        finally:
+            done.set()
+
+    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` on the hub thread; its value, or raise what it raised."""
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    t = _os_threading().Thread(target=self._serve, name=self._name, daemon=True)
+                    t.start()
+                    self._thread = t
+        done = _os_threading().Event()
+        box: list[tuple[bool, Any]] = []
+        self._items.append((fn, args, kwargs, box, done))
+        with suppress(BlockingIOError):  # a full pipe holds wake-ups already: it will look
+            posix.write(self._wfd, b"!")
+        done.wait()
+        ok, value = box[0]
+        if ok:
+            return value
+        raise value
+
+
+def wants_hub_call() -> bool:
+    """True on an OS thread of a patched process that has no hub of its own: not in a
+    :func:`green_scope` and not the main thread (where eventlet's hub and cinder-backup's
+    greenthreads run). A patched client's calls from such a thread go to a
+    :class:`HubThread`."""
+    if not eventlet_patched() or in_green_scope():
+        return False
+    os_threading = _os_threading()
+    return os_threading.get_native_id() != os_threading.main_thread().native_id

@@ -500,10 +500,13 @@ def _pipeline(
             ask = [p for i, d, _k, p in plan if p is not None and len(w.block(i)) == job.block_size]
             if len(ask) > 1:
                 store.prefetch(ask, job.block_size)  # the window's bases at once
-            for i, digest, known, previous in plan:
-                if cancelled():
-                    raise Cancelled("the backup was cancelled")
-                store.store(digest, w.block(i), known=known, previous=previous)
+            # The window's new entries side by side in one pack (not interleaved with the
+            # other threads' windows): a restore then reads them with one ranged read.
+            with store.batch.group():
+                for i, digest, known, previous in plan:
+                    if cancelled():
+                        raise Cancelled("the backup was cancelled")
+                    store.store(digest, w.block(i), known=known, previous=previous)
         if changed:
             with lock:
                 changed_total[0] += changed

@@ -25,8 +25,9 @@ called the driver. A ``volume_file`` that is Cinder's thread-pool proxy is unwra
 the data path touches it from its own threads: those are already off the event loop, which
 is all the proxy is for. The data path's own workers, pools, locks and events come from
 ``engine.threads``: OS ones under eventlet too, so a backup uses ``backup_cinderblock_workers``
-cores in both modes — except a job on Swift or S3 under eventlet, whose patched HTTP clients
-keep it in one OS thread (``threads.green_scope``; ``docs/cinder-driver.md``).
+cores in both modes. On Swift or S3 under eventlet, whose patched HTTP clients must stay on
+one hub, the store's requests are handed to a hub thread of their own (``store/onhub.py``;
+``docs/cinder-driver.md``).
 
 Incrementals read the whole volume unless ``backup_cinderblock_changes_from`` names a change
 tracker: a template (``changes_from.py``) expanded per backup into one of the engine's
@@ -61,6 +62,7 @@ from ..gc import MIN_GRACE_SECONDS, sweep_container
 from ..repository import BlockMap, Container, Repository
 from ..repository.layout import DEFAULT_CONTAINER, check_container, check_project_id
 from ..store import is_url, open_store
+from ..store.onhub import OnHubStore
 from .changes_from import OPTION as CHANGES_OPTION
 from .changes_from import ChangesTemplate, TemplateError
 
@@ -160,11 +162,11 @@ def _wait(finished: Any, seconds: float) -> bool:
 
 
 def _windowed(done: list[float], fraction: float) -> None:
-    """Progress after each window; in a green scope also a yield to this OS thread's hub.
-    A job on Swift or S3 runs in one (its workers and lease refresher are greenthreads,
-    which get their turn here even when no window stores anything: an unchanged volume).
-    A directory's job must not yield: its workers are OS threads, and a patched sleep
-    there would give each its own hub (see ``threads.in_green_scope``)."""
+    """Progress after each window; in a green scope also a yield to this OS thread's hub
+    (a data path run inside one has greenthread workers, which get their turn here even
+    when no window stores anything: an unchanged volume). The driver's jobs run outside
+    one and must not yield: their workers are OS threads, and a patched sleep there would
+    give each its own hub (see ``threads.in_green_scope``)."""
     done[0] = fraction
     if threads.in_green_scope():
         time.sleep(0)
@@ -301,6 +303,8 @@ class CinderblockBackupDriver(driver.BackupDriver):
         try:
             store = open_store(where)
             store.ensure_ready(create=False)
+            if threads.eventlet_patched():  # its clients are green: requests on one hub
+                store = OnHubStore(store)
         except ValueError as e:
             raise exception.InvalidConfigurationValue(
                 option="backup_cinderblock_repository", value=str(e)
@@ -388,13 +392,18 @@ class CinderblockBackupDriver(driver.BackupDriver):
         return box["result"]
 
     def _scope(self) -> contextlib.AbstractContextManager:
-        """Where a job on this repository runs: an object store's HTTP libraries are
-        eventlet's under eventlet, so a job on one stays in the OS thread it runs on
-        (``threads.green_scope``: its workers, lease refresher and request pool become
-        greenthreads there); a directory's job uses OS threads."""
-        if getattr(self.repository().store.caps, "network", False):
-            return threads.green_scope()
-        return contextlib.nullcontext()
+        """Where work on this repository runs. A directory's uses OS threads. An object
+        store's HTTP libraries are eventlet's under eventlet: the data path's OS threads
+        hand its requests to the store's hub thread (``store/onhub.py``), while work on a
+        thread that has a hub (the greenthread Cinder called: a delete's sweep, export,
+        import) makes its requests there, inside ``threads.green_scope`` so that the pools
+        and the lease refresher it starts are greenthreads of that hub."""
+        store = self.repository().store
+        if not getattr(store.caps, "network", False):
+            return contextlib.nullcontext()
+        if isinstance(store, OnHubStore) and threads.wants_hub_call():
+            return contextlib.nullcontext()
+        return threads.green_scope()
 
     def _notify_progress(self, backup: Any, meta: dict[str, Any], percent: float) -> None:
         info = {"id": meta["blockmap"], "list": [], "prefix": meta["container"]}

@@ -732,6 +732,10 @@ class LooseBatch:
     def commit(self, *, final: bool = True) -> list[tuple[str, int]]:
         return self._batch.commit()
 
+    def group(self) -> contextlib.AbstractContextManager:
+        """One blob per object: there is no layout to keep together (``PackBatch.group``)."""
+        return contextlib.nullcontext()
+
     def discard(self) -> None:
         self._batch.discard()
 

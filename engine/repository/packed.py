@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -511,6 +512,7 @@ class PackBatch:
         self._store_batch = packed.store.batch()
         self._lock = threads.Lock()
         self._seal_lock = threads.Lock()
+        self._groups = threads.local()  # .entries: what this thread's group holds
         self._buf = bytearray()
         self._pages = bytearray()  # the open pack's page-digest section (pagesection.py)
         self._rows: list[tuple[bytes, bytes, int, int, int, int]] = []
@@ -522,23 +524,58 @@ class PackBatch:
         return self._store_batch.pending_bytes + len(self._buf)
 
     def stage(self, digest: bytes, data: Data, *, base: bytes | None = None) -> None:
+        """Stage one entry. Inside :meth:`group` on this thread it is held (its buffers
+        referenced, not copied) and goes into the open pack with the group's others."""
         if base is not None and (not isinstance(base, bytes) or len(base) != 16):
             raise InvalidInput("base must be a 16-byte digest or None")
         parts = views(data)
         flags = entry_flags(parts[0]) if parts else 0
         pages = pages_record(digest, parts[0]) if parts and base is None else None
-        full = None
+        held = getattr(self._groups, "entries", None)
+        if held is not None:
+            held.append((digest, base, parts, flags, pages))
+            return
+        self._append([(digest, base, parts, flags, pages)])
+
+    def _append(self, entries: list) -> None:
+        """Entries side by side in the open pack, sealing it whenever it fills."""
+        full = []
         with self._lock:
-            offset = len(self._buf)
-            for p in parts:
-                self._buf += p
-            if pages is not None:
-                self._pages += pages
-            self._rows.append((digest, base or NO_BASE, 0, offset, len(self._buf) - offset, flags))
-            if len(self._buf) >= self._packed.pack_size:
-                full = self._take()
-        if full is not None:
-            self._seal(*full)
+            for digest, base, parts, flags, pages in entries:
+                offset = len(self._buf)
+                for p in parts:
+                    self._buf += p
+                if pages is not None:
+                    self._pages += pages
+                size = len(self._buf) - offset
+                self._rows.append((digest, base or NO_BASE, 0, offset, size, flags))
+                if len(self._buf) >= self._packed.pack_size:
+                    full.append(self._take())
+        for f in full:
+            self._seal(*f)
+
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """Entries this thread stages inside lie side by side in one pack, in the order
+        staged (a pack boundary aside). Why: the data path's threads compress windows at
+        the same time, and entries staged one by one interleave theirs block by block, so
+        a restore reading consecutive blocks needed a ranged read per block or two instead
+        of one per window (measured on Swift under two OS threads: 566 GETs for 1 GiB
+        instead of 195, and 2.7x the servers' CPU). Buffers staged inside must stay
+        unchanged until the group ends (a raw entry is the caller's block itself)."""
+        if getattr(self._groups, "entries", None) is not None:  # nested: the outer one
+            yield
+            return
+        held: list = []
+        self._groups.entries = held
+        try:
+            yield
+        except BaseException:
+            self._groups.entries = None  # a failed job: nothing of it is published
+            raise
+        self._groups.entries = None
+        if held:
+            self._append(held)
 
     def _take(self) -> tuple[bytearray, list, bytearray] | None:
         """The open pack (under ``_lock``), replaced by an empty one."""

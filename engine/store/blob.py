@@ -55,7 +55,7 @@ class StoreCaps:
     # Blocks a restore fetches at once (an object store's GETs wait a round trip each).
     read_parallelism: int = 1
     # Its requests go through HTTP libraries (swiftclient, boto3) that eventlet may have
-    # patched: under eventlet a job on it stays in one OS thread (threads.green_scope).
+    # patched: under eventlet its requests stay on one hub thread (store/onhub.py).
     network: bool = False
 
 

@@ -17,10 +17,14 @@ import uuid
 import cinderkit
 import pytest
 from cases_driver import IMPORT_SCRIPT, MiB, _restore_both_ways, change_files, ext4_image, sha
+from cases_threads import TICK, _compressible_image, sampled
 from cinder import exception
 from cinder.db import api as db
+from conftest import mode
 
+from engine import threads
 from engine.store import open_store
+from engine.store.onhub import OnHubStore
 
 SECRET_USER = os.environ["CINDERBLOCK_TEST_SECRET_USER"]
 SECRET_KEY = os.environ["CINDERBLOCK_TEST_SECRET_KEY"]
@@ -180,3 +184,47 @@ def test_no_secret_lands_in_logs_cinders_database_or_the_store(
     for shown in (caplog.text, exported, repr(rows)):
         assert SECRET_KEY not in shown
     assert url in caplog.text  # the log names the repository, which holds no secret
+
+
+def test_a_job_on_swift_uses_os_threads_and_keeps_its_requests_on_one_hub(
+    cinder, tmp_path, monkeypatch
+):
+    """Under eventlet the store's requests run on its hub thread (``store/onhub.py``) and
+    the data path keeps its OS threads: during a compress-heavy backup two OS threads other
+    than the caller's and the hub's burn CPU (before, the whole job ran in one green OS
+    thread), no other OS thread ever asks for a hub, and the backup restores bit-exact.
+    With native threads the store is used as it is."""
+    url = made_container("swift")
+    drv = driver_on(cinder, url, monkeypatch)
+    store = drv.repository().store
+    assert isinstance(store, OnHubStore) is (mode() == "eventlet")
+    caller = threads.get_native_id()
+    hub_callers: set[int] = set()
+    if mode() == "eventlet":
+        from eventlet import hubs
+
+        real = hubs.get_hub
+
+        def get_hub():
+            hub_callers.add(threads.get_native_id())
+            return real()
+
+        monkeypatch.setattr(hubs, "get_hub", get_hub)
+    image = str(tmp_path / "vol.img")
+    _compressible_image(image, 96 * MiB)
+    vol = cinder.volume(image)
+    full, peak, _ticks, sampler = sampled(lambda: cinder.backup(vol))
+    assert full.status == "available"
+    hub = getattr(store, "hub", None)
+    hub_id = hub.native_id if hub is not None else None
+    others = [cpu for tid, cpu in peak.items() if tid not in (caller, hub_id, sampler)]
+    busy = sorted(others, reverse=True)
+    assert len(busy) >= 2 and busy[1] >= 0.05 * TICK, (busy[:4], TICK)
+    out = str(tmp_path / "out.img")
+    cinder.restore(full, out, volume_is_new=True)
+    assert sha(out) == sha(image)
+    if mode() == "eventlet":
+        assert hub_id is not None and hub_id != caller
+        assert hub_callers <= {caller, hub_id}, (hub_callers, caller, hub_id)
+    cinder.delete(full)
+    assert data_keys(url) == set()

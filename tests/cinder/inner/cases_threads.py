@@ -17,6 +17,9 @@ import numpy as np
 from conftest import mode
 
 from engine import oscalls, threads
+from engine.errors import BlobNotFound
+from engine.store import MemoryBlobStore
+from engine.store.onhub import PAGE, OnHubStore
 
 MiB = 1 << 20
 TICK = os.sysconf("SC_CLK_TCK")
@@ -49,6 +52,34 @@ def _sha(path: str) -> str:
         while chunk := f.read(4 * MiB):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sampled(fn):
+    """``fn()`` while a greenthread beside it (a thread natively) samples every OS thread's
+    CPU: (its value, peak CPU ticks per thread id, samples taken, the sampler's thread id).
+    Sampled during, since a thread that ended is gone from ``/proc/self/task``."""
+    running = [True]
+    ticks = [0]
+    peak: dict[int, int] = {}
+    base = _task_cpu()
+    sampler_id = [0]
+
+    def sample() -> None:
+        sampler_id[0] = threads.get_native_id()
+        while running[0]:
+            for tid, cpu in _task_cpu().items():
+                peak[tid] = max(peak.get(tid, 0), cpu - base.get(tid, 0))
+            ticks[0] += 1
+            time.sleep(0.01)  # cooperative under eventlet
+
+    sampler = threading.Thread(target=sample)  # a greenthread under eventlet
+    sampler.start()
+    try:
+        value = fn()
+    finally:
+        running[0] = False
+        sampler.join()
+    return value, peak, ticks[0], sampler_id[0]
 
 
 def test_primitives_are_the_os_ones_in_this_mode():
@@ -117,37 +148,16 @@ def test_a_backup_compresses_on_several_os_threads_and_the_hub_keeps_running(cin
     vol = cinder.volume(image)
     backup = cinder.start_backup(vol)
     caller = threading.get_native_id()  # patched or not: this OS thread's id
-    running = [True]
-    ticks = [0]
-    peak: dict[int, int] = {}
-    base = _task_cpu()
-
-    sampler_id = [caller]
-
-    def sample() -> None:
-        sampler_id[0] = threads.get_native_id()
-        while running[0]:
-            for tid, cpu in _task_cpu().items():
-                peak[tid] = max(peak.get(tid, 0), cpu - base.get(tid, 0))
-            ticks[0] += 1
-            time.sleep(0.01)  # cooperative under eventlet
-
-    sampler = threading.Thread(target=sample)  # a greenthread under eventlet
-    sampler.start()
-    try:
-        done = cinder.run_backup(backup)
-    finally:
-        running[0] = False
-        sampler.join()
+    done, peak, ticks, sampler_id = sampled(lambda: cinder.run_backup(backup))
     assert done.status == "available"
     busy = sorted(
-        (cpu for tid, cpu in peak.items() if tid not in (caller, sampler_id[0])), reverse=True
+        (cpu for tid, cpu in peak.items() if tid not in (caller, sampler_id)), reverse=True
     )
     # Each of two workers compressed a share of 96 MiB: well over 50 ms of CPU each. With
     # green workers (one OS thread) only the data path's thread would have any.
     assert len(busy) >= 2 and busy[1] >= 0.05 * TICK, (busy[:4], TICK)
     # The sampler (a greenthread beside the driver's) ran throughout, not only at the end.
-    assert ticks[0] >= 5, ticks
+    assert ticks >= 5, ticks
     out = str(tmp_path / "out.img")
     cinder.restore(done, out, volume_is_new=True)
     assert _sha(out) == _sha(image)
@@ -186,3 +196,86 @@ def test_a_directory_job_gives_no_worker_thread_a_hub(cinder, tmp_path, monkeypa
     cinder.restore(incr, out, volume_is_new=True)
     assert _sha(out) == _sha(image)
     assert callers <= {threading.get_native_id()}, callers
+
+
+class _WhereStore(MemoryBlobStore):
+    """A store that records the OS thread each of its calls ran on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ran_on: dict[str, set[int]] = {}
+
+    def _on(self, what: str) -> None:
+        self.ran_on.setdefault(what, set()).add(threads.get_native_id())
+
+    def get(self, key, offset=0, length=None):
+        self._on("get")
+        return super().get(key, offset, length)
+
+    def put(self, key, data, *, exclusive=False):
+        self._on("put")
+        super().put(key, data, exclusive=exclusive)
+
+    def keys(self, prefix):
+        for k in super().keys(prefix):
+            self._on("keys")
+            yield k
+
+    def batch(self):
+        self._on("batch")
+        return super().batch()
+
+    def ping(self, value):  # not of the protocol: passes through the wrapper's __getattr__
+        self._on("ping")
+        return value
+
+
+def test_an_on_hub_store_runs_the_requests_of_os_threads_on_its_hub_thread():
+    """``OnHubStore``: under eventlet a call from a plain OS thread runs on the store's hub
+    thread (values, listings a page at a time and errors come back), a batch stages on the
+    caller's thread and commits on the hub, and a call from the main thread runs where it
+    is. With native threads every call runs where it is made."""
+    inner = _WhereStore()
+    store = OnHubStore(inner)
+    main = threads.get_native_id()
+    store.put("a/0", b"main")
+    assert inner.ran_on == {"put": {main}}
+    got: dict[str, object] = {}
+
+    def work() -> None:
+        got["me"] = threads.get_native_id()
+        got["hub_call"] = threads.wants_hub_call()
+        for i in range(1, PAGE * 2 + 5):
+            store.put(f"a/{i}", b"x%d" % i)
+        got["get"] = store.get("a/7", 1)
+        got["keys"] = list(store.keys("a/"))
+        got["ping"] = store.ping(42)
+        batch = store.batch()
+        batch.stage("b/0", b"staged")
+        got["commit"] = batch.commit()
+        try:
+            store.get("missing")
+        except BlobNotFound as e:
+            got["missing"] = str(e)
+
+    t = threads.os_thread(work, "cb-test-worker")
+    t.start()
+    t.join()
+    assert got["get"] == b"7"
+    assert len(got["keys"]) == PAGE * 2 + 5 and set(got["keys"]) == {
+        f"a/{i}" for i in range(PAGE * 2 + 5)
+    }
+    assert got["ping"] == 42 and got["commit"] == [("b/0", 6)]
+    assert "missing" in got["missing"]
+    me = got["me"]
+    assert inner.ran_on["batch"] == {me}  # memory only: made on the caller's thread
+    if mode() == "eventlet":
+        assert got["hub_call"] is True
+        hub = store.hub.native_id
+        assert hub not in (None, me, main)
+        assert inner.ran_on["put"] == {main, hub}
+        assert inner.ran_on["get"] == inner.ran_on["keys"] == inner.ran_on["ping"] == {hub}
+    else:
+        assert got["hub_call"] is False and store.hub.native_id is None
+        assert inner.ran_on["put"] == {main, me}
+        assert inner.ran_on["get"] == inner.ran_on["keys"] == inner.ran_on["ping"] == {me}
