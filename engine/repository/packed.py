@@ -19,12 +19,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .. import threads
 from ..errors import BlobNotFound, CorruptionError, InvalidInput
-from ..store.blob import BlobInfo, BlobStore, Data, views
+from ..store.blob import BlobBatch, BlobInfo, BlobStore, Data, views
 from .donors import donors_of
 from .layout import ContainerKeys
 from .layout import digest_of_key as _pack_id_of_key  # a pack id is spelled as a digest
@@ -503,25 +504,28 @@ class _Pending:
 class PackBatch:
     """A batch of block objects written into packs (see the module docstring).
 
-    ``stage`` is thread-safe and cheap: the entry's bytes are copied into the open pack;
-    sealing (hashing the pack, staging it in the store's batch) happens outside the lock.
+    ``stage`` is thread-safe and cheap: the entry's bytes are copied into the open pack (on
+    the local directory: written to its staged file); sealing (its index and trailer,
+    staging it in the store's batch) happens outside the lock.
     """
 
     def __init__(self, packed: PackedObjects) -> None:
         self._packed = packed
         self._store_batch = packed.store.batch()
+        # A store whose batch stages a blob a piece at a time (the local directory) gets
+        # each pack written as it fills; others hold the open pack in memory.
+        self._stream = getattr(self._store_batch, "stream", None)
         self._lock = threads.Lock()
         self._seal_lock = threads.Lock()
         self._groups = threads.local()  # .entries: what this thread's group holds
-        self._buf = bytearray()
-        self._pages = bytearray()  # the open pack's page-digest section (pagesection.py)
-        self._rows: list[tuple[bytes, bytes, int, int, int, int]] = []
+        self._open: _OpenPack | None = None
         self._sealed: list[tuple[bytes, int, np.ndarray]] = []  # staged, not committed
         self._unindexed: list[tuple[bytes, int, np.ndarray]] = []  # durable, not named
 
     @property
     def pending_bytes(self) -> int:
-        return self._store_batch.pending_bytes + len(self._buf)
+        open_pack = self._open
+        return self._store_batch.pending_bytes + (open_pack.size if open_pack else 0)
 
     def stage(self, digest: bytes, data: Data, *, base: bytes | None = None) -> None:
         """Stage one entry. Inside :meth:`group` on this thread it is held (its buffers
@@ -541,18 +545,27 @@ class PackBatch:
         """Entries side by side in the open pack, sealing it whenever it fills."""
         full = []
         with self._lock:
-            for digest, base, parts, flags, pages in entries:
-                offset = len(self._buf)
-                for p in parts:
-                    self._buf += p
-                if pages is not None:
-                    self._pages += pages
-                size = len(self._buf) - offset
-                self._rows.append((digest, base or NO_BASE, 0, offset, size, flags))
-                if len(self._buf) >= self._packed.pack_size:
-                    full.append(self._take())
+            pack = None
+            try:
+                for digest, base, parts, flags, pages in entries:
+                    if pack is None:
+                        pack = self._open = self._open or _OpenPack(self._packed, self._stream)
+                    pack.add(digest, base, parts, flags, pages)
+                    if pack.size >= self._packed.pack_size:
+                        pack.flush()
+                        full.append(pack)
+                        pack = self._open = None
+                if pack is not None:
+                    pack.flush()
+            except BaseException:
+                # A write that failed (a full disk) leaves this pack unusable: the next
+                # entry opens another one and meets the same error itself.
+                if pack is not None:
+                    pack.abandon()
+                    self._open = None
+                raise
         for f in full:
-            self._seal(*f)
+            self._seal(f)
 
     @contextmanager
     def group(self) -> Iterator[None]:
@@ -577,23 +590,15 @@ class PackBatch:
         if held:
             self._append(held)
 
-    def _take(self) -> tuple[bytearray, list, bytearray] | None:
-        """The open pack (under ``_lock``), replaced by an empty one."""
-        if not self._rows:
-            return None
-        buf, rows, pages = self._buf, self._rows, self._pages
-        self._buf, self._rows, self._pages = bytearray(), [], bytearray()
-        return buf, rows, pages
+    def _take(self) -> _OpenPack | None:
+        """The open pack (under ``_lock``); none is open afterwards."""
+        pack, self._open = self._open, None
+        return pack
 
-    def _seal(self, buf: bytearray, rows: list, pages: bytearray) -> None:
-        entries = entries_array(rows)
-        pages_offset = len(buf) if pages else 0
-        buf += pages
-        buf += pack_tail(entries, len(buf), pages_offset)
-        pid = new_pack_id()
-        self._store_batch.stage(self._packed.keys.pack(pid), buf)
+    def _seal(self, pack: _OpenPack) -> None:
+        size, entries = pack.seal(self._store_batch)
         with self._seal_lock:
-            self._sealed.append((pid, len(buf), entries))
+            self._sealed.append((pack.pid, size, entries))
 
     def commit(self, *, final: bool = True) -> list[tuple[str, int]]:
         """Seal the open pack (when ``final``), make the staged packs durable, then name
@@ -603,7 +608,7 @@ class PackBatch:
             with self._lock:
                 rest = self._take()
             if rest is not None:
-                self._seal(*rest)
+                self._seal(rest)
         with self._seal_lock:
             sealed, self._sealed = self._sealed, []
         new = {key for key, _size in self._store_batch.commit()}
@@ -632,10 +637,68 @@ class PackBatch:
 
     def discard(self) -> None:
         with self._lock:
-            self._take()
+            rest = self._take()
+        if rest is not None:
+            rest.abandon()
         with self._seal_lock:
             self._sealed = []
         self._store_batch.discard()
+
+
+class _OpenPack:
+    """The pack being filled: its entries' rows and page records, and its bytes — in memory,
+    or (``stream``: the store batch's ``stream(key)``) already in its staged file, written
+    a group of entries at a time (``flush``) so the copies happen on the threads that
+    compress and the disk starts on them before the backup's end."""
+
+    def __init__(self, packed: PackedObjects, stream: Callable[[str], Any] | None) -> None:
+        self.pid = new_pack_id()
+        self.rows: list[tuple[bytes, bytes, int, int, int, int]] = []
+        self.pages = bytearray()  # the page-digest section (pagesection.py)
+        self.size = 0
+        self._out = stream(packed.keys.pack(self.pid)) if stream is not None else None
+        self._key = packed.keys.pack(self.pid)
+        self._buf = bytearray() if self._out is None else None
+        self._unwritten: list[memoryview] = []
+
+    def add(self, digest: bytes, base: bytes | None, parts: list, flags: int, pages) -> None:
+        size = sum(p.nbytes for p in parts)
+        self.rows.append((digest, base or NO_BASE, 0, self.size, size, flags))
+        self.size += size
+        if pages is not None:
+            self.pages += pages
+        if self._buf is not None:
+            for p in parts:
+                self._buf += p
+        else:
+            self._unwritten.extend(parts)
+
+    def flush(self) -> None:
+        """Write what was added since the last flush (streamed packs: one gathered write)."""
+        if self._out is not None and self._unwritten:
+            parts, self._unwritten = self._unwritten, []
+            self._out.write(parts)
+
+    def seal(self, batch: BlobBatch) -> tuple[int, np.ndarray]:
+        """Append the section, index and trailer and stage the pack; (its size, entries)."""
+        entries = entries_array(self.rows)
+        pages_offset = self.size if self.pages else 0
+        tail = pack_tail(entries, self.size + len(self.pages), pages_offset)
+        total = self.size + len(self.pages) + len(tail)
+        if self._out is not None:
+            self.flush()
+            self._out.write([self.pages, tail])
+            self._out.close()
+        else:
+            assert self._buf is not None
+            self._buf += self.pages
+            self._buf += tail
+            batch.stage(self._key, self._buf)
+        return total, entries
+
+    def abandon(self) -> None:
+        if self._out is not None:
+            self._out.abandon()
 
 
 def parse_mark(key: str) -> tuple[bytes, bytes | None] | None:

@@ -179,7 +179,14 @@ class StagedBatch:
         tmp = _write_temp(path, data, fsync=False)
         kind = kind or self.kind
         crash_point(f"{kind}-tmp")
-        size = size_of(data)
+        self._add(tmp, path, size_of(data), kind)
+
+    def open_stream(self, path: str, *, kind: str | None = None) -> StagedStream:
+        """A file staged a piece at a time (``StagedStream.write``), pending for
+        :meth:`publish` once closed: what a pack being filled is written to."""
+        return StagedStream(self, path, kind or self.kind)
+
+    def _add(self, tmp: str, path: str, size: int, kind: str) -> None:
         with self._lock:
             self._pending.append((tmp, path, size, kind))
             self.pending_bytes += size
@@ -210,6 +217,67 @@ class StagedBatch:
             self.pending_bytes = 0
         for tmp, _path, _size, _kind in batch:
             unlink_quietly(tmp)
+
+
+#: A stream starts the writeback of what it holds each time this much more was written.
+STREAM_WRITEBACK_BYTES = 8 << 20
+
+
+class StagedStream:
+    """A staged file written in pieces (not thread-safe: its owner serialises the writes).
+
+    Why: a pack filled entry by entry used to be written whole when sealed, by the thread
+    that filled it, and a small backup's only pack at its very end, where the ``syncfs``
+    then waited for all of it. Written as it fills, with writeback started every
+    :data:`STREAM_WRITEBACK_BYTES`, the copies happen on the threads that compress and the
+    disk works while they do (``close`` makes it one of the batch's staged files).
+    """
+
+    def __init__(self, batch: StagedBatch, path: str, kind: str) -> None:
+        directory = os.path.dirname(path)
+        _make_dirs(directory)
+        name = f"{TMP_PREFIX}{os.path.basename(path)}.{uuid.uuid4().hex}"
+        self._tmp = os.path.join(directory, name)
+        self._fd: int | None = oscalls.open(
+            self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640
+        )
+        self._batch, self._path, self._kind = batch, path, kind
+        self.size = 0
+        self._unstarted = 0
+
+    def write(self, data: Data) -> None:
+        if self._fd is None:
+            raise ValueError("write to a closed staged stream")
+        try:
+            _write_all(self._fd, data)
+        except BaseException:
+            self.abandon()
+            raise
+        n = size_of(data)
+        self.size += n
+        self._unstarted += n
+        if self._unstarted >= STREAM_WRITEBACK_BYTES:
+            self._unstarted = 0
+            start_writeback(self._fd)
+
+    def close(self) -> None:
+        """Staged: published (or removed) with the batch's other files."""
+        if self._fd is None:
+            raise ValueError("close of a closed staged stream")
+        fd, self._fd = self._fd, None
+        try:
+            start_writeback(fd)
+        finally:
+            os.close(fd)
+        crash_point(f"{self._kind}-tmp")
+        self._batch._add(self._tmp, self._path, self.size, self._kind)
+
+    def abandon(self) -> None:
+        """Remove what was written; it is never published."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+            unlink_quietly(self._tmp)
 
 
 def _make_dirs(directory: str) -> None:

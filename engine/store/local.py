@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from .. import oscalls
 from ..errors import BlobConflict, BlobNotFound
 from .blob import BlobInfo, Data, StoreCaps, check_key, check_prefix
-from .files import TMP_PREFIX, StagedBatch, fsync_dir, write_atomic
+from .files import TMP_PREFIX, StagedBatch, StagedStream, fsync_dir, write_atomic
 
 
 def crash_kind(key: str) -> str:
@@ -48,6 +48,11 @@ class LocalBatch:
         self._staged.stage(
             self._store.path_of(key), data, kind=kind if kind in ("manifest", "record") else None
         )
+
+    def stream(self, key: str) -> StagedStream:
+        """A blob staged a piece at a time (``write``, then ``close`` to stage it, or
+        ``abandon``): an extension of this store's batch, which a pack being filled uses."""
+        return self._staged.open_stream(self._store.path_of(key))
 
     def commit(self) -> list[tuple[str, int]]:
         root = self._store.root + os.sep

@@ -230,8 +230,9 @@ class KeystoneServer:
             self._manage(
                 self.conf,
                 "bootstrap",
-                "--bootstrap-password",
-                self.admin_password,
+                # One argument: a random password may start with "-", which argparse
+                # would take for an option ("expected one argument": seen in CI).
+                f"--bootstrap-password={self.admin_password}",
                 "--bootstrap-username",
                 "admin",
                 "--bootstrap-project-name",
@@ -249,10 +250,11 @@ class KeystoneServer:
             sock.close()
             log = self.workdir / "keystone.conf.log"
             logged = log.read_text(errors="replace")[-4000:] if log.exists() else ""
+            shown = " ".join(err.cmd[3:]).replace(self.admin_password, "***")
             raise RuntimeError(
-                f"keystone-manage {err.cmd[3:]} failed:\n"
+                f"keystone-manage {shown} failed:\n"
                 f"{err.stderr.decode(errors='replace')[-4000:]}\n{logged}"
-            ) from err
+            ) from None
         server = _Gunicorn(self.conf, self.workdir / "gunicorn.log", sock)
         self._servers.append(server)
         server.wait_ready()

@@ -9,6 +9,7 @@ tests/remote/test_remote_packs.py.
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -418,3 +419,29 @@ def test_a_delete_folds_the_pack_lists_into_the_counts_file():
     assert pack_keys(store, c) == []
     for prefix in (c.keys.refs_prefix, c.keys.counted_refs_prefix, c.keys.refcounts_prefix):
         assert list(store.keys(prefix)) == []
+
+
+def test_a_pack_on_the_local_store_is_written_while_it_fills(tmp_path):
+    """On the local directory the open pack is its staged file, written as entries come
+    (nothing of it is visible before the commit), so the commit only seals and syncs; a
+    discarded batch leaves no file behind. On other stores it is held in memory."""
+    from engine.store import LocalBlobStore
+    from engine.store.files import TMP_PREFIX
+
+    container = Repository.open(LocalBlobStore(tmp_path)).container("p", "c")
+    batch = container.batch()
+    blobs = [os.urandom(1000 + i) for i in range(3)]
+    for i, b in enumerate(blobs):
+        batch.stage(bytes([i]) * 16, b)
+    temps = [p for p in tmp_path.rglob(f"{TMP_PREFIX}*") if p.is_file()]
+    assert len(temps) == 1 and temps[0].stat().st_size == sum(map(len, blobs))
+    assert not [k for k in container.store.keys("") if "/packs/" in k]
+    batch.commit()
+    assert not list(tmp_path.rglob(f"{TMP_PREFIX}*"))
+    for i, b in enumerate(blobs):
+        loc = container.locate(bytes([i]) * 16)
+        assert container.store.get(container.keys.pack(loc.pack_id), loc.offset, loc.length) == b
+    dropped = container.batch()
+    dropped.stage(b"\x09" * 16, b"gone")
+    dropped.discard()
+    assert not [p for p in tmp_path.rglob(f"{TMP_PREFIX}*") if p.is_file()]

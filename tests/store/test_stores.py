@@ -95,3 +95,31 @@ def test_local_writes_go_in_bounded_calls_in_order_even_when_short(tmp_path, mon
     assert max(calls) <= files.WRITE_CALL_BYTES
     if short is None:
         assert len(calls) == 4  # 3 MiB + 85 bytes in 1 MiB calls
+
+
+def test_local_batch_stream_is_staged_as_it_is_written_and_published_with_the_batch(tmp_path):
+    """A streamed blob is in its temporary file as soon as each piece is written (not held
+    in memory), invisible until the batch commits, then published whole; an abandoned one
+    leaves nothing, and a writer that died mid-stream leaves a temporary purge removes."""
+    store = LocalBlobStore(tmp_path)
+    batch = store.batch()
+    s = batch.stream("p/ab/pack")
+    s.write([b"head", memoryview(b"-middle-")])
+    (tmp,) = (tmp_path / "p" / "ab").iterdir()
+    assert tmp.name.startswith(TMP_PREFIX) and tmp.read_bytes() == b"head-middle-"
+    assert batch.pending_bytes == 0  # staged only once closed
+    s.write(b"tail")
+    s.close()
+    assert batch.pending_bytes == 16 and list(store.list("p/")) == []
+    with pytest.raises(ValueError, match="closed staged stream"):
+        s.write(b"more")
+    gone = batch.stream("p/ab/abandoned")
+    gone.write(b"never")
+    gone.abandon()
+    assert batch.commit() == [("p/ab/pack", 16)]
+    assert store.get("p/ab/pack") == b"head-middle-tail"
+    assert sorted(p.name for p in (tmp_path / "p" / "ab").iterdir()) == ["pack"]
+    dead = store.batch().stream("p/ab/dead")  # its writer dies here: never closed
+    dead.write(b"x" * 10)
+    assert [i.key for i in store.list("p/")] == ["p/ab/pack"]
+    assert store.purge_incomplete("p/", time.time() + 10) == (1, 10)
