@@ -445,3 +445,34 @@ def test_a_pack_on_the_local_store_is_written_while_it_fills(tmp_path):
     dropped.stage(b"\x09" * 16, b"gone")
     dropped.discard()
     assert not [p for p in tmp_path.rglob(f"{TMP_PREFIX}*") if p.is_file()]
+
+
+def test_a_pack_write_that_fails_leaves_no_file_open_or_behind(tmp_path, monkeypatch):
+    """A full disk in the middle of a group that spans two packs: the error reaches the
+    caller, both packs' staged files are gone (none left open), and the next entry opens a
+    pack of its own and meets the disk's error itself, not a closed pack."""
+    from engine.store import LocalBlobStore, files
+    from engine.store.files import TMP_PREFIX
+
+    container = Repository.open(LocalBlobStore(tmp_path), pack_size=1 << 20).container("p", "c")
+    batch = container.batch()
+    real, calls = files._write_all, [0]
+
+    def write_all(fd, data):
+        calls[0] += 1
+        if calls[0] >= 2:
+            raise OSError(28, "No space left on device")
+        real(fd, data)
+
+    monkeypatch.setattr(files, "_write_all", write_all)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError, match="No space left"), batch.group():
+        for i in range(4):
+            batch.stage(bytes([i]) * 16, os.urandom(400_000))
+    assert not [p for p in tmp_path.rglob(f"{TMP_PREFIX}*") if p.is_file()]
+    assert len(os.listdir("/proc/self/fd")) == before
+    with pytest.raises(OSError, match="No space left"):
+        batch.stage(b"\x07" * 16, b"next")
+    batch.discard()
+    assert not [p for p in tmp_path.rglob(f"{TMP_PREFIX}*") if p.is_file()]
+    assert len(os.listdir("/proc/self/fd")) == before
