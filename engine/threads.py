@@ -361,6 +361,7 @@ class HubThread:
         posix.set_blocking(self._wfd, False)
         self._thread: Any = None
         self._start_lock = _os_threading().Lock()
+        self._failed: BaseException | None = None
         self.native_id: int | None = None
 
     def _serve(self) -> None:
@@ -368,17 +369,33 @@ class HubThread:
 
         eventlet = importlib.import_module("eventlet")
         hubs = importlib.import_module("eventlet.hubs")
-        with green_scope():
-            self.native_id = get_native_id()
-            while True:
-                hubs.trampoline(self._rfd, read=True)
-                try:
-                    while posix.read(self._rfd, 4096):
+        try:
+            with green_scope():
+                self.native_id = get_native_id()
+                while True:
+                    hubs.trampoline(self._rfd, read=True)
+                    try:
+                        while posix.read(self._rfd, 4096):
+                            pass
+                    except BlockingIOError:
                         pass
-                except BlockingIOError:
-                    pass
-                while self._items:
-                    eventlet.spawn_n(self._run, self._items.popleft())
+                    while self._items:
+                        eventlet.spawn_n(self._run, self._items.popleft())
+        except BaseException as e:  # the hub itself failed: nobody may wait for it forever
+            self._failed = RuntimeError(
+                f"the store's request thread {self._name} failed ({type(e).__name__}: {e}); "
+                "restart the service"
+            )
+            self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        while True:
+            try:
+                _fn, _args, _kwargs, box, done = self._items.popleft()
+            except IndexError:
+                return
+            box.append((False, self._failed))
+            done.set()
 
     @staticmethod
     def _run(item: tuple[Callable[..., Any], tuple, dict, list, Any]) -> None:
@@ -401,8 +418,11 @@ class HubThread:
         done = _os_threading().Event()
         box: list[tuple[bool, Any]] = []
         self._items.append((fn, args, kwargs, box, done))
-        with suppress(BlockingIOError):  # a full pipe holds wake-ups already: it will look
+        # A full pipe holds wake-ups already; a broken one has no hub behind it (below).
+        with suppress(OSError):
             posix.write(self._wfd, b"!")
+        if self._failed is not None:  # no hub left to run it
+            self._fail_pending()
         done.wait()
         ok, value = box[0]
         if ok:

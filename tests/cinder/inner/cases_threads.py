@@ -14,6 +14,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from conftest import mode
 
 from engine import oscalls, threads
@@ -279,3 +280,18 @@ def test_an_on_hub_store_runs_the_requests_of_os_threads_on_its_hub_thread():
         assert got["hub_call"] is False and store.hub.native_id is None
         assert inner.ran_on["put"] == {main, me}
         assert inner.ran_on["get"] == inner.ran_on["keys"] == inner.ran_on["ping"] == {me}
+
+
+def test_a_hub_thread_that_fails_fails_its_callers_instead_of_hanging():
+    """If the hub thread itself dies (here: its wake-up pipe closed under it), every call
+    waiting for it, and every later one, gets an error that says what happened; none
+    waits forever."""
+    if mode() != "eventlet":
+        assert threads.wants_hub_call() is False  # nothing is handed over without eventlet
+        return
+    hub = threads.HubThread("cb-test-hub")
+    os.close(hub._rfd)
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="request thread cb-test-hub failed"):
+            hub.call(lambda: "never")
+    os.close(hub._wfd)
