@@ -125,10 +125,12 @@ print(json.dumps(out))
 """
 
 
-def run_side(checkout: str, spec: dict) -> dict:
+def run_side(checkout: str, spec: dict, child: str = CHILD) -> dict:
+    """Run ``child`` (code taking ``spec`` as JSON in argv[1]) with ``checkout``'s engine, in
+    ``spec["cwd"]``; its last line of output, parsed as JSON."""
     env = {**os.environ, "PYTHONPATH": os.path.abspath(checkout)}
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(spec)],
+        [sys.executable, "-c", child, json.dumps(spec)],
         env=env,
         cwd=spec["cwd"],
         capture_output=True,

@@ -588,11 +588,9 @@ class PackBatch:
         held: list = []
         self._groups.entries = held
         try:
-            yield
-        except BaseException:
-            self._groups.entries = None  # a failed job: nothing of it is published
-            raise
-        self._groups.entries = None
+            yield  # an exception here skips the append: a failed job publishes none of it
+        finally:
+            self._groups.entries = None
         if held:
             self._append(held)
 
@@ -662,8 +660,8 @@ class _OpenPack:
         self.rows: list[tuple[bytes, bytes, int, int, int, int]] = []
         self.pages = bytearray()  # the page-digest section (pagesection.py)
         self.size = 0
-        self._out = stream(packed.keys.pack(self.pid)) if stream is not None else None
         self._key = packed.keys.pack(self.pid)
+        self._out = stream(self._key) if stream is not None else None
         self._buf = bytearray() if self._out is None else None
         self._unwritten: list[memoryview] = []
 

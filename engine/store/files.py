@@ -66,13 +66,18 @@ def write_atomic(path: str, data: Data, *, kind: str = "file", exclusive: bool =
     return True
 
 
-def _write_temp(path: str, data: Data, *, fsync: bool) -> str:
-    """Write ``data`` (one buffer, or several written in order) beside ``path`` under a fresh
-    temporary name; return that name."""
+def _open_temp(path: str) -> tuple[str, int]:
+    """A new file beside ``path`` under a fresh temporary name: (that name, its descriptor)."""
     directory = os.path.dirname(path)
     _make_dirs(directory)
     tmp = os.path.join(directory, f"{TMP_PREFIX}{os.path.basename(path)}.{uuid.uuid4().hex}")
-    fd = oscalls.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    return tmp, oscalls.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+
+
+def _write_temp(path: str, data: Data, *, fsync: bool) -> str:
+    """Write ``data`` (one buffer, or several written in order) beside ``path`` under a fresh
+    temporary name; return that name."""
+    tmp, fd = _open_temp(path)
     try:
         _write_all(fd, data)
         if fsync:
@@ -234,13 +239,8 @@ class StagedStream:
     """
 
     def __init__(self, batch: StagedBatch, path: str, kind: str) -> None:
-        directory = os.path.dirname(path)
-        _make_dirs(directory)
-        name = f"{TMP_PREFIX}{os.path.basename(path)}.{uuid.uuid4().hex}"
-        self._tmp = os.path.join(directory, name)
-        self._fd: int | None = oscalls.open(
-            self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640
-        )
+        self._tmp, fd = _open_temp(path)
+        self._fd: int | None = fd
         self._batch, self._path, self._kind = batch, path, kind
         self.size = 0
         self._unstarted = 0

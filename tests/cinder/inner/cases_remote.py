@@ -17,7 +17,7 @@ import uuid
 import cinderkit
 import pytest
 from cases_driver import IMPORT_SCRIPT, MiB, _restore_both_ways, change_files, ext4_image, sha
-from cases_threads import TICK, _compressible_image, sampled
+from cases_threads import TICK, _compressible_image, hub_askers, sampled
 from cinder import exception
 from cinder.db import api as db
 from conftest import mode
@@ -199,17 +199,7 @@ def test_a_job_on_swift_uses_os_threads_and_keeps_its_requests_on_one_hub(
     store = drv.repository().store
     assert isinstance(store, OnHubStore) is (mode() == "eventlet")
     caller = threads.get_native_id()
-    hub_callers: set[int] = set()
-    if mode() == "eventlet":
-        from eventlet import hubs
-
-        real = hubs.get_hub
-
-        def get_hub():
-            hub_callers.add(threads.get_native_id())
-            return real()
-
-        monkeypatch.setattr(hubs, "get_hub", get_hub)
+    hub_callers = hub_askers(monkeypatch) if mode() == "eventlet" else set()
     image = str(tmp_path / "vol.img")
     _compressible_image(image, 96 * MiB)
     vol = cinder.volume(image)

@@ -83,6 +83,22 @@ def sampled(fn):
     return value, peak, ticks[0], sampler_id[0]
 
 
+def hub_askers(monkeypatch) -> set[int]:
+    """The OS threads (kernel ids) that ask eventlet for their hub from now on: filled in
+    as they do (eventlet mode only)."""
+    from eventlet import hubs
+
+    askers: set[int] = set()
+    real = hubs.get_hub
+
+    def get_hub():
+        askers.add(threads.get_native_id())
+        return real()
+
+    monkeypatch.setattr(hubs, "get_hub", get_hub)
+    return askers
+
+
 def test_primitives_are_the_os_ones_in_this_mode():
     """Under eventlet ``threading.Lock`` is green here, ``engine.threads.Lock`` is not; with
     native threads both are the standard library's."""
@@ -174,16 +190,7 @@ def test_a_directory_job_gives_no_worker_thread_a_hub(cinder, tmp_path, monkeypa
     if mode() != "eventlet":
         assert os.open is oscalls.open and os.read is oscalls.read
         return
-    from eventlet import hubs
-
-    callers: set[int] = set()
-    real = hubs.get_hub
-
-    def get_hub():
-        callers.add(threads.get_native_id())
-        return real()
-
-    monkeypatch.setattr(hubs, "get_hub", get_hub)
+    callers = hub_askers(monkeypatch)
     image = str(tmp_path / "vol.img")
     _compressible_image(image, 24 * MiB)
     vol = cinder.volume(image)
