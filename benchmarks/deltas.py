@@ -18,7 +18,9 @@ once before any timing (imagekit.py: a real ext4 filesystem of real files):
 Then, on the new side only (``--chain-base`` runs it on the base side too), a chain of
 ``--chain`` daily incrementals of 4 KiB writes scattered over ``--daily`` of the image,
 starting from a full backup of S0: stored bytes per day and the restore times of the first
-and the last incremental (``--chain-restores`` of each, alternated; medians).
+and the last incremental (``--chain-restores`` of each, alternated; medians), with the last
+day's state restored from a full backup of it beside them (what the chain costs, apart from
+the data its days added).
 
 ``--pairs`` (new side): S3 restored alternately from the chain (mostly deltas) and from a
 full backup of S3 in a repository of its own (full blocks), medians. ``--delta-fraction``
@@ -93,7 +95,7 @@ def restore(bid, state=None):
     c0, t0 = cpu(), time.perf_counter()
     eng.restore_backup("bench", bid, target)
     t1, c1 = time.perf_counter(), cpu()
-    r = {"wall": t1 - t0, "cpu": c1 - c0}
+    r = {"wall": t1 - t0, "cpu": c1 - c0, "allocated": os.stat(target).st_blocks * 512}
     if state is not None:
         r["identical"] = filecmp.cmp(target, state, shallow=False)
     os.unlink(target)
@@ -157,16 +159,31 @@ if spec["chain"]:
         r["written"] = written
         days.append(r)
         ids.append(bid)
-    firsts, lasts = [], []
+    # The last day's state once more as a full backup (a repository of its own): its
+    # restore writes the same data as the chain's last day, so the two show what the chain
+    # itself costs, apart from the data the days added (day 1 and day 30 differ in that).
+    chain_eng = eng
+    eng = BackupEngine.open(spec["root"] + "-chainfull", block_size=spec["block_size"])
+    vid = str(uuid.uuid4())
+    eng.register_volume("bench", vid, vol, attached=False)
+    full_last, _r = backup(False)
+    full_eng, eng = eng, chain_eng
+    firsts, lasts, fulls = [], [], []
     for k in range(spec.get("chain_restores", 1)):  # alternated: drift hits both alike
         firsts.append(restore(ids[0]))
         lasts.append(restore(ids[-1], vol if k == 0 else None))
+        eng = full_eng
+        fulls.append(restore(full_last))
+        eng = chain_eng
     def mid(rs):
         return {"wall": sorted(r["wall"] for r in rs)[len(rs) // 2],
-                "cpu": sorted(r["cpu"] for r in rs)[len(rs) // 2], "runs": len(rs)}
+                "cpu": sorted(r["cpu"] for r in rs)[len(rs) // 2], "runs": len(rs),
+                "allocated": rs[0]["allocated"]}
     first, last = mid(firsts), mid(lasts)
     last["identical"] = lasts[0]["identical"]
-    out["chain"] = {"days": days, "restore first": first, "restore last": last}
+    out["chain"] = {"days": days, "restore first": first, "restore last": last,
+                    "restore last as full": mid(fulls)}
+    full_eng.close()
     eng.close()
     os.unlink(vol)
 print(json.dumps(out))
@@ -267,6 +284,14 @@ def report(sides: dict[str, list[dict]], names: dict[str, str]) -> None:
             f"{lst['wall']:.2f}s (cpu {lst['cpu']:.2f}): {lst['wall'] / f['wall']:.2f}x "
             f"(cpu {lst['cpu'] / f['cpu']:.2f}x)   [<= 1.2]; identical: {lst['identical']}"
         )
+        if "restore last as full" in chain:
+            g, mib = chain["restore last as full"], 1 << 20
+            print(
+                f"  restored day 1 {f['allocated'] / mib:.0f} MiB allocated, day {len(days)} "
+                f"{lst['allocated'] / mib:.0f} MiB; day {len(days)}'s state from a full backup "
+                f"{g['wall']:.2f}s (cpu {g['cpu']:.2f}): the chain's day {len(days)} takes "
+                f"{lst['wall'] / g['wall']:.2f}x (cpu {lst['cpu'] / g['cpu']:.2f}x) of that"
+            )
     print(f"\nbase = {names['base']}\nnew  = {names['new']}")
 
 
@@ -315,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             repos = work
             if os.geteuid() == 0:
-                scratch = max(4 << 30, size * (4 + 2 * args.repeat) + size * args.chain // 4)
+                scratch = max(4 << 30, size * (4 + 2 * args.repeat) + size * args.chain // 4 + size)
                 repos = stack.enter_context(scratch_filesystem(work, scratch))
             for rep in range(args.repeat):
                 for side in ("base", "new") if rep % 2 == 0 else ("new", "base"):

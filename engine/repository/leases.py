@@ -150,7 +150,10 @@ class HeldLease:
         t = self.clock()
         body = {"id": self.id, "kind": self.kind, "owner": self.owner, "refreshed": t}
         body["ttl"] = self.ttl
-        self.store.put(self.key, json.dumps(body).encode(), exclusive=exclusive)
+        # Not durable: a lease matters only while its holder lives, and a crash of the
+        # machine that could lose it ends the holder too (one that survives in torn form
+        # reads as "unreadable" and expires by its publication time).
+        self.store.put(self.key, json.dumps(body).encode(), exclusive=exclusive, durable=False)
         self.last_refresh = t
 
     def acquire(self) -> HeldLease:
@@ -182,7 +185,7 @@ class HeldLease:
         if self._thread is not None:
             self._thread.join()
         try:
-            self.store.delete(self.key)
+            self.store.delete(self.key, durable=False)
         except (OSError, StoreError) as e:  # it expires by itself
             log.warning(
                 "could not remove %s lease %s (it expires by time): %s", self.kind, self.key, e
@@ -229,7 +232,7 @@ class PendingWriteLease(HeldLease):
     calls :meth:`ready` before anything that depends on the container's objects (its dedup
     lookups, publishing objects, committing its block map), so a sweep that started first
     still finishes before any of that, and one that starts later sees the lease and gives
-    up. What overlaps is only the lease's own publication (a durable put: an fsync or a
+    up. What overlaps is only the lease's own publication (a put: a file write or a
     request) with the first windows' reads.
     """
 

@@ -96,8 +96,14 @@ class BlobStore(Protocol):
         """The blob's bytes from ``offset`` (``length`` of them, or to the end)."""
         ...
 
-    def put(self, key: str, data: Data, *, exclusive: bool = False) -> None:
-        """Publish ``data`` at ``key`` atomically and durably."""
+    def put(self, key: str, data: Data, *, exclusive: bool = False, durable: bool = True) -> None:
+        """Publish ``data`` at ``key`` atomically and durably.
+
+        ``durable=False`` keeps the publication atomic and at once visible to every reader,
+        but lets a crash of the machine that holds the blob lose it or leave it unreadable:
+        for blobs that only matter while their writer lives (leases), where a sync per
+        write is latency for nothing. A store whose every write is durable ignores it.
+        """
         ...
 
     def stat(self, key: str) -> BlobInfo:
@@ -118,8 +124,9 @@ class BlobStore(Protocol):
         blobs under them: S3's and Swift's delimiter listing."""
         ...
 
-    def delete(self, key: str) -> None:
-        """Remove one blob, durably; a missing key is not an error."""
+    def delete(self, key: str, *, durable: bool = True) -> None:
+        """Remove one blob, durably (``durable=False``: as ``put``); a missing key is not an
+        error."""
         ...
 
     def delete_many(self, keys: Sequence[str]) -> int:

@@ -41,16 +41,19 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str, data: Data, *, kind: str = "file", exclusive: bool = False) -> bool:
+def write_atomic(
+    path: str, data: Data, *, kind: str = "file", exclusive: bool = False, durable: bool = True
+) -> bool:
     """Publish ``data`` at ``path``, replacing what was there.
 
     Parent directories are created (and fsynced, so the new entry survives a crash).
     ``kind`` names the crash points (``engine.faults``) around publication. With
     ``exclusive`` an existing file is kept and False returned (``link`` publishes only if
-    the name is free).
+    the name is free). ``durable=False`` skips the file's and the directory's sync: still
+    atomic for every reader, but a crash of the machine may lose it (``BlobStore.put``).
     """
     directory = os.path.dirname(path)
-    tmp = _write_temp(path, data, fsync=True)
+    tmp = _write_temp(path, data, fsync=durable)
     crash_point(f"{kind}-tmp")
     try:
         if exclusive:
@@ -61,7 +64,8 @@ def write_atomic(path: str, data: Data, *, kind: str = "file", exclusive: bool =
     except BaseException:
         unlink_quietly(tmp)
         raise
-    fsync_dir(directory)
+    if durable:
+        fsync_dir(directory)
     crash_point(f"{kind}-published")
     return True
 

@@ -126,9 +126,10 @@ class LocalBlobStore:
         finally:
             os.close(fd)
 
-    def put(self, key: str, data: Data, *, exclusive: bool = False) -> None:
+    def put(self, key: str, data: Data, *, exclusive: bool = False, durable: bool = True) -> None:
         path = self.path_of(key)
-        if not write_atomic(path, data, kind=crash_kind(key), exclusive=exclusive):
+        kind = crash_kind(key)
+        if not write_atomic(path, data, kind=kind, exclusive=exclusive, durable=durable):
             raise BlobConflict(key, path=path)
 
     def stat(self, key: str) -> BlobInfo:
@@ -139,10 +140,13 @@ class LocalBlobStore:
             raise BlobNotFound(key, path=path) from None
         return BlobInfo(key, st.st_size, st.st_mtime)
 
-    def delete(self, key: str) -> None:
-        self.delete_many([key])
+    def delete(self, key: str, *, durable: bool = True) -> None:
+        self._delete(key, durable=durable)
 
     def delete_many(self, keys: Sequence[str]) -> int:
+        return self._delete(*keys, durable=True)
+
+    def _delete(self, *keys: str, durable: bool) -> int:
         removed = 0
         directories = set()
         for key in keys:
@@ -151,7 +155,7 @@ class LocalBlobStore:
                 os.unlink(path)
                 removed += 1
                 directories.add(os.path.dirname(path))
-        for d in directories:
+        for d in directories if durable else ():
             with contextlib.suppress(FileNotFoundError):
                 fsync_dir(d)
         return removed

@@ -90,7 +90,7 @@ class MemoryBlobStore:
         blob = entry[0]
         return blob[offset:] if length is None else blob[offset : offset + length]
 
-    def put(self, key: str, data: Data, *, exclusive: bool = False) -> None:
+    def put(self, key: str, data: Data, *, exclusive: bool = False, durable: bool = True) -> None:
         self.calls["put"] += 1
         check_key(key)
         if not self._publish(key, b"".join(bytes(v) for v in views(data)), exclusive=exclusive):
@@ -126,7 +126,7 @@ class MemoryBlobStore:
             keys = [k[len(prefix) :] for k in self._blobs if k.startswith(prefix)]
         return sorted({k.split("/", 1)[0] for k in keys if "/" in k})
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, durable: bool = True) -> None:
         self.delete_many([key])
 
     def delete_many(self, keys: Sequence[str]) -> int:

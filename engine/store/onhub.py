@@ -84,8 +84,8 @@ class OnHubStore:
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         return self._run(self.inner.get, key, offset, length)
 
-    def put(self, key: str, data: Data, *, exclusive: bool = False) -> None:
-        self._run(self.inner.put, key, data, exclusive=exclusive)
+    def put(self, key: str, data: Data, *, exclusive: bool = False, durable: bool = True) -> None:
+        self._run(self.inner.put, key, data, exclusive=exclusive, durable=durable)
 
     def stat(self, key: str) -> BlobInfo:
         return self._run(self.inner.stat, key)
@@ -99,8 +99,8 @@ class OnHubStore:
     def list_dirs(self, prefix: str) -> list[str]:
         return self._run(self.inner.list_dirs, prefix)
 
-    def delete(self, key: str) -> None:
-        self._run(self.inner.delete, key)
+    def delete(self, key: str, *, durable: bool = True) -> None:
+        self._run(self.inner.delete, key, durable=durable)
 
     def delete_many(self, keys: Sequence[str]) -> int:
         return self._run(self.inner.delete_many, keys)

@@ -343,7 +343,7 @@ class S3BlobStore:
 
         return self.retry.run(once, f"S3 {what} on {self.endpoint}")
 
-    def put(self, key: str, data: Data, *, exclusive: bool = False) -> None:
+    def put(self, key: str, data: Data, *, exclusive: bool = False, durable: bool = True) -> None:
         if not self._put(key, join(data), exclusive=exclusive):
             raise BlobConflict(key)
 
@@ -428,7 +428,7 @@ class S3BlobStore:
                 out.append(p["Prefix"][start:].rstrip("/"))
         return out
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, durable: bool = True) -> None:
         self.delete_many([key])
 
     def delete_many(self, keys: Sequence[str]) -> int:

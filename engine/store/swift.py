@@ -429,7 +429,7 @@ class SwiftBlobStore:
 
         return self._call(what, auth)
 
-    def put(self, key: str, data: Data, *, exclusive: bool = False) -> None:
+    def put(self, key: str, data: Data, *, exclusive: bool = False, durable: bool = True) -> None:
         name = self._name(key)
         blob = join(data)
         if not self._put(key, name, blob, exclusive=exclusive):
@@ -524,7 +524,7 @@ class SwiftBlobStore:
                 out.append(sub[start:].rstrip("/"))
         return out
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, durable: bool = True) -> None:
         self.delete_many([key])
 
     def delete_many(self, keys: Sequence[str]) -> int:

@@ -57,11 +57,11 @@ class CountingStore:
         self.calls["stat", self.family(key)] += 1
         return self.inner.stat(key)
 
-    def put(self, key, data, *, exclusive=False):
+    def put(self, key, data, *, exclusive=False, durable=True):
         self.calls["put", self.family(key)] += 1
         if self.fail_lease_put is not None and self.family(key) == "leases":
             raise self.fail_lease_put
-        return self.inner.put(key, data, exclusive=exclusive)
+        return self.inner.put(key, data, exclusive=exclusive, durable=durable)
 
 
 def image(path, nblocks: int) -> bytes:

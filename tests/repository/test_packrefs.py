@@ -41,9 +41,9 @@ class Logged(MemoryBlobStore):
         self.log["get", self.family(key)] += 1
         return super().get(key, offset, length)
 
-    def put(self, key, data, *, exclusive=False):
+    def put(self, key, data, *, exclusive=False, durable=True):
         self.log["put", self.family(key)] += 1
-        return super().put(key, data, exclusive=exclusive)
+        return super().put(key, data, exclusive=exclusive, durable=durable)
 
     def stat(self, key):
         self.log["stat", self.family(key)] += 1
@@ -259,10 +259,10 @@ def test_a_fold_cut_short_is_redone_by_the_next_delete(cut):
     late = r.backup()
     real_put, real_delete = r.store.put, r.store.delete_many
 
-    def failing_put(key, data, *, exclusive=False):
+    def failing_put(key, data, *, exclusive=False, durable=True):
         if f"/{cut}/" in key:
             raise OSError("cut")
-        return real_put(key, data, exclusive=exclusive)
+        return real_put(key, data, exclusive=exclusive, durable=durable)
 
     def failing_delete(keys):
         if any(f"/{cut}/" in k for k in keys):

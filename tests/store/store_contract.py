@@ -56,6 +56,17 @@ class BlobStoreContract:
         assert "k already exists" in str(info.value)
         assert store.get("k") == b"first"
 
+    def test_a_put_that_need_not_be_durable_is_still_atomic_exclusive_and_visible(self, store):
+        store.put("l/k", b"first", exclusive=True, durable=False)
+        with pytest.raises(BlobConflict):
+            store.put("l/k", b"second", exclusive=True, durable=False)
+        store.put("l/k", b"third", durable=False)
+        assert store.get("l/k") == b"third"
+        assert [i.key for i in store.list("l/")] == ["l/k"]
+        store.delete("l/k", durable=False)
+        assert list(store.list("l/")) == []
+        store.delete("l/k", durable=False)  # a missing key is not an error either way
+
     def test_missing_keys(self, store):
         with pytest.raises(BlobNotFound) as info:
             store.get("no/such")

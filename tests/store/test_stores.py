@@ -123,3 +123,24 @@ def test_local_batch_stream_is_staged_as_it_is_written_and_published_with_the_ba
     dead.write(b"x" * 10)
     assert [i.key for i in store.list("p/")] == ["p/ab/pack"]
     assert store.purge_incomplete("p/", time.time() + 10) == (1, 10)
+
+
+def test_local_syncs_only_what_must_be_durable(tmp_path, monkeypatch):
+    """A lease's put and delete (``durable=False``) cost no sync; every other write does."""
+    from engine.store import files, local
+
+    store = LocalBlobStore(tmp_path)
+    for d in ("leases", "records"):  # the directories exist: only the blobs' syncs count
+        store.put(f"c/{d}/warm", b"x")
+    syncs = []
+    monkeypatch.setattr(files.os, "fsync", lambda fd: syncs.append(fd))
+    monkeypatch.setattr(local, "fsync_dir", lambda d: syncs.append(d))
+    monkeypatch.setattr(files, "fsync_dir", lambda d: syncs.append(d))
+    store.put("c/leases/w1", b"lease", exclusive=True, durable=False)
+    store.put("c/leases/w1", b"refreshed", durable=False)
+    store.delete("c/leases/w1", durable=False)
+    assert syncs == []
+    store.put("c/records/r1", b"record")
+    assert len(syncs) == 2  # the file, then its directory
+    store.delete("c/records/r1")
+    assert len(syncs) == 3

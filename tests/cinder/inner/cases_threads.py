@@ -220,9 +220,9 @@ class _WhereStore(MemoryBlobStore):
         self._on("get")
         return super().get(key, offset, length)
 
-    def put(self, key, data, *, exclusive=False):
+    def put(self, key, data, *, exclusive=False, durable=True):
         self._on("put")
-        super().put(key, data, exclusive=exclusive)
+        super().put(key, data, exclusive=exclusive, durable=durable)
 
     def keys(self, prefix):
         for k in super().keys(prefix):
