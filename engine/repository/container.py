@@ -40,6 +40,7 @@ from .leases import (
 from .objects import (
     HEAD_SIZE,
     HEADER_SIZE,
+    VERSION_REFS,
     BaseCorruptionError,
     BlockCodec,
     page_count,
@@ -436,6 +437,7 @@ class Container:
         with self._runs_lock:
             run = self._runs.pop(digest, None)
         later = self.get_object if run is None else run.fetch
+        refs = None if run is None else run.refs_of(digest, blob)
         fetch = later
         if bases is not None:
 
@@ -443,7 +445,7 @@ class Container:
                 got = bases.base(d)
                 return later(d) if got is None else got
 
-        return self.codec.decode_into(blob, digest, out, what=what, base=fetch)
+        return self.codec.decode_into(blob, digest, out, what=what, base=fetch, refs=refs)
 
     def decode(self, digest: bytes, blob: bytes | None = None) -> bytes:
         """The block ``digest`` (fetched unless ``blob`` is given), its base applied."""
@@ -773,6 +775,9 @@ class _RunDeps:
         self.have = have or {}  # deps read with the run already (``RunRead.bases``)
         self.lock = threads.Lock()
         self.deps: dict[bytes, object] | None = None
+        # The referencing deltas' heads parsed to find their donors, with the blob each
+        # was parsed from: its decode takes it from here instead of parsing it again.
+        self.parsed: dict[bytes, tuple[object, PageRefs]] = {}
 
     def _load(self) -> dict[bytes, object]:
         want: dict[bytes, None] = {}
@@ -791,10 +796,25 @@ class _RunDeps:
                     refs = codec.refs(blob, head.digest)
                     if refs is not None:
                         want.update(dict.fromkeys(refs.donors))
+                        self.parsed[head.digest] = (blob, refs)
         names = [d for d in want if d not in self.have]
         assert self.container.packed is not None
         got = read_prefixes(self.container.packed, names, into=self.scratch)
         return dict(zip(names, got, strict=True))
+
+    def refs_of(self, digest: bytes, blob) -> PageRefs | None:
+        """The parsed head of the referencing delta ``digest`` when it was parsed from this
+        very ``blob``. For such a delta the run's dependencies are loaded now (which parses
+        it), as its donors would load them anyway; a full block never waits for the run's
+        other reads here (on an object store they may still be in flight)."""
+        head = parse_head(blob)
+        if head is None or head.version != VERSION_REFS:
+            return None
+        with self.lock:
+            if self.deps is None:
+                self.deps = self._load()
+            got = self.parsed.pop(digest, None)
+        return got[1] if got is not None and got[0] is blob else None
 
     def fetch(self, digest: bytes) -> bytes | memoryview:
         with self.lock:

@@ -424,6 +424,7 @@ class BlockCodec:
         *,
         what: str = "block object",
         base: Callable[[bytes], bytes] | None = None,
+        refs: PageRefs | None = None,
     ) -> int:
         """Decode straight into ``out`` (a restore's aligned write buffer); return the length.
 
@@ -432,19 +433,22 @@ class BlockCodec:
         decompression itself. A delta is applied in one pass: its base is decoded into
         ``out``, the changed pages overlaid, and the full-content digest checked once; only
         when that fails is the base re-hashed alone, to say which of the two is damaged
-        (``BaseCorruptionError`` for the base).
+        (``BaseCorruptionError`` for the base). ``refs``: the head of this very ``blob``,
+        when the caller has parsed it already (a restore run reads every delta's head to
+        gather its donors), so it is not parsed twice.
         """
         head = self._head(blob, digest, what)
         if head.raw_len > len(out):
             raise CorruptionError(f"{what} is larger than its block")
         target = out[: head.raw_len]
         body = memoryview(blob)[HEADER_SIZE:]
-        refs = None
         if head.base is None:
+            refs = None
             self._full_into(head, body, target, what)
         elif head.codec in REFS_CODECS:
-            refs = self._refs_into(head, body, target, what, base)
+            refs = self._refs_into(head, body, target, what, base, refs)
         else:
+            refs = None
             self._delta_into(head, body, target, what, base)
         if block_digest(target, self.seed) != digest:
             if refs is not None:
@@ -536,11 +540,12 @@ class BlockCodec:
         target: memoryview,
         what: str,
         fetch: Callable[[bytes], bytes] | None,
+        refs: PageRefs | None = None,
     ) -> PageRefs:
         """A referencing delta in one pass: the base, the pages stored here, then each
         donor's pages (every donor's object is read once, whatever it gives)."""
-        npages = page_count(head.raw_len)
-        refs = pagerefs.parse_head(body, npages, what)
+        if refs is None:
+            refs = pagerefs.parse_head(body, page_count(head.raw_len), what)
         if refs.base != head.base:
             raise CorruptionError(f"{what} has a damaged delta head")
         self._base_into(head, target, what, fetch)

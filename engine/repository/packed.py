@@ -476,12 +476,15 @@ class _Pending:
     ) -> None:
         self._fut, self._start, self._length = fut, start, length
         self._digest, self._pack_id, self._error = digest, pack_id, error
+        self._view: memoryview | None = None  # the same view each time (decode_into's refs)
 
     @classmethod
     def failed(cls, error: Exception) -> _Pending:
         return cls(None, 0, 0, error=error)
 
     def result(self) -> memoryview:
+        if self._view is not None:
+            return self._view
         if self._error is not None:
             raise self._error
         assert self._fut is not None
@@ -498,6 +501,7 @@ class _Pending:
                 f"block object {self._digest.hex()} is cut short: its pack "
                 f"{self._pack_id.hex()} is truncated"
             )
+        self._view = view
         return view
 
 

@@ -9,8 +9,9 @@ binary search on the sorted 64-bit halves of the digests.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -184,33 +185,67 @@ class PackView:
             self._extra.pop(digest, None)
             self._gone.add(digest)
 
-    def locate_many(self, digests: list[bytes]) -> list[Location | None]:
-        """:meth:`locate` for many digests in one vectorised search (a restore run's bases
-        and donors): a scalar lookup costs microseconds of numpy overhead each."""
-        if not digests:
-            return []
+    def _search(self, digests: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in ``digests``, their index rows) of the digests found by one
+        vectorised search of the loaded entries (not this job's, nor the quarantined)."""
+        if not digests or not len(self._hi):
+            return np.empty(0, np.int64), self.entries[:0]
         raw = np.frombuffer(b"".join(digests), np.uint8).reshape(-1, 16)
         halves = raw.view(">u8").reshape(-1, 2)
         hi, lo = halves[:, 0].astype(np.uint64), halves[:, 1].astype(np.uint64)
-        out: list[Location | None] = [None] * len(digests)
-        if len(self._hi):
-            i = np.searchsorted(self._hi, hi)
-            j = np.minimum(i, len(self._hi) - 1)
-            hit = (i < len(self._hi)) & (self._hi[j] == hi) & (self._lo[j] == lo)
-            rows = self.entries[j[hit]]
-            cols = zip(
-                np.flatnonzero(hit).tolist(),
-                rows["pack"].tolist(),
-                rows["offset"].tolist(),
-                rows["length"].tolist(),
-                rows["base"].tolist(),
-                rows["flags"].tolist(),
-                strict=True,
-            )
-            for k, pack, offset, length, base, flags in cols:
-                out[k] = Location(self.pack_ids[pack], offset, length, bytes(base), flags)
+        i = np.searchsorted(self._hi, hi)
+        j = np.minimum(i, len(self._hi) - 1)
+        hit = (i < len(self._hi)) & (self._hi[j] == hi) & (self._lo[j] == lo)
+        return np.flatnonzero(hit), self.entries[j[hit]]
+
+    def _rest(self, digests: list[bytes], out: list, pick: Callable[[Location], Any]) -> None:
+        """Fill in what the vectorised search cannot answer: a rare equal high half, this
+        job's own entries, entries quarantined since loading (one scalar lookup each)."""
+        if not self._gone and not self._extra:
+            for k, got in enumerate(out):
+                if got is None:
+                    loc = self.locate(digests[k])
+                    out[k] = None if loc is None else pick(loc)
+            return
         for k, d in enumerate(digests):
-            # a rare equal high half, this job's own entries, entries quarantined since
             if out[k] is None or d in self._gone or d in self._extra:
-                out[k] = self.locate(d)
+                loc = self.locate(d)
+                out[k] = None if loc is None else pick(loc)
+
+    def locate_many(self, digests: list[bytes]) -> list[Location | None]:
+        """:meth:`locate` for many digests in one vectorised search (a restore run's bases
+        and donors): a scalar lookup costs microseconds of numpy overhead each."""
+        out: list[Location | None] = [None] * len(digests)
+        ks, rows = self._search(digests)
+        cols = zip(
+            ks.tolist(),
+            rows["pack"].tolist(),
+            rows["offset"].tolist(),
+            rows["length"].tolist(),
+            rows["base"].tolist(),
+            rows["flags"].tolist(),
+            strict=True,
+        )
+        for k, pack, offset, length, base, flags in cols:
+            out[k] = Location(self.pack_ids[pack], offset, length, bytes(base), flags)
+        self._rest(digests, out, lambda loc: loc)
+        return out
+
+    def spans_many(self, digests: list[bytes]) -> list[tuple[bytes, int, int] | None]:
+        """(pack id, offset, length) of each digest, or None: :meth:`locate_many` for a
+        reader that only fetches the bytes (a restore run's donors, up to 8 per block),
+        without a ``Location`` and a base's bytes built for each."""
+        out: list[tuple[bytes, int, int] | None] = [None] * len(digests)
+        ks, rows = self._search(digests)
+        ids = self.pack_ids
+        cols = zip(
+            ks.tolist(),
+            rows["pack"].tolist(),
+            rows["offset"].tolist(),
+            rows["length"].tolist(),
+            strict=True,
+        )
+        for k, pack, offset, length in cols:
+            out[k] = (ids[pack], offset, length)
+        self._rest(digests, out, lambda loc: (loc.pack_id, loc.offset, loc.length))
         return out

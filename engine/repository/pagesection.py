@@ -117,10 +117,10 @@ def read_prefixes(
     instructions, and keeping views of per-GET bytes objects instead cost more in page
     faults than that."""
     located = []
-    for i, loc in enumerate(packed.view().locate_many(list(digests))):
-        if loc is not None:
-            n = loc.length if size is None else min(size, loc.length)
-            located.append((loc.pack_id, loc.offset, n, i))
+    for i, span in enumerate(packed.view().spans_many(list(digests))):
+        if span is not None:
+            pid, offset, length = span
+            located.append((pid, offset, length if size is None else min(size, length), i))
     located.sort()
     groups: list[list] = []
     for item in located:

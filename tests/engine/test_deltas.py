@@ -402,6 +402,29 @@ def test_deleting_the_backups_that_stored_the_pages_keeps_the_donors(donor_chain
     assert list(_container(eng).iter_objects()) == []  # the donors went with the last one
 
 
+def test_a_restore_parses_each_referencing_head_once_and_no_donor_head(
+    donor_chain, tmp_path, monkeypatch
+):
+    """A restore run reads its deltas' heads to gather their donors; the decode takes the
+    parsed head from there instead of parsing it again, and a donor is only sliced."""
+    from engine.repository import pagerefs
+
+    eng, _path, ids, images = donor_chain
+    parsed = []
+    real = pagerefs.parse_head
+
+    def counting(body, npages, what):
+        refs = real(body, npages, what)
+        parsed.append(refs.base)
+        return refs
+
+    monkeypatch.setattr(pagerefs, "parse_head", counting)
+    assert_same_bytes(restore_new(eng, ids[3], tmp_path / "d3.img"), images[3])
+    assert len(parsed) == 4  # day 3's four deltas, once each (their donors: never)
+    bases = [_head(eng, _digest(eng, images[3], b))[0].base for b in range(4)]
+    assert sorted(parsed) == sorted(bases)
+
+
 def test_a_damaged_donor_is_reported_for_every_block_that_takes_pages_from_it(
     donor_chain, tmp_path
 ):

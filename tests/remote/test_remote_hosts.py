@@ -279,10 +279,10 @@ def test_two_hosts_storing_the_same_new_block_at_once(swift_env, tmp_path):
             path.write_bytes(data)
         b_loaded = threading.Event()
 
-        def a_put(key, blob, *, exclusive=False):
+        def a_put(key, blob, *, exclusive=False, durable=True):
             if "/index/" in key:
                 assert b_loaded.wait(60), "b never loaded the index"
-            return real_put(key, blob, exclusive=exclusive)
+            return real_put(key, blob, exclusive=exclusive, durable=durable)
 
         def b_list(prefix):
             items = list(real_list(prefix))

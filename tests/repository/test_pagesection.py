@@ -113,3 +113,24 @@ def test_locate_many_agrees_with_locate(tmp_path):
     asked = digests[::3] + unknown + digests[1::3]
     assert view.locate_many(asked) == [view.locate(d) for d in asked]
     assert view.locate_many([]) == []
+
+
+def test_spans_many_agrees_with_locate_for_loaded_added_and_dropped_entries(tmp_path):
+    c = Repository.open(LocalBlobStore(tmp_path / "repo")).container("p", "backups")
+    digests = _store(c, _blocks(40, seed=3))
+    view = c.known()
+    added = _store(c, _blocks(5, seed=4))  # this process's own pack, after the view loaded
+    view = c.known()
+    assert all(d in view for d in added)
+    view.drop(digests[7])  # quarantined since loading
+    asked = digests[::2] + [bytes(16)] + added + [digests[7]]
+
+    def span(d):
+        loc = view.locate(d)
+        return None if loc is None else (loc.pack_id, loc.offset, loc.length)
+
+    got = view.spans_many(asked)
+    assert got == [span(d) for d in asked]
+    assert got[len(digests[::2])] is None and got[-1] is None
+    assert all(s is not None for s in got[len(digests[::2]) + 1 : -1])
+    assert view.spans_many([]) == []
