@@ -66,6 +66,17 @@ def qemu_nbd_pids(image) -> list[int]:
     return out
 
 
+def exports_gone(image, timeout: float = 30.0) -> list[int]:
+    """``qemu_nbd_pids(image)`` once they are gone, or when ``timeout`` has passed. An
+    export ends with its only client, but after a client killed by SIGKILL it exits on its
+    own time: until then it holds the image's write lock (qemu-io: "Failed to get "write"
+    lock")."""
+    deadline = time.monotonic() + timeout
+    while (pids := qemu_nbd_pids(image)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids
+
+
 class Exports:
     """``start(image, bitmaps=())`` -> an nbd+unix URI served by a read-only qemu-nbd."""
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from changes_helpers import qemu_io, qemu_nbd_pids, raw_copy, require_tool, run
+from changes_helpers import exports_gone, qemu_io, qemu_nbd_pids, raw_copy, require_tool, run
 
 from engine import BackupEngine, Repository, backup_volume, restore_volume
 from engine.changesources import parse_source
@@ -133,7 +133,7 @@ def test_killed_backup_keeps_both_bitmaps_and_a_stale_checkpoint_is_refused(tmp_
     assert killed.returncode == -9
     names = ours(image)
     assert len(names) == 2 and f"cinderblock-{full['id']}" in names
-    assert qemu_nbd_pids(image) == []  # the export ended with its only client
+    assert exports_gone(image) == []  # the export ended with its only client
     (stale,) = names - {f"cinderblock-{full['id']}"}
     dead_id = stale.removeprefix("cinderblock-")
     qemu_io(image, "write -P 0x22 9M 64k")
@@ -169,6 +169,7 @@ def test_killed_backup_keeps_both_bitmaps_and_a_stale_checkpoint_is_refused(tmp_
     assert killed.returncode == -9
     # Its export's private directory stayed (SIGKILL runs no clean-up) ...
     assert len([n for n in os.listdir(private) if n.startswith(qimg.TMP_PREFIX)]) == 1
+    assert exports_gone(image) == []
     qemu_io(image, "write -P 0x24 40M 64k")
     proc = _cli(
         repo,
