@@ -19,6 +19,7 @@ per object (version 1, ``objects/``), or entries of pack files named by index fi
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -40,7 +41,6 @@ from .leases import (
 from .objects import (
     HEAD_SIZE,
     HEADER_SIZE,
-    VERSION_REFS,
     BaseCorruptionError,
     BlockCodec,
     page_count,
@@ -437,7 +437,7 @@ class Container:
         with self._runs_lock:
             run = self._runs.pop(digest, None)
         later = self.get_object if run is None else run.fetch
-        refs = None if run is None else run.refs_of(digest, blob)
+        parsed = None if run is None else functools.partial(run.refs_of, digest, blob)
         fetch = later
         if bases is not None:
 
@@ -445,7 +445,7 @@ class Container:
                 got = bases.base(d)
                 return later(d) if got is None else got
 
-        return self.codec.decode_into(blob, digest, out, what=what, base=fetch, refs=refs)
+        return self.codec.decode_into(blob, digest, out, what=what, base=fetch, parsed=parsed)
 
     def decode(self, digest: bytes, blob: bytes | None = None) -> bytes:
         """The block ``digest`` (fetched unless ``blob`` is given), its base applied."""
@@ -804,12 +804,9 @@ class _RunDeps:
 
     def refs_of(self, digest: bytes, blob) -> PageRefs | None:
         """The parsed head of the referencing delta ``digest`` when it was parsed from this
-        very ``blob``. For such a delta the run's dependencies are loaded now (which parses
-        it), as its donors would load them anyway; a full block never waits for the run's
-        other reads here (on an object store they may still be in flight)."""
-        head = parse_head(blob)
-        if head is None or head.version != VERSION_REFS:
-            return None
+        very ``blob``. The decode asks only for such a delta, so the run's dependencies are
+        loaded here (which parses it) no sooner than its donors would load them; a full
+        block never waits for the run's other reads (on an object store, in flight)."""
         with self.lock:
             if self.deps is None:
                 self.deps = self._load()

@@ -424,7 +424,7 @@ class BlockCodec:
         *,
         what: str = "block object",
         base: Callable[[bytes], bytes] | None = None,
-        refs: PageRefs | None = None,
+        parsed: Callable[[], PageRefs | None] | None = None,
     ) -> int:
         """Decode straight into ``out`` (a restore's aligned write buffer); return the length.
 
@@ -433,22 +433,22 @@ class BlockCodec:
         decompression itself. A delta is applied in one pass: its base is decoded into
         ``out``, the changed pages overlaid, and the full-content digest checked once; only
         when that fails is the base re-hashed alone, to say which of the two is damaged
-        (``BaseCorruptionError`` for the base). ``refs``: the head of this very ``blob``,
-        when the caller has parsed it already (a restore run reads every delta's head to
-        gather its donors), so it is not parsed twice.
+        (``BaseCorruptionError`` for the base). ``parsed()``, asked only for a referencing
+        delta: the head of this very ``blob`` if the caller has parsed it already (a restore
+        run reads every such head to gather its donors), else None; it is not parsed twice.
         """
         head = self._head(blob, digest, what)
         if head.raw_len > len(out):
             raise CorruptionError(f"{what} is larger than its block")
         target = out[: head.raw_len]
         body = memoryview(blob)[HEADER_SIZE:]
+        refs = None
         if head.base is None:
-            refs = None
             self._full_into(head, body, target, what)
         elif head.codec in REFS_CODECS:
-            refs = self._refs_into(head, body, target, what, base, refs)
+            given = parsed() if parsed is not None else None
+            refs = self._refs_into(head, body, target, what, base, given)
         else:
-            refs = None
             self._delta_into(head, body, target, what, base)
         if block_digest(target, self.seed) != digest:
             if refs is not None:

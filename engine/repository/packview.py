@@ -201,14 +201,9 @@ class PackView:
     def _rest(self, digests: list[bytes], out: list, pick: Callable[[Location], Any]) -> None:
         """Fill in what the vectorised search cannot answer: a rare equal high half, this
         job's own entries, entries quarantined since loading (one scalar lookup each)."""
-        if not self._gone and not self._extra:
-            for k, got in enumerate(out):
-                if got is None:
-                    loc = self.locate(digests[k])
-                    out[k] = None if loc is None else pick(loc)
-            return
+        changed = bool(self._gone or self._extra)
         for k, d in enumerate(digests):
-            if out[k] is None or d in self._gone or d in self._extra:
+            if out[k] is None or changed and (d in self._gone or d in self._extra):
                 loc = self.locate(d)
                 out[k] = None if loc is None else pick(loc)
 
