@@ -283,10 +283,12 @@ def reflink_clone(path: str) -> str | None:
 
 @dataclass
 class OpenedSource:
-    """The bytes a backup reads: the volume itself, a snapshot, or a temporary clone."""
+    """The bytes a backup reads: the volume itself, a snapshot, or a temporary clone.
+
+    Only what to read and how consistent it is: the data path opens it once and sizes it
+    on that descriptor (its block map's ``volume_size``), so nothing here opens it again."""
 
     path: str | int
-    size: int
     consistency: str  # "snapshot", "offline", "clone", "live", "export" (NBD) or "fleece"
     cleanup: Callable[[], None] | None = None
 
@@ -300,17 +302,17 @@ def open_source(path: str | int, *, in_use: bool, force: bool, snapshot: bool) -
     """Decide what to read for a backup of ``path`` (a path or a borrowed fd; the plan
     already checked force). Only a path can be cloned."""
     if is_live_uri(path) and not snapshot:
-        return OpenedSource(path, volume_size(path), "fleece")  # point in time, in use
+        return OpenedSource(path, "fleece")  # point in time, in use
     if is_export_location(path):
-        return OpenedSource(path, volume_size(path), "snapshot" if snapshot else "export")
+        return OpenedSource(path, "snapshot" if snapshot else "export")
     if snapshot:
-        return OpenedSource(path, volume_size(path), "snapshot")
+        return OpenedSource(path, "snapshot")
     if not in_use:
-        return OpenedSource(path, volume_size(path), "offline")
+        return OpenedSource(path, "offline")
     clone = reflink_clone(path) if force and isinstance(path, str) else None
     if clone is not None:
-        return OpenedSource(clone, volume_size(clone), "clone", lambda: _unlink(clone))
-    return OpenedSource(path, volume_size(path), "live")
+        return OpenedSource(clone, "clone", lambda: _unlink(clone))
+    return OpenedSource(path, "live")
 
 
 def _unlink(path: str) -> None:

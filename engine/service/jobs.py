@@ -95,13 +95,13 @@ def run_backup_job(
             **stats.as_dict(),
             "consistency": source.consistency,
             "block_size": plan.block_size,
-            "volume_bytes": source.size,
+            "volume_bytes": manifest.volume_size,
         }
         record = BackupRecord.from_row(
             row,
-            size=size_gib(source.size),
+            size=size_gib(manifest.volume_size),
             object_count=stats.objects_written,
-            volume_size=source.size,
+            volume_size=manifest.volume_size,
             stats=stats_d,
             completed_at=now(),
         )
@@ -110,7 +110,7 @@ def run_backup_job(
         status = BackupStatus.AVAILABLE
         final: dict[str, Any] = {
             "size": record.size,
-            "volume_size": source.size,
+            "volume_size": manifest.volume_size,
             "object_count": stats.objects_written,
             "stats": stats_d,
             "progress": 1.0,

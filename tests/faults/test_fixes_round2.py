@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -118,6 +119,46 @@ def test_a_blocked_resolver_does_not_stall_catalog_writes(open_engine, tmp_path)
     assert eng.wait(created["answer"]["backup"]["id"], timeout=WAIT)["status"] == "available"
 
 
+def test_a_blocked_resolver_does_not_stall_catalog_writes_during_a_restore(open_engine, tmp_path):
+    """restore_backup onto a volume id asks the resolver for the target (and sizes it) before
+    its transaction, as create_backup does: a slow driver holds up that restore only."""
+    target = tmp_path / "target.img"
+    make_image(target, MIB, seed=9)
+    driver = BlockingDriver(VolumeInfo(id=new_id(), project_id=PROJECT, path=str(target)))
+    eng = open_engine(resolver=driver)
+    src = tmp_path / "source.img"
+    make_image(src, MIB, seed=10)
+    vid = new_id()
+    eng.register_volume(PROJECT, vid, str(src))
+    done = backup(eng, vid)
+    restored: dict = {}
+
+    def restore_onto_driver_volume():
+        restored["answer"] = eng.restore_backup(PROJECT, done["id"], driver.info.id)
+
+    restorer = threading.Thread(target=restore_onto_driver_volume, daemon=True)
+    restorer.start()
+    try:
+        assert driver.entered.wait(WAIT), "restore_backup never asked the resolver"
+        updated = threading.Event()
+
+        def update():
+            eng.update_backup(PROJECT, done["id"], {"backup": {"name": "renamed"}})
+            updated.set()
+
+        threading.Thread(target=update, daemon=True).start()
+        assert updated.wait(WAIT), "a catalog write waited for the resolver"
+        assert not driver.release.is_set()
+        got = eng.get_backup(PROJECT, done["id"])
+        assert (got["name"], got["status"]) == ("renamed", "available")
+    finally:
+        driver.release.set()
+        restorer.join(WAIT)
+    assert restored["answer"]["restore"]["volume_id"] == driver.info.id
+    assert target.read_bytes() == src.read_bytes()
+    assert eng.get_backup(PROJECT, done["id"])["status"] == "available"
+
+
 def test_two_requests_for_one_volume_still_exclude_each_other(eng, volume):
     """The lookup left the transaction; the re-check of ``backing-up`` inside it did not."""
     vid, _path, _data = volume(MIB)
@@ -195,6 +236,67 @@ def test_wait_sees_a_backup_run_by_another_process(eng, volume, repo_root):
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait(WAIT)
+
+
+# -------------------- 2b. the source opened once
+
+_OPENS_CHILD = textwrap.dedent(
+    """
+    import os, sys, uuid
+    from engine import BackupEngine
+
+    eng = BackupEngine.open(sys.argv[1], block_size=65536)
+    vid = str(uuid.uuid4())
+    eng.register_volume("p", vid, sys.argv[2], attached=False)
+    for incremental in (False, True):
+        os.access("/cinderblock-mark-start", os.F_OK)
+        body = {"backup": {"volume_id": vid, "incremental": incremental}}
+        bid = eng.create_backup("p", body)["backup"]["id"]
+        assert eng.wait(bid, timeout=60)["status"] == "available"
+        os.access("/cinderblock-mark-end", os.F_OK)
+    eng.close()
+    """
+)
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_a_backup_opens_its_source_once(tmp_path):
+    """Counted with strace on the real process, every open of the image path between the
+    marks, for a full backup and an incremental: one by the request (its size, for the quota
+    and the answer, before the job is queued) and one by the job, whose size, sparse map
+    (SEEK_DATA/SEEK_HOLE), reader and identity check share that descriptor. The job opened
+    it twice until the service stopped sizing it apart from the data path; three times (size,
+    sparse map, reader) before the data-path API."""
+    image = tmp_path / "v.img"
+    make_image(image, 2 * MIB, seed=11)
+    trace = tmp_path / "trace.txt"
+    proc = subprocess.run(
+        [
+            shutil.which("strace"),
+            "-f",
+            "-qq",
+            "-e",
+            "trace=open,openat,openat2,access",
+            "-o",
+            str(trace),
+            sys.executable,
+            "-c",
+            _OPENS_CHILD,
+            str(tmp_path / "repo"),
+            str(image),
+        ],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = trace.read_text()
+    jobs = re.findall(r"cinderblock-mark-start(.*?)cinderblock-mark-end", text, re.S)
+    assert len(jobs) == 2, text[-2000:]
+    for job in jobs:
+        opens = [line for line in job.splitlines() if f'"{image}"' in line and "open" in line]
+        assert len(opens) == 2, opens
 
 
 # -------------------- 3. a failed delete at open
