@@ -114,7 +114,10 @@ def _fd_of(volume: object, what: str) -> tuple[int | None, str | None]:
 
 def _check_kind(st: os.stat_result, label: str, what: str) -> None:
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
-        raise InvalidInput(f"{what} {label} is not a regular file or a block device")
+        raise InvalidInput(
+            f"{what} {label} is not a regular file or a block device: name a volume's image "
+            "file or block device"
+        )
 
 
 @contextlib.contextmanager

@@ -228,7 +228,8 @@ def test_bad_input_is_refused_with_what_to_do(tmp_path):
         ),
         (
             lambda: backup_volume(str(tmp_path), container),
-            f"source {tmp_path} is not a regular file or a block device",
+            f"source {tmp_path} is not a regular file or a block device: name a volume's image "
+            "file or block device",
         ),
         (
             lambda: backup_volume(src, container, changes="x"),

@@ -430,7 +430,7 @@ with BackupEngine.open({str(repo_root)!r}) as eng:
     sizes, outcome, status = proc.stdout.strip().splitlines()
     assert sizes == "[None]"
     assert outcome.startswith("error "), outcome
-    assert "neither a regular file nor a block device" in outcome
+    assert "is not a regular file or a block device: name a volume's image" in outcome
     assert status == "available"
 
 
