@@ -78,6 +78,7 @@ class PackedObjects:
         self._view: PackView | None = None
         self._files: list[IndexFile] | None = None  # the index files the view was built from
         self._lock = threads.Lock()
+        self._first_load = threads.Lock()  # one thread loads the index; the others wait
         self._sizes: dict[bytes, tuple[int, int]] = {}  # packs remembered since (pack_sizes)
 
     # ------------------------------------------------------------------ the index
@@ -134,8 +135,15 @@ class PackedObjects:
         return True
 
     def view(self) -> PackView:
+        """The loaded index, loaded on first use by one thread: the windows' threads all
+        ask at once, and each loading it would cost a large container's index that many
+        times."""
         v = self._view
-        return v if v is not None else self.load()
+        if v is not None:
+            return v
+        with self._first_load:
+            v = self._view
+            return v if v is not None else self.load()
 
     def locate(self, digest: bytes) -> Location | None:
         """Where ``digest`` is in the loaded view (``Container`` reloads it, once, on a

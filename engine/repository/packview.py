@@ -108,8 +108,9 @@ class PackView:
             rows = self.entries[j[hit]]
             for n in np.unique(rows["pack"]).tolist():
                 out.add(self.pack_ids[int(n)])
-            with_base = rows["base"].tolist()
-            bases = [bytes(b) for b in with_base if bytes(b) != NO_BASE]
+            base = rows["base"]
+            has_base = np.ascontiguousarray(base).view(np.uint8).reshape(-1, 16).any(axis=1)
+            bases = [bytes(b) for b in base[has_base].tolist()]  # the deltas' only
         for k in np.flatnonzero(~hit).tolist():  # a rare equal high half, or a new entry
             loc = self.locate(raw[k].tobytes())
             if loc is not None:
