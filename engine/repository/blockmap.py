@@ -30,6 +30,7 @@ import zstandard
 from .. import native, threads
 from ..errors import CorruptionError, FormatVersionError
 from ..native import BLOCK_SIZE_MAX, BLOCK_SIZE_MIN, DIGEST_SIZE
+from .packs import digest_keys
 
 MAGIC = b"CBMF"
 VERSION = 1
@@ -49,13 +50,6 @@ KINDS_CHUNK = 4 << 20
 # Bodies up to this size are compressed in one call (byte for byte the frames of the
 # earlier dense encoder); larger ones are streamed, so a 64 TiB map never holds its kinds.
 ONE_SHOT_BYTES = 4 << 20
-
-
-def _halves(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Digest rows as their (high, low) 64-bit halves, big endian: numbers that sort in
-    the digests' byte order."""
-    halves = np.ascontiguousarray(rows, np.uint8).reshape(-1, DIGEST_SIZE).view(">u8")
-    return halves[:, 0].astype(np.uint64), halves[:, 1].astype(np.uint64)
 
 
 @dataclass(init=False, eq=False)
@@ -262,7 +256,7 @@ class BlockMap:
         a hinted incremental of a large volume waits for); later calls cost a binary search
         each.
         """
-        q_hi, q_lo = _halves(np.ascontiguousarray(digests, np.uint8).reshape(-1, DIGEST_SIZE))
+        q_hi, q_lo = digest_keys(np.ascontiguousarray(digests, np.uint8).reshape(-1, DIGEST_SIZE))
         hi, lo = self._sorted_halves()
         if not len(hi):
             return np.zeros(len(q_hi), np.bool_)
@@ -282,7 +276,7 @@ class BlockMap:
             with self._sorting:
                 got = self._sorted
                 if got is None:
-                    hi, lo = _halves(self._data)
+                    hi, lo = digest_keys(self._data)
                     order = np.argsort(hi, kind="stable")
                     got = self._sorted = (hi[order], lo[order])
         return got
