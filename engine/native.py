@@ -51,6 +51,7 @@ __all__ = [
     "mask_difference",
     "mask_intersection",
     "mask_to_runs",
+    "kinds_to_runs",
     "mask_union",
     "pack_mask",
     "page_count",
@@ -825,6 +826,12 @@ def mask_to_runs(mask: np.ndarray) -> np.ndarray:
     return _bitmap.mask_to_runs(_check_mask(mask, "mask").view(np.uint8))
 
 
+def kinds_to_runs(kinds: np.ndarray) -> np.ndarray | None:
+    """Runs of the data blocks of a block map's kinds (uint8, 0 zero, 1 data), or None when
+    a kind is neither (a damaged or forged map)."""
+    return _bitmap.mask_to_runs(np.ascontiguousarray(kinds, np.uint8))
+
+
 def runs_to_mask(runs: Iterable[tuple[int, int]] | np.ndarray, nblocks: int) -> np.ndarray:
     """The mask of ``nblocks`` blocks with the given runs set."""
     n = _check_count(nblocks, "nblocks")
@@ -945,41 +952,28 @@ def indices_to_runs(indices: object) -> np.ndarray:
     return np.stack([idx[first], counts], axis=1).astype(np.int64)
 
 
-def _combine(a: object, b: object, keep) -> np.ndarray:
-    """Normalized runs of the blocks for which ``keep(in_a, in_b)`` holds (a boundary sweep)."""
-    a, b = _runs(a, "a"), _runs(b, "b")
-    a, b = a[a[:, 1] > 0], b[b[:, 1] > 0]
-    if not a.size and not b.size:
-        return _NO_RUNS.copy()
-    points = np.concatenate([a[:, 0], a[:, 0] + a[:, 1], b[:, 0], b[:, 0] + b[:, 1]])
-    na, nb = len(a), len(b)
-    da = np.concatenate([np.ones(na, np.int64), -np.ones(na, np.int64), np.zeros(2 * nb, np.int64)])
-    db = np.concatenate([np.zeros(2 * na, np.int64), np.ones(nb, np.int64), -np.ones(nb, np.int64)])
-    order = np.argsort(points, kind="stable")
-    points, ca, cb = points[order], np.cumsum(da[order]), np.cumsum(db[order])
-    last = np.ones(len(points), np.bool_)
-    last[:-1] = points[1:] != points[:-1]
-    points, ca, cb = points[last], ca[last], cb[last]
-    inside = keep(ca > 0, cb > 0)[:-1]  # elementary interval [points[j], points[j + 1])
-    if not inside.any():
-        return _NO_RUNS.copy()
-    edges = np.diff(np.concatenate([[0], inside.astype(np.int8), [0]]))
-    lo, hi = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    starts, ends = points[lo], points[hi]
-    return np.stack([starts, ends - starts], axis=1).astype(np.int64)
+def _normal_runs(runs: object, name: str) -> np.ndarray:
+    arr = _runs(runs, name)
+    return arr if _bitmap.runs_are_normal(arr) else runs_normalize(arr)
+
+
+def _combine(a: object, b: object, op: int) -> np.ndarray:
+    """Normalized runs of the blocks ``op`` keeps: one native merge of the two lists'
+    boundaries (normalized first when they are not), linear in the runs."""
+    return _bitmap.runs_combine(_normal_runs(a, "a"), _normal_runs(b, "b"), op)
 
 
 def runs_union(a: object, b: object) -> np.ndarray:
-    return _combine(a, b, lambda x, y: x | y)
+    return _combine(a, b, _bitmap.OP_UNION)
 
 
 def runs_intersection(a: object, b: object) -> np.ndarray:
-    return _combine(a, b, lambda x, y: x & y)
+    return _combine(a, b, _bitmap.OP_INTERSECTION)
 
 
 def runs_difference(a: object, b: object) -> np.ndarray:
     """Blocks in ``a`` and not in ``b``."""
-    return _combine(a, b, lambda x, y: x & ~y)
+    return _combine(a, b, _bitmap.OP_DIFFERENCE)
 
 
 def runs_complement(runs: object, nblocks: int) -> np.ndarray:

@@ -6,7 +6,7 @@ A mask is a numpy ``bool`` array with one entry per block. Inputs arrive validat
 
 import numpy as np
 
-from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdint cimport INT64_MAX, int64_t, uint8_t, uint64_t
 from libc.string cimport memcmp, memcpy
 
 
@@ -58,7 +58,9 @@ cdef inline uint64_t _word(const uint8_t *p) noexcept nogil:
 cdef Py_ssize_t _runs_pass(const uint8_t *m, Py_ssize_t n, int64_t *out) noexcept nogil:
     """Count the runs of set bytes of m[0:n] (0/1 bytes), writing them to ``out`` unless it
     is NULL. Eight bytes at a time through long runs of zeros or ones, so a mostly-empty
-    map of millions of blocks costs a fraction of a byte-by-byte pass."""
+    map of millions of blocks costs a fraction of a byte-by-byte pass. -1 when a byte is
+    neither 0 nor 1 (every such byte is looked at one by one: a word of zeros or of ones
+    holds none)."""
     cdef Py_ssize_t i = 0, start, k = 0
     cdef uint64_t ones = 0x0101010101010101ULL
     while i < n:
@@ -72,6 +74,8 @@ cdef Py_ssize_t _runs_pass(const uint8_t *m, Py_ssize_t n, int64_t *out) noexcep
         while i + 8 <= n and _word(m + i) == ones:
             i += 8
         while i < n and m[i]:
+            if m[i] != 1:
+                return -1
             i += 1
         if out != NULL:
             out[2 * k] = start
@@ -81,11 +85,15 @@ cdef Py_ssize_t _runs_pass(const uint8_t *m, Py_ssize_t n, int64_t *out) noexcep
 
 
 def mask_to_runs(const uint8_t[::1] mask):
+    """Runs of the set entries of a mask (bytes 0 or 1), or None when a byte is neither
+    (a block map's kinds are checked this way, at no extra pass)."""
     cdef Py_ssize_t n = mask.shape[0]
     cdef Py_ssize_t nruns = 0
     if n:
         with nogil:
             nruns = _runs_pass(&mask[0], n, NULL)
+    if nruns < 0:
+        return None
     runs = np.empty((nruns, 2), dtype=np.int64)
     if nruns == 0:
         return runs
@@ -186,3 +194,80 @@ def window_delta(int64_t first, const uint8_t[:, ::1] digests, const uint8_t[::1
     if nchanged < 0:
         raise ValueError("parent runs, rows and digests are inconsistent")
     return runs[:nr], data[:nd], store[:ns], nchanged
+
+
+cdef bint _normal(const int64_t[:, ::1] runs) noexcept nogil:
+    """Sorted, no empty run, none overlapping or touching the next (``runs_normalize``'s
+    output)."""
+    cdef Py_ssize_t k
+    for k in range(runs.shape[0]):
+        if runs[k, 1] <= 0:
+            return False
+        if k and runs[k, 0] <= runs[k - 1, 0] + runs[k - 1, 1]:
+            return False
+    return True
+
+
+def runs_are_normal(const int64_t[:, ::1] runs):
+    cdef bint ok
+    with nogil:
+        ok = _normal(runs)
+    return ok
+
+
+cdef int64_t _INF = INT64_MAX
+
+# Operations of runs_combine: which blocks (in a, in b) are kept.
+OP_UNION = 0
+OP_INTERSECTION = 1
+OP_DIFFERENCE = 2
+
+
+cdef inline bint _keep(int op, bint x, bint y) noexcept nogil:
+    if op == 0:
+        return x or y
+    if op == 1:
+        return x and y
+    return x and not y
+
+
+def runs_combine(const int64_t[:, ::1] a, const int64_t[:, ::1] b, int op):
+    """Normalized runs of the blocks ``op`` keeps, from two normalized run lists: one merge
+    of their boundaries, linear in the runs (``runs_are_normal`` holds for both)."""
+    cdef Py_ssize_t na = a.shape[0], nb = b.shape[0]
+    out = np.empty((na + nb + 1, 2), dtype=np.int64)
+    cdef int64_t[:, ::1] o = out
+    cdef Py_ssize_t ia = 0, ib = 0, k = 0
+    cdef bint in_a = False, in_b = False, kept = False
+    cdef int64_t pa, pb, p, start = 0
+    with nogil:
+        while True:
+            if ia >= na:
+                pa = _INF
+            else:
+                pa = a[ia, 0] + a[ia, 1] if in_a else a[ia, 0]
+            if ib >= nb:
+                pb = _INF
+            else:
+                pb = b[ib, 0] + b[ib, 1] if in_b else b[ib, 0]
+            p = pa if pa < pb else pb
+            if p == _INF:
+                break
+            if pa == p:
+                if in_a:
+                    ia += 1
+                in_a = not in_a
+            if pb == p:
+                if in_b:
+                    ib += 1
+                in_b = not in_b
+            if _keep(op, in_a, in_b):
+                if not kept:
+                    start, kept = p, True
+            elif kept:
+                o[k, 0] = start
+                o[k, 1] = p - start
+                k += 1
+                kept = False
+    return out[:k].copy()
+

@@ -264,6 +264,7 @@ def backup_volume(
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise InvalidInput(f"workers must be a positive int, got {workers!r}")
     lease_ttl = check_lease_ttl(lease_ttl)
+    container = container.for_job()  # an index loaded for this job, after its lease
     backup_id = str(uuid.uuid4()) if backup_id is None else check_uuid(backup_id, "backup_id")
     parent_id = None if parent is None else parent.backup_id
     tracker = changes if isinstance(changes, ChangeSource) else None
@@ -278,7 +279,10 @@ def backup_volume(
                 "backup %s: %s could not start a checkpoint: %s", backup_id, tracker.describe(), e
             )
         contexts = tracker.nbd_contexts(parent_id)
-    with _open_source(source, contexts, tracker, parent_id, backup_id) as src:
+    with (
+        _open_source(source, contexts, tracker, parent_id, backup_id) as src,
+        contextlib.ExitStack() as held,
+    ):
         hint: ChangeSet | LegacyExtents | None = None
         if tracker is not None:
             ctx = ChangeContext(
@@ -306,6 +310,15 @@ def backup_volume(
                 refused = masks
             else:
                 changed, zeroed = masks
+        cancelled = cancel.is_set if cancel is not None else (lambda: False)
+        # The lease is taken while the audit and the first windows are read: run_backup
+        # waits for it (``fence``) before its first dedup lookup or object publication, and
+        # ``lease.check`` before the commit, so nothing that needs the fence runs without it.
+        lease = held.enter_context(
+            container.write_lease(
+                owner=lease_owner, ttl=lease_ttl, cancelled=cancelled, background=True
+            )
+        )
         audit_stats = None
         audit_bytes = 0
         if changed is not None and parent is not None and audit_blocks != 0:
@@ -338,28 +351,21 @@ def backup_volume(
             progress=progress or (lambda fraction: None),
             cancel=cancel,
         )
-        cancelled = cancel.is_set if cancel is not None else (lambda: False)
-        # The lease is taken while the first windows are read: run_backup waits for it
-        # (``fence``) before its first dedup lookup or object publication, and
-        # ``lease.check`` before the commit, so nothing that needs the fence runs without it.
-        with container.write_lease(
-            owner=lease_owner, ttl=lease_ttl, cancelled=cancelled, background=True
-        ) as lease:
-            blockmap, stats = run_backup(container, job, fence=lease.ready)
-            _check_unchanged(src, source)
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("the backup was cancelled")
-            stats.changed_extents_used = changed is not None
-            stats.changes_refused = refused
-            if tracker is not None:
-                stats.changes_source = tracker.describe()
-            if audit_stats is not None:
-                stats.changes_audit = audit_stats
-            # The last windows may have been in flight (a slow or held read) when cancel
-            # was set: the block map is the commit point, so check once more before it.
-            _check_cancel(cancel, "the backup was cancelled")
-            lease.check()
-            container.put_blockmap(blockmap)
+        blockmap, stats = run_backup(container, job, fence=lease.ready)
+        _check_unchanged(src, source)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("the backup was cancelled")
+        stats.changed_extents_used = changed is not None
+        stats.changes_refused = refused
+        if tracker is not None:
+            stats.changes_source = tracker.describe()
+        if audit_stats is not None:
+            stats.changes_audit = audit_stats
+        # The last windows may have been in flight (a slow or held read) when cancel
+        # was set: the block map is the commit point, so check once more before it.
+        _check_cancel(cancel, "the backup was cancelled")
+        lease.check()
+        container.put_blockmap(blockmap, parent)
     return blockmap, stats
 
 
@@ -445,6 +451,7 @@ def restore_volume(
             "target_is_new and differential exclude each other: a new target holds nothing "
             "to compare with"
         )
+    container = container.for_job()  # the index as it is now, loaded once for this restore
     report = progress or (lambda fraction: None)
     counters: dict[str, int] = {}
 

@@ -121,6 +121,7 @@ class BlockMap:
                 raise ValueError("runs and data_digests disagree on the number of data blocks")
             if self._runs.size and int(self._runs[-1].sum()) > self._nblocks:
                 raise ValueError("runs reach past the end of the volume")
+        self._ends: np.ndarray | None = None
         # Row in _data of each run's first block.
         self._row = np.zeros(len(self._runs), np.int64)
         if len(self._runs) > 1:
@@ -226,7 +227,7 @@ class BlockMap:
         zero = np.ones(n, np.bool_)
         if n == 0 or not self._runs.size:
             return digests, zero
-        ends = self._runs[:, 0] + self._runs[:, 1]
+        ends = self._run_ends()
         a = int(np.searchsorted(ends, lo, side="right"))
         b = int(np.searchsorted(self._runs[:, 0], hi, side="left"))
         for k in range(a, b):
@@ -236,6 +237,13 @@ class BlockMap:
             digests[s - lo : e - lo] = self._data[row : row + e - s]
             zero[s - lo : e - lo] = False
         return digests, zero
+
+    def _run_ends(self) -> np.ndarray:
+        """The runs' ends, built once: ``window`` is asked once per audited span."""
+        ends = self._ends
+        if ends is None:
+            ends = self._ends = self._runs[:, 0] + self._runs[:, 1]
+        return ends
 
     def delta(
         self, first: int, digests: np.ndarray, zero: np.ndarray
@@ -277,7 +285,7 @@ class BlockMap:
                 got = self._sorted
                 if got is None:
                     hi, lo = digest_keys(self._data)
-                    order = np.argsort(hi, kind="stable")
+                    order = np.argsort(hi)  # equal high halves: contains_digests scans
                     got = self._sorted = (hi[order], lo[order])
         return got
 
@@ -329,7 +337,7 @@ class BlockMap:
     def _kinds(self) -> Iterator[np.ndarray]:
         """kinds u8[nblocks] in chunks of at most KINDS_CHUNK, built from the runs."""
         runs = self._runs
-        ends = runs[:, 0] + runs[:, 1]
+        ends = self._run_ends()
         for lo in range(0, self._nblocks, KINDS_CHUNK):
             hi = min(lo + KINDS_CHUNK, self._nblocks)
             a = int(np.searchsorted(ends, lo, side="right"))
@@ -423,27 +431,29 @@ def _decode_body(
     try:
         with zstandard.ZstdDecompressor().stream_reader(body) as reader:
 
-            def read_exactly(n: int) -> bytes:
-                parts = []
-                while n > 0:
-                    chunk = reader.read(min(n, 1 << 20))
-                    if not chunk:
+            def read_into(buf: np.ndarray) -> np.ndarray:
+                view, got = memoryview(buf).cast("B"), 0
+                while got < len(view):
+                    n = reader.readinto(view[got:])
+                    if not n:
                         raise CorruptionError(f"{what} body has the wrong length")
-                    parts.append(chunk)
-                    n -= len(chunk)
-                return b"".join(parts)
+                    got += n
+                return buf
 
+            # One buffer for every chunk of kinds: decompressed in place, turned into runs.
+            kinds = np.empty(min(KINDS_CHUNK, nblocks), np.uint8)
             for lo in range(0, nblocks, KINDS_CHUNK):
-                kinds = np.frombuffer(read_exactly(min(KINDS_CHUNK, nblocks - lo)), np.uint8)
-                if kinds.max() > KIND_DATA:
+                chunk_runs = native.kinds_to_runs(
+                    read_into(kinds[: min(KINDS_CHUNK, nblocks - lo)])
+                )
+                if chunk_runs is None:
                     raise CorruptionError(f"{what} has an unknown block kind")
-                count += int(np.count_nonzero(kinds))
-                chunk_runs = native.mask_to_runs(kinds.view(np.bool_))
+                count += native.runs_count(chunk_runs)
                 chunk_runs[:, 0] += lo
                 runs.append(chunk_runs)
             if count != ndata:
                 raise CorruptionError(f"{what} block count does not match its digests")
-            data = np.frombuffer(read_exactly(ndata * DIGEST_SIZE), np.uint8)
+            data = read_into(np.empty(ndata * DIGEST_SIZE, np.uint8))
             if reader.read(1):
                 raise CorruptionError(f"{what} body has the wrong length")
     except zstandard.ZstdError as e:

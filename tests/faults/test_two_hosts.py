@@ -11,9 +11,9 @@ import threading
 from backup_helpers import BS, MIB, PROJECT, assert_same_bytes, create, make_image, new_id
 from fault_helpers import age_repository
 
-from engine import BackupEngine
+from engine import BackupEngine, ChangeSet, Repository, backup_volume, restore_volume
 from engine.errors import RepositoryError
-from engine.gc import MIN_GRACE_SECONDS
+from engine.gc import MIN_GRACE_SECONDS, sweep_container
 
 ROUNDS = 10
 
@@ -151,3 +151,40 @@ def wait_for(eng, bid: str) -> dict:
     detail = eng.wait(bid, timeout=120)
     assert detail["status"] == "available", detail
     return detail
+
+
+def test_a_container_reused_for_another_backup_never_trusts_the_index_of_the_last(tmp_path):
+    """A caller of the data path keeps one ``Container`` for many backups (as docs/api.md
+    shows). Between two of them another host deletes a backup and sweeps its objects: the
+    next backup must see what the sweep removed, not the index its container loaded for the
+    last one, or it would reference a block that is gone."""
+    repo = Repository.open(tmp_path / "repo")
+    mine = repo.container(PROJECT, "c")
+    image = tmp_path / "vol.img"
+    base = make_image(image, 8 * BS, seed=31)
+    full, _ = backup_volume(str(image), mine, block_size=BS)
+    mine.put_record({"id": full.backup_id, "status": "available"})  # the caller's commit
+    new = random.Random(32).randbytes(BS)
+    with open(image, "r+b") as f:
+        f.write(new)  # block 0 only
+
+    def hinted():
+        changes = ChangeSet(full.backup_id, 8 * BS, 4096, changed=[[0, BS]])
+        return backup_volume(
+            str(image), mine, parent=full, changes=changes, block_size=BS, audit_blocks=0
+        )
+
+    first, stats = hinted()
+    assert stats.changed_extents_used and stats.objects_written == 1
+    other = repo.container(PROJECT, "c")  # another host: shares only the store
+    other.remove_backup(first.backup_id)
+    age_repository(tmp_path / "repo")
+    live = {full.backup_id: "available"}  # the caller's records: only the full is left
+    report = sweep_container(other, live=live, grace_seconds=MIN_GRACE_SECONDS)
+    assert report.objects_removed == 1  # the block only ``first`` held
+
+    second, stats = hinted()
+    assert stats.objects_written == 1  # stored again: the sweep removed it
+    out = tmp_path / "out.img"
+    restore_volume(mine, mine.get_blockmap(second.backup_id), str(out))
+    assert_same_bytes(out.read_bytes(), new + base[BS:])

@@ -101,3 +101,17 @@ def test_contains_digests_answers_from_the_maps_digests():
     assert bm.contains_digests(probe).tolist() == [True, False] + [False] * 5 + [True]
     empty = BlockMap(BID, None, 4096, 4096, digests=digests[:1], zero=np.ones(1, bool))
     assert empty.contains_digests(probe).tolist() == [False] * len(probe)
+
+
+def test_contains_digests_tells_digests_apart_that_share_their_high_half():
+    """The sort is on the high 64 bits only: digests equal there are told apart by a scan
+    along their run, whichever order the sort left them in."""
+    rng = np.random.default_rng(8)
+    digests = rng.integers(0, 256, (12, 16), dtype=np.uint8)
+    digests[3:8, :8] = digests[3, :8]  # five digests, one high half
+    digests[3:8, 15] = [10, 50, 30, 20, 40]  # their low halves in no order
+    bm = BlockMap(BID, None, 4096, 12 * 4096, digests=digests, zero=np.zeros(12, bool))
+    near = digests[3:8].copy()
+    near[:, 15] += 1  # same high half, a low half none of them has
+    probe = np.vstack([digests[7], digests[3], near, digests[5], digests[11]])
+    assert bm.contains_digests(probe).tolist() == [True, True] + [False] * 5 + [True, True]

@@ -21,11 +21,13 @@ from engine.repository import Repository
 from engine.repository.objects import HEADER_SIZE
 from engine.repository.packed import REWRITE_THRESHOLD, sweep_packs
 from engine.repository.packs import (
+    ENTRY,
     ENTRY_SIZE,
     PACK_TRAILER,
     PACK_TRAILER_SIZE,
     decode_index,
 )
+from engine.repository.packview import PackView
 from engine.store import MemoryBlobStore
 
 BS = 64 << 10
@@ -476,3 +478,32 @@ def test_a_pack_write_that_fails_leaves_no_file_open_or_behind(tmp_path, monkeyp
     batch.discard()
     assert not [p for p in tmp_path.rglob(f"{TMP_PREFIX}*") if p.is_file()]
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def _entries(digests: list[bytes], offset: int) -> np.ndarray:
+    e = np.zeros(len(digests), ENTRY)
+    e["digest"] = np.frombuffer(b"".join(digests), "V16")
+    e["offset"] = np.arange(len(digests)) * 100 + offset
+    e["length"] = 100
+    return e
+
+
+def test_the_index_view_finds_every_digest_and_keeps_the_first_entry_of_one_stored_twice():
+    """The view sorts on the digests' high halves; digests equal there, and one digest in
+    two index files, take the slower sort of both halves (which keeps the first entry)."""
+    rng = np.random.default_rng(3)
+    plain = [rng.bytes(16) for _ in range(50)]
+    twins = [plain[0][:8] + rng.bytes(8) for _ in range(3)]  # share plain[0]'s high half
+    again = plain[7]  # in both files
+    first = PackView([([b"A" * 16], _entries(plain, 0))])
+    assert all(d in first for d in plain) and twins[0] not in first
+    assert first.packs_of(np.frombuffer(b"".join(plain), np.uint8)) == {b"A" * 16}
+    view = PackView(
+        [([b"A" * 16], _entries(plain, 0)), ([b"B" * 16], _entries(twins + [again], 0))]
+    )
+    assert all(d in view for d in plain + twins)
+    assert view.locate(again).pack_id == b"A" * 16  # the first file's entry
+    assert view.locate(twins[2]).pack_id == b"B" * 16 and view.locate(twins[2]).offset == 200
+    both = np.frombuffer(b"".join([plain[3], twins[1]]), np.uint8)
+    assert view.packs_of(both) == {b"A" * 16, b"B" * 16}
+    assert view.packs_of(np.frombuffer(plain[0][:8] + bytes(8), np.uint8)) == set()
