@@ -8,9 +8,18 @@ Binary format (docs/repository-format.md), little endian:
         magic "CBMF" | version u16 | hash_algo u8 | reserved u8 | block_size u32 |
         volume_size u64 | nblocks u64 | ndata u64 | body_len u64 |
         backup_id 16 bytes (UUID) | parent_id 16 bytes (UUID, zeros for a full backup)
-    body (body_len bytes): zstd( kinds u8[nblocks] ‖ digests[ndata][16] )
+    body (body_len bytes), version 2: zstd( nruns u64 ‖ (gap u64, count u64)[nruns] ‖
+        digests[ndata][16] ): the runs of data blocks, each as the zero blocks before it
+        and its length, then the data digests in block order
+    body, version 1: zstd( kinds u8[nblocks] ‖ digests[ndata][16] )
         kind 0 = zero block (never stored), 1 = data block; data digests in block order
     trailer: XXH3-128 (seed 0) of header ‖ body, 16 bytes
+
+Why version 2: a version-1 body holds a byte per block, so a hinted incremental of a
+64 TiB volume decompressed, rebuilt and compressed 64 MiB of kinds for 100 changed blocks;
+a version-2 body costs its data runs and digests only, whatever the volume's size. Version
+1 is still read everywhere and still written where older engines must read it (a
+version-1 repository, an exported record) and for ``checksum``.
 
 A reader checks the trailer before decompressing anything and bounds every length by the
 file's own size, so a forged header cannot make it allocate more than the manifest implies.
@@ -33,7 +42,8 @@ from ..native import BLOCK_SIZE_MAX, BLOCK_SIZE_MIN, DIGEST_SIZE
 from .packs import digest_keys
 
 MAGIC = b"CBMF"
-VERSION = 1
+VERSION = 2  # written by default; VERSIONS are read
+VERSIONS = (1, 2)
 HASH_XXH3_128_KEYED = 1
 HEADER = struct.Struct("<4sHBBIQQQQ16s16s")
 TRAILER_SIZE = 16
@@ -302,8 +312,10 @@ class BlockMap:
         return native.indices_to_runs(blocks)
 
     def checksum(self) -> bytes:
-        """A digest of the whole map (its encoded form): what a change set can bind to."""
-        return xxhash.xxh3_128_digest(self.encode())
+        """A digest of the whole map: that of its version-1 encoding, whatever version it is
+        stored in, so checksums exported before version 2 still match (an import compares
+        them). Costs the kinds' compression: for exports and imports, not the data path."""
+        return xxhash.xxh3_128_digest(self.encode(1))
 
     def referenced(self) -> set[bytes]:
         """Digests of every object this manifest needs."""
@@ -349,21 +361,17 @@ class BlockMap:
                 part[:, 1] = part_end - part[:, 0]
             yield native.runs_to_mask(part, hi - lo).view(np.uint8)
 
-    def encode(self) -> bytes:
-        raw_len = self._nblocks + len(self._data) * DIGEST_SIZE
-        if raw_len <= ONE_SHOT_BYTES:
-            raw = b"".join(k.tobytes() for k in self._kinds()) + self._data.tobytes()
-            body = zstandard.ZstdCompressor(level=3).compress(raw)
+    def encode(self, version: int = VERSION) -> bytes:
+        """The stored form: ``version`` 2 (the default) or 1 (readable by older engines)."""
+        if version == 2:
+            body = self._body_v2()
+        elif version == 1:
+            body = self._body_v1()
         else:
-            # The same frame format, streamed: the kinds are never all in memory at once.
-            c = zstandard.ZstdCompressor(level=3).compressobj(size=raw_len)
-            parts = [c.compress(chunk) for chunk in self._kinds()]
-            parts.append(c.compress(self._data))
-            parts.append(c.flush())
-            body = b"".join(parts)
+            raise ValueError(f"block map format version must be 1 or 2, got {version!r}")
         header = HEADER.pack(
             MAGIC,
-            VERSION,
+            version,
             HASH_XXH3_128_KEYED,
             0,
             self.block_size,
@@ -377,6 +385,28 @@ class BlockMap:
         blob = header + body
         return blob + xxhash.xxh3_128_digest(blob)
 
+    def _body_v2(self) -> bytes:
+        runs = self._runs
+        pairs = np.empty((len(runs), 2), "<u8")
+        pairs[:, 1] = runs[:, 1]
+        if len(runs):
+            pairs[0, 0] = runs[0, 0]
+            pairs[1:, 0] = runs[1:, 0] - self._run_ends()[:-1]
+        raw = b"".join((len(runs).to_bytes(8, "little"), pairs.tobytes(), self._data.tobytes()))
+        return zstandard.ZstdCompressor(level=3).compress(raw)
+
+    def _body_v1(self) -> bytes:
+        raw_len = self._nblocks + len(self._data) * DIGEST_SIZE
+        if raw_len <= ONE_SHOT_BYTES:
+            raw = b"".join(k.tobytes() for k in self._kinds()) + self._data.tobytes()
+            return zstandard.ZstdCompressor(level=3).compress(raw)
+        # The same frame format, streamed: the kinds are never all in memory at once.
+        c = zstandard.ZstdCompressor(level=3).compressobj(size=raw_len)
+        parts = [c.compress(chunk) for chunk in self._kinds()]
+        parts.append(c.compress(self._data))
+        parts.append(c.flush())
+        return b"".join(parts)
+
     @classmethod
     def decode(
         cls, blob: bytes, zero_digest: bytes | None = None, *, what: str = "manifest"
@@ -388,7 +418,7 @@ class BlockMap:
         )
         if magic != MAGIC:
             raise CorruptionError(f"{what} has a bad magic number")
-        if version != VERSION:
+        if version not in VERSIONS:
             raise FormatVersionError(f"{what} has unknown format version {version}")
         if xxhash.xxh3_128_digest(memoryview(blob)[:-TRAILER_SIZE]) != blob[-TRAILER_SIZE:]:
             raise CorruptionError(f"{what} fails its checksum (damaged or truncated)")
@@ -403,11 +433,12 @@ class BlockMap:
             or body_len != len(blob) - HEADER.size - TRAILER_SIZE
         ):
             raise CorruptionError(f"{what} has inconsistent sizes")
-        expected = nblocks + ndata * DIGEST_SIZE
-        if expected > body_len * MAX_ZSTD_RATIO + 1024:
+        expected = (nblocks if version == 1 else 8) + ndata * DIGEST_SIZE
+        if expected > _most_from(body_len):
             # No zstd frame expands that much: the header's sizes are forged.
             raise CorruptionError(f"{what} claims more blocks than its body can hold")
-        runs, data = _decode_body(
+        decode_body = _decode_body_v1 if version == 1 else _decode_body_v2
+        runs, data = decode_body(
             memoryview(blob)[HEADER.size : -TRAILER_SIZE], nblocks, ndata, what
         )
         return cls(
@@ -421,7 +452,71 @@ class BlockMap:
         )
 
 
-def _decode_body(
+def _most_from(body_len: int) -> int:
+    """The most bytes a zstd frame of ``body_len`` bytes can decompress to."""
+    return body_len * MAX_ZSTD_RATIO + 1024
+
+
+class _Body:
+    """A body's decompressed bytes, read into buffers as they are asked for."""
+
+    def __init__(self, reader, what: str) -> None:
+        self.reader = reader
+        self.what = what
+
+    def read_into(self, buf: np.ndarray) -> np.ndarray:
+        view, got = memoryview(buf.reshape(-1).view(np.uint8)), 0
+        while got < len(view):
+            n = self.reader.readinto(view[got:])
+            if not n:
+                raise CorruptionError(f"{self.what} body has the wrong length")
+            got += n
+        return buf
+
+    def digests(self, ndata: int) -> np.ndarray:
+        """The last part of every body: then nothing may follow."""
+        data = self.read_into(np.empty(ndata * DIGEST_SIZE, np.uint8))
+        if self.reader.read(1):
+            raise CorruptionError(f"{self.what} body has the wrong length")
+        return data.reshape(ndata, DIGEST_SIZE)
+
+
+def _decode_body_v2(
+    body: memoryview, nblocks: int, ndata: int, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """nruns ‖ (gap, count) runs ‖ digests: memory is the runs and digests, allocated once
+    the run count is known to fit both the body and the header."""
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(body) as reader:
+            src = _Body(reader, what)
+            nruns = int(src.read_into(np.empty(1, "<u8"))[0])
+            if (
+                nruns > ndata
+                or (nruns == 0) != (ndata == 0)
+                or 8 + (nruns + ndata) * DIGEST_SIZE > _most_from(len(body))
+            ):
+                raise CorruptionError(f"{what} has an impossible number of runs ({nruns})")
+            pairs = src.read_into(np.empty((nruns, 2), "<u8"))
+            if nruns and int(pairs.max()) > nblocks:
+                raise CorruptionError(f"{what} has runs past the end of the volume")
+            if nruns and ((pairs[1:, 0] == 0).any() or (pairs[:, 1] == 0).any()):
+                raise CorruptionError(f"{what} has runs that are empty or touch")
+            # Each value is at most nblocks (< 2**35) and all but the first are >= 1: the
+            # sums rise strictly unless they wrapped, which a forged body could make them.
+            bounds = np.cumsum(pairs.ravel()).astype(np.int64)
+            if nruns and ((np.diff(bounds) <= 0).any() or int(bounds[-1]) > nblocks):
+                raise CorruptionError(f"{what} has runs past the end of the volume")
+            if int(pairs[:, 1].sum()) != ndata:
+                raise CorruptionError(f"{what} block count does not match its digests")
+            data = src.digests(ndata)
+    except zstandard.ZstdError as e:
+        raise CorruptionError(f"{what} body does not decompress: {e}") from None
+    runs = bounds.reshape(-1, 2)
+    runs[:, 1] -= runs[:, 0]
+    return runs, data
+
+
+def _decode_body_v1(
     body: memoryview, nblocks: int, ndata: int, what: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stream-decompress kinds ‖ digests: the kinds become runs chunk by chunk, so memory is
@@ -430,21 +525,12 @@ def _decode_body(
     count = 0
     try:
         with zstandard.ZstdDecompressor().stream_reader(body) as reader:
-
-            def read_into(buf: np.ndarray) -> np.ndarray:
-                view, got = memoryview(buf).cast("B"), 0
-                while got < len(view):
-                    n = reader.readinto(view[got:])
-                    if not n:
-                        raise CorruptionError(f"{what} body has the wrong length")
-                    got += n
-                return buf
-
+            src = _Body(reader, what)
             # One buffer for every chunk of kinds: decompressed in place, turned into runs.
             kinds = np.empty(min(KINDS_CHUNK, nblocks), np.uint8)
             for lo in range(0, nblocks, KINDS_CHUNK):
                 chunk_runs = native.kinds_to_runs(
-                    read_into(kinds[: min(KINDS_CHUNK, nblocks - lo)])
+                    src.read_into(kinds[: min(KINDS_CHUNK, nblocks - lo)])
                 )
                 if chunk_runs is None:
                     raise CorruptionError(f"{what} has an unknown block kind")
@@ -453,13 +539,11 @@ def _decode_body(
                 runs.append(chunk_runs)
             if count != ndata:
                 raise CorruptionError(f"{what} block count does not match its digests")
-            data = read_into(np.empty(ndata * DIGEST_SIZE, np.uint8))
-            if reader.read(1):
-                raise CorruptionError(f"{what} body has the wrong length")
+            data = src.digests(ndata)
     except zstandard.ZstdError as e:
         raise CorruptionError(f"{what} body does not decompress: {e}") from None
     all_runs = np.concatenate(runs) if runs else np.empty((0, 2), np.int64)
-    return native.runs_normalize(all_runs), data.reshape(ndata, DIGEST_SIZE)
+    return native.runs_normalize(all_runs), data
 
 
 Manifest = BlockMap  # the type's earlier name

@@ -605,17 +605,19 @@ class Container:
         """
         key = self.keys.manifest(blockmap.backup_id)
         if self.packed is None:
-            self.store.put(key, blockmap.encode())
+            # Version 1 repositories are for older engines: block maps of version 1 too.
+            self.store.put(key, blockmap.encode(1))
             return
         packs = self._inherited_refs(blockmap, parent)
         if packs is None:
             packs = self.packed.view().packs_of(blockmap.data_digests)
+        blob = blockmap.encode(2)
         batch = self.store.batch()
-        batch.stage(key, blockmap.encode())
+        batch.stage(key, blob)
         batch.stage(self.keys.refs(blockmap.backup_id), encode_refs(packs))
         new = {k for k, _size in batch.commit()}
         if key not in new:
-            self.store.put(key, blockmap.encode())
+            self.store.put(key, blob)
             self.put_refs(blockmap)
 
     def _inherited_refs(self, blockmap: BlockMap, parent: BlockMap | None) -> set[bytes] | None:

@@ -58,7 +58,8 @@ def export_record(engine: BackupEngine, row: dict[str, Any]) -> dict[str, Any]:
     document = {
         "format": FORMAT,
         "record": record,
-        "blockmap": base64.b64encode(blockmap.encode()).decode("ascii"),
+        # Version 1: an older engine can import it too.
+        "blockmap": base64.b64encode(blockmap.encode(1)).decode("ascii"),
     }
     url = base64.b64encode(json.dumps(document, sort_keys=True).encode()).decode("ascii")
     return {"backup-record": {"backup_service": BACKUP_SERVICE, "backup_url": url}}

@@ -27,13 +27,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def dense_encode(m_id, parent_id, bs, volume_size, digests, zero) -> bytes:
-    """The dense encoder this type had before it was held sparse (reference)."""
+    """The dense encoder this type had before it was held sparse (reference, version 1)."""
     kinds = np.where(zero, bmmod.KIND_ZERO, bmmod.KIND_DATA).astype(np.uint8)
     data = np.ascontiguousarray(digests[~zero])
     body = zstandard.ZstdCompressor(level=3).compress(kinds.tobytes() + data.tobytes())
     header = bmmod.HEADER.pack(
         bmmod.MAGIC,
-        bmmod.VERSION,
+        1,
         bmmod.HASH_XXH3_128_KEYED,
         0,
         bs,
@@ -79,12 +79,16 @@ def test_sparse_map_encodes_and_answers_as_the_dense_one(m, with_parent):
         runs=native.mask_to_runs(~zero),
         data_digests=digests[~zero],
     )
-    assert dense.encode() == reference
-    assert sparse.encode() == reference
+    assert dense.encode(1) == reference
+    assert sparse.encode(1) == reference
     back = BlockMap.decode(reference, ZERO)
-    assert back.encode() == reference
+    assert back.encode(1) == reference
     assert back.checksum() == xxhash.xxh3_128_digest(reference)
-    for bm in (sparse, back):
+    # Version 2 holds the same map; its checksum is still that of version 1.
+    v2 = BlockMap.decode(sparse.encode(), ZERO)
+    assert sparse.encode()[4:6] == b"\x02\x00" and v2.encode() == sparse.encode()
+    assert v2.encode(1) == reference and v2.checksum() == back.checksum()
+    for bm in (sparse, back, v2):
         assert bm.nblocks == len(zero) and bm.ndata == int((~zero).sum())
         assert (bm.data_blocks() == np.flatnonzero(~zero)).all()
         assert (bm.data_runs() == native.mask_to_runs(~zero)).all()
@@ -228,7 +232,7 @@ def test_backups_of_sparse_volumes_give_the_dense_maps_and_exact_restores(
     src = where / "vol.img"
     _write_sparse(src, nblocks, tail, rng, density)
     full, stats = backup_volume(str(src), container, block_size=BS)
-    assert full.encode() == _expected(src, full.backup_id, None, container.seed)
+    assert full.encode(1) == _expected(src, full.backup_id, None, container.seed)
     assert stats.blocks_zero == nblocks - full.ndata
     # Change some blocks (new data, or zeros written over data), with a hint.
     size = os.path.getsize(src)
@@ -249,14 +253,14 @@ def test_backups_of_sparse_volumes_give_the_dense_maps_and_exact_restores(
     parent = container.get_blockmap(full.backup_id)
     inc, istats = backup_volume(str(src), container, parent=parent, changes=cs, block_size=BS)
     assert istats.changed_extents_used
-    assert inc.encode() == _expected(src, inc.backup_id, full.backup_id, container.seed)
+    assert inc.encode(1) == _expected(src, inc.backup_id, full.backup_id, container.seed)
     after = src.read_bytes()
     d0, z0 = native.hash_blocks(before, BS, container.seed)
     d1, z1 = native.hash_blocks(after, BS, container.seed)
     assert istats.blocks_changed == native.mask_count(native.diff(d1, z1, d0, z0))
     # Without a hint, the same map.
     plain, _ = backup_volume(str(src), container, parent=parent, block_size=BS)
-    assert plain.encode() == _expected(src, plain.backup_id, full.backup_id, container.seed)
+    assert plain.encode(1) == _expected(src, plain.backup_id, full.backup_id, container.seed)
     for bm, content in ((full, before), (inc, after)):
         out = where / f"out-{bm.backup_id}.img"
         restore_volume(container, container.get_blockmap(bm.backup_id), str(out))
@@ -267,18 +271,24 @@ def test_backups_of_sparse_volumes_give_the_dense_maps_and_exact_restores(
         assert out.read_bytes() == content
 
 
-def test_a_map_of_a_huge_sparse_volume_round_trips(tmp_path):
-    """64 Ki data blocks on 64 Mi blocks: streamed kinds, decoded back to the same runs."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_map_of_a_huge_sparse_volume_round_trips(version):
+    """64 Ki data blocks on 64 Mi blocks: streamed kinds (version 1) or runs (version 2),
+    decoded back to the same runs."""
     nblocks = 64 << 20
     runs = np.stack([np.arange(0, nblocks, 1024), np.ones(nblocks // 1024, np.int64)], 1)
     data = np.random.default_rng(1).integers(0, 256, (len(runs), 16), dtype=np.uint8)
     bm = BlockMap(str(uuid.uuid4()), None, 1 << 20, nblocks << 20, runs=runs, data_digests=data)
-    blob = bm.encode()
+    blob = bm.encode(version)
     back = BlockMap.decode(blob)
     assert back.nblocks == nblocks and np.array_equal(back.data_runs(), runs)
     assert np.array_equal(back.data_digests, data)
     assert back.digest(1024 * 7) == bytes(data[7]) and back.digest(1) is None
-    assert back.encode() == blob
+    assert back.encode(version) == blob
+    assert back.checksum() == xxhash.xxh3_128_digest(bm.encode(1))
+    if version == 2:
+        # Runs of the same shape compress to nearly nothing: what is left is the digests.
+        assert len(blob) < len(data) * 16 + 4096
 
 
 MEMORY_CHILD = r"""
@@ -339,12 +349,12 @@ def test_data_runs_match_the_data_mask_inside_any_runs(tmp_path, seed, bs):
     assert np.array_equal(got, native.mask_to_runs(mask & within))
 
 
-def _forged(nblocks: int, ndata: int, raw: bytes) -> bytes:
+def _forged(nblocks: int, ndata: int, raw: bytes, version: int = 1) -> bytes:
     """A block map with a valid checksum around any body: what only the decoder can refuse."""
     body = zstandard.ZstdCompressor().compress(raw)
     header = bmmod.HEADER.pack(
         bmmod.MAGIC,
-        bmmod.VERSION,
+        version,
         bmmod.HASH_XXH3_128_KEYED,
         0,
         1 << 20,
@@ -370,6 +380,41 @@ def _forged(nblocks: int, ndata: int, raw: bytes) -> bytes:
 )
 def test_a_forged_body_is_refused_with_what_is_wrong(kinds, ndata, digests, message):
     blob = _forged(3, ndata, kinds + bytes(range(digests)))
+    with pytest.raises(bmmod.CorruptionError) as e:
+        BlockMap.decode(blob)
+    assert str(e.value) == message
+
+
+def _v2(nruns: int, pairs: list[int], digests: int) -> bytes:
+    return np.array([nruns, *pairs], "<u8").tobytes() + bytes(range(digests))
+
+
+@pytest.mark.parametrize(
+    "nblocks, ndata, raw, message",
+    [
+        (3, 2, _v2(3, [0, 1, 1, 1, 0, 0], 32), "manifest has an impossible number of runs (3)"),
+        (3, 1, _v2(0, [], 16), "manifest has an impossible number of runs (0)"),
+        (3, 0, _v2(1, [0, 1], 0), "manifest has an impossible number of runs (1)"),
+        (3, 2, _v2(2 << 40, [], 0), f"manifest has an impossible number of runs ({2 << 40})"),
+        (3, 2, _v2(2, [0, 1, 0, 1], 32), "manifest has runs that are empty or touch"),
+        (3, 1, _v2(1, [0, 0], 16), "manifest has runs that are empty or touch"),
+        (3, 1, _v2(1, [4, 1], 16), "manifest has runs past the end of the volume"),
+        (3, 2, _v2(2, [1, 1, 1, 1], 32), "manifest has runs past the end of the volume"),
+        (
+            2**34,
+            2,
+            _v2(2, [2**34, 2**34, 2**63 - 1, 1], 32),
+            "manifest has runs past the end of the volume",
+        ),
+        (3, 2, _v2(1, [0, 1], 32), "manifest block count does not match its digests"),
+        (3, 2, _v2(1, [0, 2], 16), "manifest body has the wrong length"),
+        (3, 2, _v2(1, [0, 2], 48), "manifest body has the wrong length"),
+        (3, 2, _v2(1, [0], 0), "manifest body has the wrong length"),
+        (3, 2, b"\x01", "manifest body has the wrong length"),
+    ],
+)
+def test_a_forged_version_2_body_is_refused_with_what_is_wrong(nblocks, ndata, raw, message):
+    blob = _forged(nblocks, ndata, raw, version=2)
     with pytest.raises(bmmod.CorruptionError) as e:
         BlockMap.decode(blob)
     assert str(e.value) == message

@@ -10,6 +10,7 @@ import json
 import pytest
 from backup_helpers import OTHER_PROJECT, PROJECT, backup, restore_new
 
+from engine import BlockMap
 from engine.errors import BackupNotFound, InvalidBackup, InvalidInput
 from engine.requests.actions import ImportRecordRequest, parse_import_record
 
@@ -43,6 +44,17 @@ def test_export_then_import_after_the_catalog_forgot(eng, volume, tmp_path):
     assert restore_new(eng, done["id"], tmp_path / "back.img") == data
     with pytest.raises(InvalidBackup, match="Backup already exists in database."):
         eng.import_record(PROJECT, request_of(record))
+
+
+def test_an_exported_record_carries_a_version_1_block_map(eng, volume):
+    """An export may be imported by an older engine: its block map is version 1."""
+    vid, _path, _data = volume(size=1 << 20)
+    done = backup(eng, vid)
+    record = eng.export_record(PROJECT, done["id"])["backup-record"]
+    document = json.loads(base64.b64decode(record["backup_url"]))
+    blob = base64.b64decode(document["blockmap"])
+    assert int.from_bytes(blob[4:6], "little") == 1
+    assert BlockMap.decode(blob).backup_id == done["id"]
 
 
 def test_import_into_another_project_finds_no_objects(eng, volume):

@@ -264,7 +264,7 @@ def damage_manifest(path, kind: str) -> None:
     elif kind == "truncated":
         truncate(path, size // 2)
     elif kind == "unknown-version":
-        set_bytes(path, 4, (2).to_bytes(2, "little"))
+        set_bytes(path, 4, (3).to_bytes(2, "little"))  # versions 1 and 2 are read
     else:
         raise ValueError(kind)
 
