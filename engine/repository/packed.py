@@ -537,7 +537,7 @@ class PackBatch:
     @property
     def pending_bytes(self) -> int:
         open_pack = self._open
-        return self._store_batch.pending_bytes + (open_pack.size if open_pack else 0)
+        return self._store_batch.pending_bytes + (open_pack.nbytes if open_pack else 0)
 
     def stage(self, digest: bytes, data: Data, *, base: bytes | None = None) -> None:
         """Stage one entry. Inside :meth:`group` on this thread it is held (its buffers
@@ -563,7 +563,7 @@ class PackBatch:
                     if pack is None:
                         pack = self._open = self._open or _OpenPack(self._packed, self._stream)
                     pack.add(digest, base, parts, flags, pages)
-                    if pack.size >= self._packed.pack_size:
+                    if pack.nbytes >= self._packed.pack_size:
                         pack.flush()
                         full.append(pack)
                         pack = self._open = None
@@ -688,6 +688,18 @@ class _OpenPack:
                 self._buf += p
         else:
             self._unwritten.extend(parts)
+
+    @property
+    def nbytes(self) -> int:
+        """The sealed pack's size but for its trailer: entries, page section and index.
+
+        What sealing compares with the pack size, not the entries alone. Why: the page
+        section and the index are held in memory until the seal, and for blocks that
+        compress to almost nothing (a sparse volume's, 4 KiB of data in 1 MiB) they are
+        most of a pack: counting the entries alone, a 64 TiB sparse backup held one pack
+        open for its 64 Ki blocks, 2 KiB of page digests each (130 MB).
+        """
+        return self.size + len(self.pages) + len(self.rows) * ENTRY.itemsize
 
     def flush(self) -> None:
         """Write what was added since the last flush (streamed packs: one gathered write)."""

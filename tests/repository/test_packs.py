@@ -507,3 +507,40 @@ def test_the_index_view_finds_every_digest_and_keeps_the_first_entry_of_one_stor
     both = np.frombuffer(b"".join([plain[3], twins[1]]), np.uint8)
     assert view.packs_of(both) == {b"A" * 16, b"B" * 16}
     assert view.packs_of(np.frombuffer(plain[0][:8] + bytes(8), np.uint8)) == set()
+
+
+def test_a_pack_of_small_entries_seals_when_entries_pages_and_index_fill_it():
+    """Sealing counts what the pack holds in memory until then, not the entries alone.
+
+    A sparse volume's blocks compress to almost nothing while each carries its page
+    digests and an index row: counting entries only, 64 Ki such blocks stayed in one open
+    pack (130 MB of page digests at 64 TiB). Fails if only the entries are counted.
+    """
+    store = MemoryBlobStore(Clock())
+    repo = Repository.open(store, format_version=2, pack_size=1 << 20)
+    c = repo.container("proj", "backups")
+    rng = np.random.default_rng(7)
+    n = 150
+    tail = bytes((1 << 20) - 4096)
+    data = [rng.integers(0, 256, 4096, np.uint8).tobytes() + tail for _ in range(n)]
+    digests = [native.digest(b, repo.seed) for b in data]
+    batch = c.batch()
+    entry_bytes = 0
+    for b, d in zip(data, digests, strict=True):
+        parts = c.codec.encode_parts(b, d)
+        entry_bytes += sum(len(p) for p in parts)
+        batch.stage(d, parts)
+    batch.commit()
+    assert entry_bytes < 1 << 20  # the entries alone never fill a pack
+    [index_key] = store.keys(c.keys.indexes)
+    table, entries = decode_index(store.get(index_key), what="index")
+    assert len(table) == 2 and sum(k for _pid, _size, k in table) == n
+    sections = sum(size for _p, size, _k in table) - entry_bytes - n * ENTRY_SIZE
+    assert sections - 2 * PACK_TRAILER_SIZE >= n * 256 * 8  # each block's page digests
+    sealed = [size for _pid, size, _k in table]
+    assert sealed[0] >= 1 << 20  # the first pack sealed once it held 1 MiB in all
+    # ... and not much later: by one entry, its pages and its row, plus the trailer.
+    assert sealed[0] - (1 << 20) < entry_bytes // n + 4096 + ENTRY_SIZE + PACK_TRAILER_SIZE
+    fresh = repo.container("proj", "backups")
+    for b, d in zip(data, digests, strict=True):
+        assert fresh.codec.decode(fresh.get_object(d), d) == b
