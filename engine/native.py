@@ -905,18 +905,15 @@ def _runs(runs: object, name: str = "runs") -> np.ndarray:
 def runs_normalize(runs: object) -> np.ndarray:
     """``runs`` sorted, with empty runs dropped and overlapping or touching runs merged."""
     arr = _runs(runs)
-    arr = arr[arr[:, 1] > 0]
-    if len(arr) < 2:
-        return np.array(arr, np.int64).reshape(-1, 2)
-    if (arr[1:, 0] <= arr[:-1, 0]).any():
-        arr = arr[np.argsort(arr[:, 0], kind="stable")]
-    starts, ends = arr[:, 0], arr[:, 0] + arr[:, 1]
-    reach = np.maximum.accumulate(ends)
-    new = np.ones(len(arr), np.bool_)
-    new[1:] = starts[1:] > reach[:-1]
-    first = np.flatnonzero(new)
-    last_reach = np.maximum.reduceat(ends, first)
-    return np.stack([starts[first], last_reach - starts[first]], axis=1).astype(np.int64)
+    if len(arr) > 1 and (arr[1:, 0] < arr[:-1, 0]).any():
+        arr = np.ascontiguousarray(arr[np.argsort(arr[:, 0], kind="stable")])
+    return _bitmap.runs_merge_sorted(arr)
+
+
+def runs_are_normal(runs: object) -> bool:
+    """Whether ``runs`` are :func:`runs_normalize`'s output already: sorted, none empty,
+    none overlapping or touching the next (one native pass, no copy)."""
+    return bool(_bitmap.runs_are_normal(_runs(runs)))
 
 
 def runs_count(runs: object) -> int:
@@ -928,14 +925,8 @@ def runs_count(runs: object) -> int:
 def runs_to_indices(runs: object) -> np.ndarray:
     """The block indices of ``runs``, in run order (int64)."""
     arr = _runs(runs)
-    arr = arr[arr[:, 1] > 0]
     total = int(arr[:, 1].sum()) if arr.size else 0
-    if total == 0:
-        return np.empty(0, np.int64)
-    # index j of the output = j + (run start - rows before the run), per run.
-    before = np.zeros(len(arr), np.int64)
-    np.cumsum(arr[:-1, 1], out=before[1:])
-    return np.arange(total, dtype=np.int64) + np.repeat(arr[:, 0] - before, arr[:, 1])
+    return _bitmap.runs_to_indices(arr, total)
 
 
 def indices_to_runs(indices: object) -> np.ndarray:
@@ -954,7 +945,7 @@ def indices_to_runs(indices: object) -> np.ndarray:
 
 def _normal_runs(runs: object, name: str) -> np.ndarray:
     arr = _runs(runs, name)
-    return arr if _bitmap.runs_are_normal(arr) else runs_normalize(arr)
+    return arr if runs_are_normal(arr) else runs_normalize(arr)
 
 
 def _combine(a: object, b: object, op: int) -> np.ndarray:

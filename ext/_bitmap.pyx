@@ -215,6 +215,51 @@ def runs_are_normal(const int64_t[:, ::1] runs):
     return ok
 
 
+def runs_merge_sorted(const int64_t[:, ::1] runs):
+    """Normalized runs from runs sorted by their first block (counts >= 0): empty runs
+    dropped, overlapping or touching ones merged. One pass."""
+    cdef Py_ssize_t n = runs.shape[0], k, m = 0
+    out = np.empty((n, 2), dtype=np.int64)
+    cdef int64_t[:, ::1] o = out
+    cdef int64_t start = 0, end = 0, e
+    with nogil:
+        for k in range(n):
+            if runs[k, 1] <= 0:
+                continue
+            e = runs[k, 0] + runs[k, 1]
+            if m and runs[k, 0] <= end:
+                if e > end:
+                    end = e
+                continue
+            if m:
+                o[m - 1, 1] = end - start
+            start, end = runs[k, 0], e
+            o[m, 0] = start
+            m += 1
+        if m:
+            o[m - 1, 1] = end - start
+    return out[:m].copy() if m < n else out
+
+
+def runs_to_indices(const int64_t[:, ::1] runs, int64_t total):
+    """The block indices of ``runs`` (counts >= 0, summing to ``total``), in run order."""
+    out = np.empty(total, dtype=np.int64)
+    cdef int64_t[::1] o = out
+    cdef Py_ssize_t k, j = 0
+    cdef int64_t b, end
+    with nogil:
+        for k in range(runs.shape[0]):
+            end = runs[k, 0] + runs[k, 1]
+            b = runs[k, 0]
+            while b < end and j < total:
+                o[j] = b
+                j += 1
+                b += 1
+    if j != total:
+        raise ValueError("runs do not hold the number of blocks given")
+    return out
+
+
 cdef int64_t _INF = INT64_MAX
 
 # Operations of runs_combine: which blocks (in a, in b) are kept.

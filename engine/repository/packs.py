@@ -73,6 +73,15 @@ def entries_array(rows: Sequence[tuple[bytes, bytes, int, int, int, int]]) -> np
     return out
 
 
+def take_entries(entries: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``entries[index]`` for an ``ENTRY`` array and integer indices, copied as rows of
+    plain 8-byte words. Why: numpy gathers structured rows with 16-byte void fields field by
+    field, element by element (8.4 ms for 66 Ki entries, against 0.6 ms as words), and a
+    job's index load sorts every entry of the container."""
+    words = np.ascontiguousarray(entries).view(np.uint64).reshape(-1, ENTRY_SIZE // 8)
+    return np.ascontiguousarray(words[index]).reshape(-1).view(ENTRY)
+
+
 def pack_id_of(blob: bytes | bytearray | memoryview) -> bytes:
     """An index file's name: xxh3-128 (seed 0) of all its bytes."""
     return xxhash.xxh3_128_digest(blob)

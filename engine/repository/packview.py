@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import threads
-from .packs import ENTRY, NO_BASE, digest_keys
+from .packs import ENTRY, NO_BASE, digest_keys, take_entries
 
 
 @dataclass(frozen=True)
@@ -47,15 +47,21 @@ class PackView:
         self._lock = threads.Lock()
         self.pack_ids: list[bytes] = []
         number: dict[bytes, int] = {}
-        parts = []
+        parts, remaps = [], []
         for pack_ids, entries in tables:
-            remap = np.array([number.setdefault(p, len(number)) for p in pack_ids], np.uint32)
-            e = entries.copy()
-            if len(e):
-                e["pack"] = remap[e["pack"]]
-            parts.append(e)
+            remaps.append(
+                np.array([number.setdefault(p, len(number)) for p in pack_ids], np.uint32)
+            )
+            parts.append(entries)
         self.pack_ids = list(number)
+        # One copy of all the entries, their pack numbers remapped in place: a large
+        # container's index is megabytes, and each copy of it is fresh memory to fault in.
         entries = np.concatenate(parts) if parts else np.zeros(0, ENTRY)
+        at = 0
+        for part, remap in zip(parts, remaps, strict=True):
+            if len(part):
+                entries["pack"][at : at + len(part)] = remap[part["pack"]]
+            at += len(part)
         if dropped and len(entries):
             by_digest: dict[bytes, set[bytes]] = {}
             for d, p in dropped:
@@ -72,13 +78,16 @@ class PackView:
         # chance) is it redone on both, stable, so the first of a digest's entries is kept.
         order = np.argsort(hi)
         sorted_hi = hi[order]
-        if (sorted_hi[1:] == sorted_hi[:-1]).any():
+        if len(hi) > 1 and (sorted_hi[1:] == sorted_hi[:-1]).any():
             order = np.lexsort((lo, hi))
-        entries, hi, lo = entries[order], hi[order], lo[order]
-        if len(entries) > 1:
-            first = np.ones(len(entries), np.bool_)
+            hi, lo = hi[order], lo[order]
+            first = np.ones(len(hi), np.bool_)
             first[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
-            entries, hi, lo = entries[first], hi[first], lo[first]
+            order, hi, lo = order[first], hi[first], lo[first]
+        else:
+            hi, lo = sorted_hi, lo[order]
+        # The entries gathered once, in digest order, a digest's first entry only.
+        entries = take_entries(entries, order)
         self.entries, self._hi, self._lo = entries, hi, lo
         self._extra: dict[bytes, Location] = {}  # added after loading (this job's packs)
         self._gone: set[bytes] = set()  # quarantined after loading

@@ -143,6 +143,11 @@ def test_run_algebra_takes_runs_in_any_order_overlapping_touching_or_empty(n, se
     assert np.array_equal(native.runs_union(ra, rb), native.mask_to_runs(a | b))
     assert np.array_equal(native.runs_intersection(ra, rb), native.mask_to_runs(a & b))
     assert np.array_equal(native.runs_difference(ra, rb), native.mask_to_runs(a & ~b))
+    # Normalizing (the native merge of sorted runs) gives the mask's runs; indices are the
+    # runs' blocks in run order, repeats and all.
+    assert np.array_equal(native.runs_normalize(ra), native.mask_to_runs(a))
+    expected = [f + j for f, c in ra.tolist() for j in range(c)]
+    assert native.runs_to_indices(ra).tolist() == expected
 
 
 def test_kinds_become_runs_and_a_kind_past_1_is_refused():

@@ -502,6 +502,10 @@ def test_the_index_view_finds_every_digest_and_keeps_the_first_entry_of_one_stor
         [([b"A" * 16], _entries(plain, 0)), ([b"B" * 16], _entries(twins + [again], 0))]
     )
     assert all(d in view for d in plain + twins)
+    # Every digest finds its own entry (its offset says which), whichever sort was taken.
+    for v in (first, view):
+        assert [v.locate(d).offset for d in plain] == [100 * k for k in range(50)]
+    assert [view.locate(d).offset for d in twins] == [0, 100, 200]
     assert view.locate(again).pack_id == b"A" * 16  # the first file's entry
     assert view.locate(twins[2]).pack_id == b"B" * 16 and view.locate(twins[2]).offset == 200
     both = np.frombuffer(b"".join([plain[3], twins[1]]), np.uint8)
