@@ -78,7 +78,9 @@ class BlockMap:
     tests, never on the data path). Zero blocks' rows in ``digests`` carry no meaning.
 
     Built either dense, ``BlockMap(id, parent, bs, size, digests=…, zero=…)``, or sparse,
-    ``BlockMap(id, parent, bs, size, runs=…, data_digests=…)``.
+    ``BlockMap(id, parent, bs, size, runs=…, data_digests=…)``. Sparse arrays that are
+    already contiguous and normal are taken as they are, not copied (a 64 TiB map's are
+    megabytes): the caller gives them up and must not change them afterwards.
     """
 
     backup_id: str
