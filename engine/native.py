@@ -931,7 +931,11 @@ def runs_to_indices(runs: object) -> np.ndarray:
 
 def indices_to_runs(indices: object) -> np.ndarray:
     """Normalized runs of a set of block indices (any order, repeats allowed)."""
-    idx = np.unique(np.asarray(indices, np.int64).ravel())
+    # A sort and a comparison, not np.unique: numpy 2.4's imports numpy.ma on first use
+    # (12 ms, a fifth of a hinted incremental of a 1 TiB volume in a fresh process).
+    idx = np.sort(np.asarray(indices, np.int64).ravel())
+    if len(idx) > 1:
+        idx = idx[np.concatenate(([True], idx[1:] != idx[:-1]))]
     if not idx.size:
         return _NO_RUNS.copy()
     if idx[0] < 0:
