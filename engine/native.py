@@ -56,6 +56,7 @@ __all__ = [
     "pack_mask",
     "page_count",
     "page_digests",
+    "runs_are_normal",
     "runs_complement",
     "runs_count",
     "runs_difference",

@@ -147,6 +147,8 @@ def test_run_algebra_takes_runs_in_any_order_overlapping_touching_or_empty(n, se
     # Normalizing (the native merge of sorted runs) gives the mask's runs; indices are the
     # runs' blocks in run order, repeats and all.
     assert np.array_equal(native.runs_normalize(ra), native.mask_to_runs(a))
+    assert native.runs_are_normal(ra) == np.array_equal(ra, native.runs_normalize(ra))
+    assert native.runs_are_normal(native.runs_normalize(ra))
     expected = [f + j for f, c in ra.tolist() for j in range(c)]
     assert native.runs_to_indices(ra).tolist() == expected
 
