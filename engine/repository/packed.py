@@ -42,7 +42,7 @@ from .packs import (
     pack_tail,
     parse_pack_index,
     parse_pack_trailer,
-    take_entries,
+    take_rows,
 )
 from .packview import Location, PackView
 from .pagerefs import FLAG_PAGES, entry_flags
@@ -979,7 +979,7 @@ def rewrite_index_without(packed: PackedObjects, files: list[IndexFile], dead: s
             np.uint64
         )
         _u, first = np.unique(key, return_index=True)  # sorted by pack, then offset
-        entries = take_entries(entries, first)
+        entries = take_rows(entries, first)
     if number:
         counts = np.bincount(entries["pack"].astype(np.int64), minlength=len(number))
         rows = [(pid, sizes[n], int(counts[n])) for pid, n in number.items()]

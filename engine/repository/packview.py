@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import threads
-from .packs import ENTRY, NO_BASE, digest_keys, take_entries
+from .packs import ENTRY, NO_BASE, digest_keys, take_rows
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class PackView:
         else:
             hi, lo = sorted_hi, lo[order]
         # The entries gathered once, in digest order, a digest's first entry only.
-        entries = take_entries(entries, order)
+        entries = take_rows(entries, order)
         self.entries, self._hi, self._lo = entries, hi, lo
         self._extra: dict[bytes, Location] = {}  # added after loading (this job's packs)
         self._gone: set[bytes] = set()  # quarantined after loading
