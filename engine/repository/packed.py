@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -517,9 +517,11 @@ class _Pending:
 class PackBatch:
     """A batch of block objects written into packs (see the module docstring).
 
-    ``stage`` is thread-safe and cheap: the entry's bytes are copied into the open pack (on
-    the local directory: written to its staged file); sealing (its index and trailer,
-    staging it in the store's batch) happens outside the lock.
+    ``stage`` is thread-safe and cheap: under the lock an entry gets its row in the open pack
+    and its place in it; its bytes are then copied in (in memory, under the lock) or, on the
+    local directory, written to the pack's staged file after the lock, at the offset claimed
+    under it. Sealing (its index and trailer, staging it in the store's batch) happens
+    outside the lock too.
     """
 
     def __init__(self, packed: PackedObjects) -> None:
@@ -555,29 +557,51 @@ class PackBatch:
         self._append([(digest, base, parts, flags, pages)])
 
     def _append(self, entries: list) -> None:
-        """Entries side by side in the open pack, sealing it whenever it fills."""
-        full = []
+        """Entries side by side in the open pack, sealing it whenever it fills.
+
+        Under the lock the entries get their places (rows, offsets, the file's room); their
+        bytes are written after it, so the threads that compress write at the same time.
+        """
+        full: list[_OpenPack] = []
+        writes: list[_Write] = []
         with self._lock:
             pack = None
             try:
                 for digest, base, parts, flags, pages in entries:
                     if pack is None:
+                        if self._open is not None and self._open.broken:
+                            self._open = None  # a write to it failed: it is gone
                         pack = self._open = self._open or _OpenPack(self._packed, self._stream)
                     pack.add(digest, base, parts, flags, pages)
                     if pack.nbytes >= self._packed.pack_size:
-                        pack.flush()
+                        writes += pack.flush()
                         full.append(pack)
                         pack = self._open = None
                 if pack is not None:
-                    pack.flush()
-            except BaseException:
+                    writes += pack.flush()
+            except BaseException as e:
                 # A write that failed (a full disk) leaves this pack unusable: the next
                 # entry opens another one and meets the same error itself.
+                for w in writes:
+                    w.out.cancel(e)
                 for broken in [*full, pack]:
                     if broken is not None:
                         broken.abandon()
                 self._open = None
                 raise
+        error = None
+        for w in writes:
+            if error is None:
+                try:
+                    w.out.write_at(w.offset, w.parts)
+                except BaseException as e:
+                    error = e
+            else:
+                w.out.cancel(error)
+        if error is not None:
+            for f in full:
+                f.abandon()
+            raise error
         for k, f in enumerate(full):
             try:
                 self._seal(f)
@@ -662,6 +686,14 @@ class PackBatch:
         self._store_batch.discard()
 
 
+class _Write(NamedTuple):
+    """Bytes to write at a claimed offset of a pack's staged file."""
+
+    out: Any  # the StagedStream
+    offset: int
+    parts: list
+
+
 class _OpenPack:
     """The pack being filled: its entries' rows and page records, and its bytes — in memory,
     or (``stream``: the store batch's ``stream(key)``) already in its staged file, written
@@ -702,11 +734,18 @@ class _OpenPack:
         """
         return self.size + len(self.pages) + len(self.rows) * ENTRY.itemsize
 
-    def flush(self) -> None:
-        """Write what was added since the last flush (streamed packs: one gathered write)."""
-        if self._out is not None and self._unwritten:
-            parts, self._unwritten = self._unwritten, []
-            self._out.write(parts)
+    @property
+    def broken(self) -> bool:
+        """A write to this pack's file failed: it is abandoned."""
+        return self._out is not None and self._out.failed
+
+    def flush(self) -> list[_Write]:
+        """Claim the file's room for what was added since the last flush (streamed packs):
+        the one gathered write to make, outside the batch's lock."""
+        if self._out is None or not self._unwritten:
+            return []
+        parts, self._unwritten = self._unwritten, []
+        return [_Write(self._out, self._out.claim(sum(p.nbytes for p in parts)), parts)]
 
     def seal(self, batch: BlobBatch) -> tuple[int, np.ndarray]:
         """Append the section, index and trailer and stage the pack; (its size, entries)."""
@@ -715,9 +754,10 @@ class _OpenPack:
         tail = pack_tail(entries, self.size + len(self.pages), pages_offset)
         total = self.size + len(self.pages) + len(tail)
         if self._out is not None:
-            self.flush()
+            for w in self.flush():
+                w.out.write_at(w.offset, w.parts)
             self._out.write([self.pages, tail])
-            self._out.close()
+            self._out.close()  # once every thread's claimed write is done
         else:
             assert self._buf is not None
             self._buf += self.pages

@@ -4,6 +4,7 @@ local directory does (temporaries of writers that died, crash-safe layout on dis
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -123,6 +124,67 @@ def test_local_batch_stream_is_staged_as_it_is_written_and_published_with_the_ba
     dead.write(b"x" * 10)
     assert [i.key for i in store.list("p/")] == ["p/ab/pack"]
     assert store.purge_incomplete("p/", time.time() + 10) == (1, 10)
+
+
+def test_local_stream_claims_are_written_by_several_threads_and_close_waits_for_them(tmp_path):
+    """Claims take their offsets in order; their writes land in any order from any thread,
+    and ``close`` (on a third thread) waits until the last one is written."""
+    store = LocalBlobStore(tmp_path)
+    batch = store.batch()
+    s = batch.stream("p/ab/pack")
+    first, second = s.claim(5), s.claim(6)
+    assert (first, second) == (0, 5)
+    s.write_at(second, b"second")  # the later claim first: a hole before it for now
+    closed = threading.Event()
+    closer = threading.Thread(target=lambda: (s.close(), closed.set()))
+    closer.start()
+    assert not closed.wait(0.2)  # the first claim is still unwritten
+    writer = threading.Thread(target=s.write_at, args=(first, b"first"))
+    writer.start()
+    writer.join()
+    closer.join()
+    assert closed.is_set()
+    assert batch.commit() == [("p/ab/pack", 11)]
+    assert store.get("p/ab/pack") == b"firstsecond"
+
+
+def test_local_stream_write_that_fails_fails_every_other_claim_and_leaves_no_file(
+    tmp_path, monkeypatch
+):
+    """A claimed write that fails (a full disk): the file stays while another thread still
+    holds a claim, whose write then fails with the disk's errno (nothing is written); the
+    file goes with that last claim, new claims and close fail the same way, nothing is
+    staged."""
+    from engine.store import files
+
+    store = LocalBlobStore(tmp_path)
+    batch = store.batch()
+    s = batch.stream("p/ab/pack")
+    held, failing = s.claim(4), s.claim(4)
+    real = files._write_all
+
+    def write_all(fd, data, offset=None):
+        if offset == failing:
+            raise OSError(28, "No space left on device")
+        real(fd, data, offset)
+
+    monkeypatch.setattr(files, "_write_all", write_all)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError, match="No space left"):
+        s.write_at(failing, b"fail")
+    assert s.failed
+    assert len(list((tmp_path / "p" / "ab").iterdir())) == 1  # a write is still under way
+    with pytest.raises(OSError, match="earlier write to this file failed") as e:
+        s.write_at(held, b"held")
+    assert e.value.errno == 28
+    assert list((tmp_path / "p" / "ab").iterdir()) == []
+    assert len(os.listdir("/proc/self/fd")) == before - 1
+    with pytest.raises(OSError, match="No space left") as e:
+        s.claim(1)
+    assert e.value.errno == 28
+    with pytest.raises(OSError, match="No space left"):
+        s.close()
+    assert batch.pending_bytes == 0 and batch.commit() == []
 
 
 def test_local_syncs_only_what_must_be_durable(tmp_path, monkeypatch):
